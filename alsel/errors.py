@@ -1,0 +1,5 @@
+"""The one exception alsel raises on bad input or usage; the CLI maps it to `error: ...` and exit 2."""
+
+
+class AlselError(Exception):
+    """Bad input or bad usage. The message names the file (where there is one) and the problem."""

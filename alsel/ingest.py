@@ -1,0 +1,198 @@
+"""`alsel import`: stores from .npy arrays and from clip-retrieval output folders.
+
+clip-retrieval (`clip-retrieval inference`) writes, per output shard k, `img_emb/img_emb_k.npy`,
+`text_emb/text_emb_k.npy` and `metadata/metadata_k.parquet`, row-aligned: row r of shard k is one
+sample (an image and its caption). Ids come from the metadata's `image_path` (or `url`) column where
+present, else `<folder>:<k>:<r>`; text ids are the image id plus `#caption`. Caption strings, when the
+metadata has them, are kept in `/texts/text`. Arrays are read memory-mapped and written in slices,
+so folders larger than memory import in constant memory.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+
+import numpy as np
+
+from .errors import AlselError
+from .store import StoreWriter, normalize_rows
+
+WRITE_ROWS = 65536
+
+
+def load_npy(path: str, what: str) -> np.ndarray:
+    if not os.path.exists(path):
+        raise AlselError(f"{path}: no such file")
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise AlselError(f"{path}: not a readable .npy array ({str(e).splitlines()[0][:120]})") from None
+    if what == "emb":
+        if arr.ndim != 2 or arr.dtype.kind != "f":
+            raise AlselError(f"{path}: expected a 2-D float array of embeddings, found {arr.dtype} {arr.shape}")
+        if arr.shape[1] == 0:
+            raise AlselError(f"{path}: embeddings have zero length (D = 0)")
+    elif what == "index":
+        if arr.ndim != 1 or arr.dtype.kind not in "iu":
+            raise AlselError(f"{path}: expected a 1-D integer array (text -> image row), found {arr.dtype} {arr.shape}")
+    return arr
+
+
+def load_ids(path: str | None, n: int, default_prefix: str) -> np.ndarray:
+    """Ids from a text file (one per line) or a .npy of strings; default `<prefix>:<row>`."""
+    if path is None:
+        return np.array([f"{default_prefix}:{i}" for i in range(n)], dtype=object)
+    if not os.path.exists(path):
+        raise AlselError(f"{path}: no such file")
+    if path.endswith(".npy"):
+        try:
+            ids = [str(x) for x in np.load(path, allow_pickle=False)]
+        except ValueError as e:
+            raise AlselError(f"{path}: not a .npy array of strings ({e})") from None
+    else:
+        with open(path, encoding="utf-8") as fh:
+            ids = [line.rstrip("\r\n") for line in fh]
+        if ids and ids[-1] == "":
+            ids.pop()
+    if len(ids) != n:
+        raise AlselError(f"{path}: {len(ids)} ids for {n} rows")
+    return np.array(ids, dtype=object)
+
+
+def _prepare(rows: np.ndarray, path: str, name: str, start: int, normalize: bool) -> np.ndarray:
+    x = np.asarray(rows, dtype=np.float32).copy()
+    if normalize:
+        norms = np.linalg.norm(x, axis=1)
+        bad = ~np.isfinite(norms) | (norms == 0)
+        if bad.any():
+            r = int(np.flatnonzero(bad)[0])
+            raise AlselError(f"{path}: row {start + r} is zero, NaN or infinite; cannot normalise")
+        x /= norms[:, None]
+    else:
+        normalize_rows(x.copy(), path, name, start)
+    return x
+
+
+def _copy_rows(w: StoreWriter, group: str, sources: list[tuple[str, np.ndarray]], ids: np.ndarray,
+               normalize: bool, dtype: np.dtype) -> None:
+    at = 0
+    for path, arr in sources:
+        for s in range(0, len(arr), WRITE_ROWS):
+            x = _prepare(arr[s:s + WRITE_ROWS], path, "embeddings", s, normalize)
+            w.write(group, at, x.astype(dtype), ids[at:at + len(x)])
+            at += len(x)
+
+
+def import_arrays(out: str, *, images: str | None = None, texts: str | None = None,
+                  text_image: str | None = None, aligned: bool = False, image_ids: str | None = None,
+                  text_ids: str | None = None, model: str = "imported", normalize: bool = False,
+                  dtype: str | None = None, created_by: str | None = None) -> None:
+    if images is None and texts is None:
+        raise AlselError("import: give --images and/or --texts (or --clip-retrieval DIR)")
+    img = load_npy(images, "emb") if images else None
+    txt = load_npy(texts, "emb") if texts else None
+    if img is not None and txt is not None and img.shape[1] != txt.shape[1]:
+        raise AlselError(f"{texts}: D = {txt.shape[1]} does not match {images} (D = {img.shape[1]})")
+    ti = None
+    if txt is not None:
+        if aligned and text_image:
+            raise AlselError("import: give either --aligned or --text-image, not both")
+        if aligned:
+            if img is None or len(img) != len(txt):
+                raise AlselError(f"{texts}: --aligned needs as many image rows as text rows")
+            ti = np.arange(len(txt), dtype=np.int64)
+        elif text_image:
+            ti = np.asarray(load_npy(text_image, "index"), dtype=np.int64)
+            if len(ti) != len(txt):
+                raise AlselError(f"{text_image}: {len(ti)} entries for {len(txt)} texts")
+            n_i = 0 if img is None else len(img)
+            bad = (ti < -1) | (ti >= n_i)
+            if bad.any():
+                r = int(np.flatnonzero(bad)[0])
+                raise AlselError(f"{text_image}: entry {r} = {ti[r]} is out of range (0..{n_i - 1}, or -1)")
+        else:
+            ti = np.full(len(txt), -1, dtype=np.int64)
+    with StoreWriter(out, model=model, pretrained="imported", inputs=(images, texts, text_image),
+                     created_by=created_by) as w:
+        if img is not None:
+            dt = np.dtype(dtype or (img.dtype if img.dtype in (np.float16, np.float32) else np.float32))
+            ids = load_ids(image_ids, len(img), os.path.splitext(os.path.basename(images))[0])
+            w.add_group("images", len(img), img.shape[1], dt)
+            _copy_rows(w, "images", [(images, img)], ids, normalize, dt)
+        if txt is not None:
+            dt = np.dtype(dtype or (txt.dtype if txt.dtype in (np.float16, np.float32) else np.float32))
+            ids = load_ids(text_ids, len(txt), os.path.splitext(os.path.basename(texts))[0])
+            w.add_group("texts", len(txt), txt.shape[1], dt, text_image=ti)
+            _copy_rows(w, "texts", [(texts, txt)], ids, normalize, dt)
+
+
+def _shards(folder: str, sub: str, prefix: str, ext: str) -> dict[int, str]:
+    out = {}
+    for p in glob.glob(os.path.join(folder, sub, f"{prefix}_*.{ext}")):
+        m = re.fullmatch(rf"{prefix}_(\d+)\.{ext}", os.path.basename(p))
+        if m:
+            out[int(m.group(1))] = p
+    return dict(sorted(out.items()))
+
+
+def _metadata(path: str, n: int) -> dict[str, list]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:  # pragma: no cover - pyarrow is a dependency
+        raise AlselError(f"{path}: reading clip-retrieval metadata needs pyarrow (pip install pyarrow)") from None
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises many types for bad files
+        raise AlselError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0][:120]})") from None
+    if table.num_rows != n:
+        raise AlselError(f"{path}: {table.num_rows} metadata rows for {n} embedding rows")
+    return {c: table.column(c).to_pylist() for c in table.column_names}
+
+
+def import_clip_retrieval(out: str, folder: str, *, model: str = "imported", normalize: bool = False,
+                          dtype: str | None = None, created_by: str | None = None) -> None:
+    if not os.path.isdir(folder):
+        raise AlselError(f"{folder}: no such folder")
+    img_sh = _shards(folder, "img_emb", "img_emb", "npy")
+    txt_sh = _shards(folder, "text_emb", "text_emb", "npy")
+    meta_sh = _shards(folder, "metadata", "metadata", "parquet")
+    if not img_sh and not txt_sh:
+        raise AlselError(f"{folder}: no img_emb/img_emb_*.npy or text_emb/text_emb_*.npy found")
+    keys = sorted(set(img_sh) | set(txt_sh))
+    if img_sh and txt_sh and set(img_sh) != set(txt_sh):
+        raise AlselError(f"{folder}: img_emb and text_emb shards differ ({sorted(img_sh)} vs {sorted(txt_sh)})")
+    img = [(img_sh[k], load_npy(img_sh[k], "emb")) for k in keys] if img_sh else []
+    txt = [(txt_sh[k], load_npy(txt_sh[k], "emb")) for k in keys] if txt_sh else []
+    if img and txt:
+        for (pi, a), (pt, b) in zip(img, txt):
+            if len(a) != len(b):
+                raise AlselError(f"{pt}: {len(b)} rows but {pi} has {len(a)}; clip-retrieval shards are row-aligned")
+    arrays = img or txt
+    d = arrays[0][1].shape[1]
+    for p, a in img + txt:
+        if a.shape[1] != d:
+            raise AlselError(f"{p}: D = {a.shape[1]} differs from {arrays[0][0]} (D = {d})")
+    base_ids, captions = [], []
+    stem = os.path.basename(os.path.normpath(folder))
+    for k, (p, a) in zip(keys, arrays):
+        meta = _metadata(meta_sh[k], len(a)) if k in meta_sh else {}
+        col = meta.get("image_path") or meta.get("url")
+        base_ids.extend(str(x) for x in col) if col else base_ids.extend(f"{stem}:{k}:{r}" for r in range(len(a)))
+        captions.extend(meta["caption"] if "caption" in meta else [None] * len(a))
+    base_ids = np.array(base_ids, dtype=object)
+    n = len(base_ids)
+    with StoreWriter(out, model=model, pretrained="imported", created_by=created_by) as w:
+        if img:
+            dt = np.dtype(dtype or img[0][1].dtype)
+            w.add_group("images", n, d, dt)
+            _copy_rows(w, "images", img, base_ids, normalize, dt)
+        if txt:
+            dt = np.dtype(dtype or txt[0][1].dtype)
+            ti = np.arange(n, dtype=np.int64) if img else np.full(n, -1, dtype=np.int64)
+            w.add_group("texts", n, d, dt, text_image=ti)
+            text_ids = base_ids + "#caption" if img else base_ids
+            _copy_rows(w, "texts", txt, np.asarray(text_ids, dtype=object), normalize, dt)
+            if any(c is not None for c in captions):
+                w.put("texts/text", np.array(["" if c is None else str(c) for c in captions], dtype=object))

@@ -1,0 +1,227 @@
+"""Choosing B pool items: top scores (merged over shards), random, core-set (SPEC §3)."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .errors import AlselError
+from .store import (Embeddings, Store, atomic_path, attrs_dict, dataset, open_h5, pool_fingerprint,
+                    read_ids, write_h5)
+from .stream import ArrayRows, Rows, collect, sweep, to_device
+
+# attributes every shard of one scoring run shares
+SHARD_KEYS = ("weight", "select", "top_k", "batch", "batch_size", "margin", "form", "seed", "pool_size",
+              "pool_fingerprint", "paired_fingerprint", "thresholds_fingerprint")
+CORESET_CACHE_BYTES = 1 << 30  # pools up to this size (float32) are held in memory for the B passes
+
+
+@dataclass
+class Selection:
+    rows: np.ndarray
+    ids: np.ndarray
+    score: np.ndarray
+    attrs: dict
+
+
+def check_budget(budget: int, pool_size: int, where: str) -> None:
+    if budget <= 0:
+        raise AlselError(f"--budget must be at least 1, got {budget}")
+    if budget > pool_size:
+        raise AlselError(f"{where}: --budget {budget} is larger than the pool ({pool_size} items)")
+
+
+# --------------------------------------------------------------------------- by score
+
+
+@dataclass
+class MergedScores:
+    rows: np.ndarray
+    ids: np.ndarray
+    score: np.ndarray
+    count: np.ndarray
+    attrs: dict
+
+
+def load_scores(paths: list[str]) -> MergedScores:
+    """Read score shards and check they cover every pool row exactly once, from one scoring run."""
+    if not paths:
+        raise AlselError("--scores: give at least one scores file")
+    parts = []
+    first_attrs = None
+    for p in paths:
+        with open_h5(p, "scores") as f:
+            attrs = attrs_dict(f)
+            for k in SHARD_KEYS:
+                if k not in attrs:
+                    raise AlselError(f"{p}: attribute {k!r} is missing")
+            rows = np.asarray(dataset(f, "/row", p, ndim=1, kind="i")[:], dtype=np.int64)
+            n = len(rows)
+            score = np.asarray(dataset(f, "/score", p, ndim=1, kind="f", length=n)[:], dtype=np.float32)
+            count = np.asarray(dataset(f, "/count", p, ndim=1, kind="i", length=n)[:], dtype=np.int64)
+            ids = read_ids(dataset(f, "/id", p, ndim=1, kind="S", length=n), p)
+        if np.isnan(score).any():
+            raise AlselError(f"{p}: /score holds NaN values")
+        if first_attrs is None:
+            first_attrs, first_path = attrs, p
+        else:
+            for k in SHARD_KEYS:
+                if attrs[k] != first_attrs[k]:
+                    raise AlselError(f"{p}: {k} = {attrs[k]!r} differs from {first_path} ({first_attrs[k]!r}); "
+                                     f"shards must come from one scoring run")
+        pool_size = int(attrs["pool_size"])
+        if n and (rows.min() < 0 or rows.max() >= pool_size):
+            raise AlselError(f"{p}: /row values outside 0..{pool_size - 1}")
+        parts.append((p, rows, ids, score, count))
+    pool_size = int(first_attrs["pool_size"])
+    rows = np.concatenate([x[1] for x in parts])
+    owner = np.concatenate([np.full(len(x[1]), i) for i, x in enumerate(parts)])
+    order = np.argsort(rows, kind="stable")
+    rows_sorted = rows[order]
+    dup = np.flatnonzero(np.diff(rows_sorted) == 0)
+    if len(dup):
+        r = rows_sorted[dup[0]]
+        a, b = parts[owner[order[dup[0]]]][0], parts[owner[order[dup[0] + 1]]][0]
+        where = f"{a} and {b}" if a != b else f"{a} (twice)"
+        raise AlselError(f"{where}: shards overlap: pool row {r} is scored more than once")
+    if len(rows_sorted) != pool_size:
+        covered = np.zeros(pool_size, dtype=bool)
+        covered[rows_sorted] = True
+        missing = np.flatnonzero(~covered)
+        lo = hi = missing[0]
+        while hi + 1 < pool_size and not covered[hi + 1]:
+            hi += 1
+        raise AlselError(f"{paths[0]}: shards leave a gap: pool rows {lo}..{hi} are scored by no file "
+                         f"({len(missing)} of {pool_size} rows missing)")
+    ids = np.concatenate([x[2] for x in parts])[order]
+    score = np.concatenate([x[3] for x in parts])[order]
+    count = np.concatenate([x[4] for x in parts])[order]
+    return MergedScores(rows_sorted, ids, score, count, first_attrs)
+
+
+def top_b(score: np.ndarray, budget: int) -> np.ndarray:
+    """Indices of the B highest scores, highest first, ties broken by the lower index."""
+    n = len(score)
+    kth = np.partition(score, n - budget)[n - budget]  # the B-th largest value
+    above = np.flatnonzero(score > kth)
+    ties = np.flatnonzero(score == kth)[: budget - len(above)]
+    chosen = np.concatenate([above, ties])
+    return chosen[np.lexsort((chosen, -score[chosen].astype(np.float64)))]
+
+
+def select_by_score(paths: list[str], budget: int) -> Selection:
+    merged = load_scores(paths)
+    check_budget(budget, len(merged.rows), paths[0])
+    pick = top_b(merged.score, budget)
+    keep = {k: merged.attrs[k] for k in ("weight", "select", "top_k", "batch", "batch_size", "margin", "form",
+                                          "pool_size", "pool_fingerprint", "paired_fingerprint",
+                                          "thresholds_fingerprint", "model") if k in merged.attrs}
+    attrs = dict(keep, strategy="score", budget=budget, seed=int(merged.attrs["seed"]))
+    return Selection(merged.rows[pick], merged.ids[pick], merged.score[pick], attrs)
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+def select_random(pool_store: Store, select: str, budget: int, seed: int) -> Selection:
+    pool = pool_store.side(select)
+    check_budget(budget, pool.n, pool_store.path)
+    rows = np.random.default_rng(seed).choice(pool.n, size=budget, replace=False).astype(np.int64)
+    attrs = dict(strategy="random", budget=budget, seed=seed, select=select, pool_size=pool.n,
+                 pool_fingerprint=pool_fingerprint(pool, pool_store.model), model=pool_store.model)
+    return Selection(rows, pool_store.ids(select)[rows], np.full(budget, np.nan, np.float32), attrs)
+
+
+class MaxSim:
+    """Reducer: the largest similarity per row."""
+
+    def init(self, n, r0):
+        return None
+
+    def update(self, state, s, r0, c0):
+        m = s.amax(dim=1)
+        return m if state is None else torch.maximum(state, m)
+
+    def finish(self, state):
+        return (state,)
+
+
+def distance_from_sim(s: np.ndarray) -> np.ndarray:
+    """||u - x|| = sqrt(2 - 2 s) for unit vectors."""
+    return np.sqrt(np.maximum(2.0 - 2.0 * s.astype(np.float64), 0.0))
+
+
+def kcenter_greedy(pool: Rows, centers: np.ndarray, budget: int, device: torch.device,
+                   chunk_size: int | None = None, progress: Callable[[int], None] | None = None,
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """k-center greedy: d(u) = min_x ||u - x|| over `centers`; B times take argmax d (ties: lower row)
+    and lower d by the distance to the new center. Returns (rows, d at pick time). Memory O(N_u)."""
+    (s,) = collect(sweep(pool, to_device(centers, device), MaxSim(), device=device, chunk_size=chunk_size))
+    d = distance_from_sim(s)
+    chosen = np.zeros(pool.n, dtype=bool)
+    rows = np.empty(budget, np.int64)
+    dist = np.empty(budget, np.float32)
+    for b in range(budget):
+        d_masked = np.where(chosen, -np.inf, d)
+        u = int(np.argmax(d_masked))
+        rows[b], dist[b] = u, d_masked[u]
+        chosen[u] = True
+        new_center = to_device(pool.read(u, u + 1), device)
+        (s_u,) = collect(sweep(pool, new_center, MaxSim(), device=device, chunk_size=chunk_size))
+        d = np.minimum(d, distance_from_sim(s_u))
+        if progress is not None:
+            progress(1)
+    return rows, dist
+
+
+def select_coreset(pool_store: Store, paired_side: np.ndarray, select: str, budget: int, device: torch.device,
+                   chunk_size: int | None = None, progress=None, cache_bytes: int = CORESET_CACHE_BYTES,
+                   ) -> Selection:
+    """Core-set baseline. `paired_side`: the paired images (select images) or texts (select texts)."""
+    pool = pool_store.side(select)
+    check_budget(budget, pool.n, pool_store.path)
+    rows_src: Rows = pool
+    if pool.n * pool.d * 4 <= cache_bytes:  # read once instead of B + 1 times
+        rows_src = ArrayRows(pool.read(0, pool.n))
+    rows, dist = kcenter_greedy(rows_src, paired_side, budget, device, chunk_size, progress)
+    attrs = dict(strategy="coreset", budget=budget, seed=0, select=select, pool_size=pool.n,
+                 pool_fingerprint=pool_fingerprint(pool, pool_store.model), model=pool_store.model)
+    return Selection(rows, pool_store.ids(select)[rows], dist, attrs)
+
+
+# --------------------------------------------------------------------------- file
+
+
+def save_selection(out: str, sel: Selection, csv_path: str | None = None, inputs: tuple = (),
+                   created_by: str | None = None) -> None:
+    """Write the selection file and, optionally, `rank,id,row,score` CSV (both atomically)."""
+    if csv_path is not None:
+        with atomic_path(csv_path, inputs) as tmp_csv:
+            with open(tmp_csv, "w", newline="", encoding="utf-8") as fh:
+                w = csv.writer(fh)
+                w.writerow(["rank", "id", "row", "score"])
+                for r, (i, row, s) in enumerate(zip(sel.ids, sel.rows, sel.score), start=1):
+                    w.writerow([r, i, int(row), "" if np.isnan(s) else repr(float(s))])
+            write_h5(out, "selection", {"row": sel.rows, "id": sel.ids, "score": sel.score}, sel.attrs,
+                     inputs=inputs, created_by=created_by)
+    else:
+        write_h5(out, "selection", {"row": sel.rows, "id": sel.ids, "score": sel.score}, sel.attrs,
+                 inputs=inputs, created_by=created_by)
+
+
+def read_selection(path: str) -> Selection:
+    with open_h5(path, "selection") as f:
+        attrs = attrs_dict(f)
+        rows = np.asarray(dataset(f, "/row", path, ndim=1, kind="i")[:], dtype=np.int64)
+        ids = read_ids(dataset(f, "/id", path, ndim=1, kind="S", length=len(rows)), path)
+        score = np.asarray(dataset(f, "/score", path, ndim=1, kind="f", length=len(rows))[:], np.float32)
+    return Selection(rows, ids, score, attrs)
+
+
+def paired_side(pool_or_paired: Store, select: str) -> np.ndarray:
+    """The paired items core-set distances are measured to: images or texts of the paired store."""
+    return pool_or_paired.side(select).read()

@@ -1,0 +1,542 @@
+"""HDF5 files of SPEC §1: open (memory-mapped where contiguous), validate, fingerprint, write atomically.
+
+Every reader check raises AlselError with the file's path in the message. Embedding rows are
+validated as they are read (finite, unit length within 1e-2) and re-normalised in float32, so a pool
+is checked in the same single pass that scores it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import mmap
+import os
+import shlex
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import h5py
+import numpy as np
+
+from .errors import AlselError
+
+FORMAT = 1
+KINDS = ("store", "thresholds", "scores", "selection")
+NORM_TOLERANCE = 1e-2
+EMB_DTYPES = (np.dtype("float16"), np.dtype("float32"))
+STR_DTYPE = h5py.string_dtype("utf-8")
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+# --------------------------------------------------------------------------- opening files
+
+
+def open_h5(path: str | os.PathLike, kind: str | tuple[str, ...]) -> h5py.File:
+    """Open an alsel file read-only and check `alsel_format` and `kind`."""
+    path = os.fspath(path)
+    kinds = (kind,) if isinstance(kind, str) else kind
+    if not os.path.exists(path):
+        raise AlselError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise AlselError(f"{path}: is a directory, expected an HDF5 file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise AlselError(f"{path}: not an HDF5 file or unreadable ({_short(e)})") from None
+    try:
+        fmt = f.attrs.get("alsel_format")
+        if fmt is None:
+            raise AlselError(f"{path}: not an alsel file (no alsel_format attribute)")
+        if _scalar(fmt) != FORMAT:
+            raise AlselError(f"{path}: alsel_format {fmt!r} is not supported (expected {FORMAT})")
+        got = _str_attr(f, "kind", path)
+        if got not in kinds:
+            want = " or ".join(repr(k) for k in kinds)
+            raise AlselError(f"{path}: kind is {got!r}, expected {want}")
+    except Exception:
+        f.close()
+        raise
+    return f
+
+
+def _short(e: Exception) -> str:
+    return str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+
+
+def _scalar(v):
+    a = np.asarray(v)
+    return a.item() if a.size == 1 else v
+
+
+def _str_attr(f: h5py.File, name: str, path: str, default: str | None = None) -> str:
+    if name not in f.attrs:
+        if default is not None:
+            return default
+        raise AlselError(f"{path}: attribute {name!r} is missing")
+    v = _scalar(f.attrs[name])
+    if isinstance(v, bytes):
+        v = v.decode("utf-8", "replace")
+    if not isinstance(v, str):
+        raise AlselError(f"{path}: attribute {name!r} should be a string, found {type(v).__name__}")
+    return v
+
+
+def attrs_dict(f: h5py.File) -> dict:
+    out = {}
+    for k, v in f.attrs.items():
+        v = _scalar(v)
+        if isinstance(v, bytes):
+            v = v.decode("utf-8", "replace")
+        elif isinstance(v, np.generic):
+            v = v.item()
+        elif isinstance(v, np.ndarray):
+            v = v.tolist()
+        out[k] = v
+    return out
+
+
+def dataset(f: h5py.File, name: str, path: str, *, ndim: int | None = None, kind: str | None = None,
+            length: int | None = None) -> h5py.Dataset:
+    """Fetch a dataset and check its rank, dtype kind ('f' float, 'i' integer, 'S' string) and length."""
+    obj = f.get(name)
+    if obj is None:
+        raise AlselError(f"{path}: dataset {name} is missing")
+    if not isinstance(obj, h5py.Dataset):
+        raise AlselError(f"{path}: {name} is not a dataset")
+    if ndim is not None and obj.ndim != ndim:
+        raise AlselError(f"{path}: {name} has {obj.ndim} dimensions, expected {ndim} (shape {obj.shape})")
+    if kind is not None:
+        dk = obj.dtype.kind
+        ok = {"f": dk == "f", "i": dk in "iu", "S": h5py.check_string_dtype(obj.dtype) is not None}[kind]
+        if not ok:
+            what = {"f": "floating point", "i": "integer", "S": "string"}[kind]
+            raise AlselError(f"{path}: {name} has dtype {obj.dtype}, expected {what}")
+    if length is not None and obj.shape[0] != length:
+        raise AlselError(f"{path}: {name} has {obj.shape[0]} rows, expected {length}")
+    return obj
+
+
+def read_ids(ds: h5py.Dataset, path: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Ids as a numpy array of Python str (object dtype)."""
+    raw = ds[start:stop]
+    return np.array([x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in raw], dtype=object)
+
+
+def check_unique(ids: np.ndarray, path: str, name: str) -> None:
+    if len(ids) == 0:
+        return
+    seen: dict[str, int] = {}
+    for i, x in enumerate(ids):
+        j = seen.setdefault(x, i)
+        if j != i:
+            raise AlselError(f"{path}: duplicate id {x!r} in {name} (rows {j} and {i})")
+
+
+# --------------------------------------------------------------------------- embedding rows
+
+
+class Embeddings:
+    """One modality's (N, D) rows of a store, opened without loading them.
+
+    A contiguous uncompressed dataset is memory-mapped; pages of a range are released with
+    `release()` once the range is processed, so resident memory stays bounded by the chunk.
+    Other layouts are read in slices through h5py.
+    """
+
+    def __init__(self, f: h5py.File, group: str, path: str):
+        self.path = path
+        self.name = f"/{group}/emb"
+        ds = dataset(f, self.name, path, ndim=2, kind="f")
+        if ds.dtype not in EMB_DTYPES:
+            raise AlselError(f"{path}: {self.name} has dtype {ds.dtype}, expected float16 or float32")
+        self.n, self.d = (int(x) for x in ds.shape)
+        if self.d == 0:
+            raise AlselError(f"{path}: {self.name} has zero-length rows (D = 0)")
+        self.dtype = ds.dtype
+        self._ds = ds
+        self._mm = None
+        self._base = 0
+        self._array = None
+        offset = ds.id.get_offset()
+        if ds.chunks is None and ds.compression is None and offset is not None and self.n > 0:
+            gran = mmap.ALLOCATIONGRANULARITY
+            base = offset - offset % gran
+            nbytes = self.n * self.d * self.dtype.itemsize
+            with open(path, "rb") as fh:
+                self._mm = mmap.mmap(fh.fileno(), nbytes + offset - base, access=mmap.ACCESS_READ, offset=base)
+            self._base = offset - base
+            self._array = np.frombuffer(self._mm, dtype=self.dtype, count=self.n * self.d,
+                                        offset=self._base).reshape(self.n, self.d)
+
+    @property
+    def memory_mapped(self) -> bool:
+        return self._array is not None
+
+    def raw(self, start: int, stop: int) -> np.ndarray:
+        """Rows as stored (float16 or float32), no checks."""
+        if self._array is not None:
+            return self._array[start:stop]
+        return self._ds[start:stop]
+
+    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows [start, stop) as float32, validated and re-normalised to unit length (SPEC §3)."""
+        stop = self.n if stop is None else stop
+        x = np.array(self.raw(start, stop), dtype=np.float32, copy=True)
+        return normalize_rows(x, self.path, self.name, start)
+
+    def release(self, start: int, stop: int) -> None:
+        """Drop the mapped pages of rows [start, stop) from this process's resident set."""
+        if self._mm is None or stop <= start:
+            return
+        row = self.d * self.dtype.itemsize
+        lo = self._base + start * row
+        hi = self._base + stop * row
+        page = mmap.PAGESIZE
+        lo = -(-lo // page) * page  # only whole pages inside the range
+        hi = hi // page * page
+        if hi > lo:
+            self._mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+    def close(self) -> None:
+        self._array = None
+        if self._mm is not None:
+            self._mm.close()
+            self._mm = None
+
+
+def normalize_rows(x: np.ndarray, path: str, name: str, start: int = 0) -> np.ndarray:
+    """Check rows are finite and unit length within NORM_TOLERANCE, then re-normalise in place."""
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+    bad = ~np.isfinite(norms)
+    if bad.any():
+        r = int(np.flatnonzero(bad)[0])
+        raise AlselError(f"{path}: row {start + r} of {name} has NaN or infinite values")
+    off = np.abs(norms - 1.0) > NORM_TOLERANCE
+    if off.any():
+        r = int(np.flatnonzero(off)[0])
+        raise AlselError(f"{path}: row {start + r} of {name} is not unit length (norm {norms[r]:.4g}); "
+                         f"embeddings must be L2-normalised")
+    x /= norms.astype(np.float32)[:, None]
+    return x
+
+
+@dataclass
+class Store:
+    """An opened embedding store (kind = "store")."""
+
+    path: str
+    file: h5py.File
+    attrs: dict
+    images: Embeddings | None = None
+    texts: Embeddings | None = None
+    text_image: np.ndarray | None = None  # int64 (N_t,), -1 = unpaired
+    _ids: dict = field(default_factory=dict)
+
+    @property
+    def model(self) -> str:
+        return str(self.attrs.get("model", ""))
+
+    @property
+    def d(self) -> int:
+        return (self.images or self.texts).d
+
+    @property
+    def is_paired(self) -> bool:
+        return self.images is not None and self.texts is not None and self.text_image is not None \
+            and self.texts.n > 0 and bool((self.text_image >= 0).all())
+
+    def ids(self, group: str) -> np.ndarray:
+        if group not in self._ids:
+            ds = dataset(self.file, f"/{group}/id", self.path, ndim=1, kind="S",
+                         length=getattr(self, group).n)
+            ids = read_ids(ds, self.path)
+            check_unique(ids, self.path, f"/{group}/id")
+            self._ids[group] = ids
+        return self._ids[group]
+
+    def side(self, group: str) -> Embeddings:
+        emb = getattr(self, group)
+        if emb is None:
+            raise AlselError(f"{self.path}: has no /{group} group")
+        return emb
+
+    def close(self) -> None:
+        for e in (self.images, self.texts):
+            if e is not None:
+                e.close()
+        self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open_store(path: str | os.PathLike, need: str | None = None) -> Store:
+    """Open an embedding store. `need`: "paired", "images" or "texts" (pool side), or None.
+
+    Checks structure, shapes, dtypes, text→image range and id uniqueness up front; embedding
+    values are checked as rows are read (Embeddings.read).
+    """
+    path = os.fspath(path)
+    f = open_h5(path, "store")
+    try:
+        attrs = attrs_dict(f)
+        if "model" not in attrs:
+            raise AlselError(f"{path}: attribute 'model' is missing")
+        st = Store(path=path, file=f, attrs=attrs)
+        if "images" in f:
+            st.images = Embeddings(f, "images", path)
+        if "texts" in f:
+            st.texts = Embeddings(f, "texts", path)
+            if "texts/image" in f:
+                ds = dataset(f, "/texts/image", path, ndim=1, kind="i", length=st.texts.n)
+                st.text_image = np.asarray(ds[:], dtype=np.int64)
+        if st.images is None and st.texts is None:
+            raise AlselError(f"{path}: has neither /images nor /texts")
+        if st.images is not None and st.texts is not None and st.images.d != st.texts.d:
+            raise AlselError(f"{path}: /images/emb has D = {st.images.d} but /texts/emb has D = {st.texts.d}")
+        if st.text_image is not None:
+            ti = st.text_image
+            n_i = st.images.n if st.images is not None else 0
+            bad = (ti < -1) | (ti >= n_i)
+            if bad.any():
+                r = int(np.flatnonzero(bad)[0])
+                raise AlselError(f"{path}: /texts/image[{r}] = {ti[r]} is out of range "
+                                 f"(the store has {n_i} images; -1 means unpaired)")
+        if need == "paired":
+            if st.images is None or st.texts is None:
+                raise AlselError(f"{path}: not a paired store (needs both /images and /texts)")
+            if st.text_image is None:
+                raise AlselError(f"{path}: dataset /texts/image is missing")
+            if st.texts.n == 0 or st.images.n == 0:
+                raise AlselError(f"{path}: paired store is empty")
+            if (st.text_image < 0).any():
+                r = int(np.flatnonzero(st.text_image < 0)[0])
+                raise AlselError(f"{path}: not a paired store: text {r} has no image (/texts/image = -1)")
+            st.ids("images")
+            st.ids("texts")
+        elif need in ("images", "texts"):
+            emb = st.side(need)
+            if emb.n == 0:
+                raise AlselError(f"{path}: the pool is empty (/{need}/emb has 0 rows)")
+            st.ids(need)
+        return st
+    except BaseException:
+        f.close()
+        raise
+
+
+def check_compatible(a: Store, b: Store) -> None:
+    """Two stores used together must share D and the model attribute."""
+    if a.d != b.d:
+        raise AlselError(f"{b.path}: embedding dimension D = {b.d} does not match {a.path} (D = {a.d})")
+    if a.model != b.model:
+        raise AlselError(f"{b.path}: model {b.model!r} does not match {a.path} (model {a.model!r})")
+
+
+# --------------------------------------------------------------------------- paired data and fingerprints
+
+
+@dataclass
+class Paired:
+    """A paired store loaded into memory (float32, unit rows): the resident side of every sweep."""
+
+    path: str
+    images: np.ndarray
+    texts: np.ndarray
+    text_image: np.ndarray
+    model: str
+    fingerprint: str
+
+
+def load_paired(store: Store) -> Paired:
+    if not store.is_paired:
+        raise AlselError(f"{store.path}: not a paired store")
+    images = store.images.read()
+    texts = store.texts.read()
+    return Paired(store.path, images, texts, store.text_image.copy(), store.model,
+                  paired_fingerprint(store))
+
+
+def paired_fingerprint(store: Store) -> str:
+    """Shapes plus a SHA-256 of the stored embeddings and the text→image index."""
+    h = hashlib.sha256()
+    for emb in (store.images, store.texts):
+        h.update(f"{emb.n}x{emb.d}:{emb.dtype.str};".encode())
+        for s in range(0, emb.n, 65536):
+            h.update(np.ascontiguousarray(emb.raw(s, min(emb.n, s + 65536))).tobytes())
+    h.update(np.ascontiguousarray(store.text_image, dtype="<i8").tobytes())
+    return h.hexdigest()[:32]
+
+
+def pool_fingerprint(emb: Embeddings, model: str) -> str:
+    """Shape, dtype, model and 64 evenly spaced rows (first and last included): cheap for any pool
+    size, and enough to tell shards of different pools apart."""
+    h = hashlib.sha256(f"{emb.n}x{emb.d}:{emb.dtype.str}:{model};".encode())
+    if emb.n:
+        for r in np.unique(np.linspace(0, emb.n - 1, num=min(64, emb.n)).astype(np.int64)):
+            h.update(np.ascontiguousarray(emb.raw(int(r), int(r) + 1)).tobytes())
+    return h.hexdigest()[:32]
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def command_line() -> str:
+    return shlex.join([os.path.basename(sys.argv[0])] + sys.argv[1:]) if sys.argv else "python"
+
+
+@contextlib.contextmanager
+def atomic_path(out: str | os.PathLike, inputs: tuple = ()) -> Iterator[str]:
+    """Yield a temporary path in the target folder; rename it onto `out` only on success.
+
+    A failure (or KeyboardInterrupt/SystemExit) removes the temporary file, so `out` holds either
+    the previous file or the complete new one. `out` may not be one of the inputs.
+    """
+    out = os.fspath(out)
+    folder = os.path.dirname(os.path.abspath(out))
+    if os.path.isdir(out):
+        raise AlselError(f"{out}: is a directory, expected an output file path")
+    if not os.path.isdir(folder):
+        raise AlselError(f"{out}: output folder {folder} does not exist")
+    for p in inputs:
+        if p is not None and os.path.exists(p) and os.path.exists(out) and os.path.samefile(p, out):
+            raise AlselError(f"{out}: output path is also an input; choose another --out")
+    if not os.access(folder, os.W_OK):
+        raise AlselError(f"{out}: output folder {folder} is not writable")
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(out) + ".", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def set_root_attrs(f: h5py.File, kind: str, attrs: dict | None = None, created_by: str | None = None) -> None:
+    f.attrs["alsel_format"] = FORMAT
+    f.attrs["kind"] = kind
+    f.attrs["alsel_version"] = _version()
+    f.attrs["created_by"] = created_by if created_by is not None else command_line()
+    for k, v in (attrs or {}).items():
+        f.attrs[k] = v
+
+
+def write_h5(out: str | os.PathLike, kind: str, datasets: dict, attrs: dict | None = None,
+             inputs: tuple = (), created_by: str | None = None) -> None:
+    """Write a small result file (thresholds, scores, selection) atomically. Strings as UTF-8."""
+    with atomic_path(out, inputs) as tmp:
+        with h5py.File(tmp, "w") as f:
+            set_root_attrs(f, kind, attrs, created_by)
+            for name, arr in datasets.items():
+                arr = np.asarray(arr)
+                if arr.dtype == object or arr.dtype.kind == "U":
+                    f.create_dataset(name, data=np.asarray(arr, dtype=object), dtype=STR_DTYPE)
+                else:
+                    f.create_dataset(name, data=arr)
+
+
+def write_store(out: str | os.PathLike, *, images: np.ndarray | None = None, image_ids=None,
+                texts: np.ndarray | None = None, text_ids=None, text_image: np.ndarray | None = None,
+                model: str, pretrained: str, dtype: str | np.dtype | None = None,
+                extra: dict | None = None, inputs: tuple = (), created_by: str | None = None) -> None:
+    """Write an embedding store atomically from in-memory arrays (rows must already be unit length).
+
+    For inputs larger than memory use StoreWriter directly.
+    """
+    with StoreWriter(out, model=model, pretrained=pretrained, inputs=inputs, created_by=created_by) as w:
+        if images is not None:
+            w.add_group("images", len(images), images.shape[1], dtype or images.dtype)
+            w.write("images", 0, images, image_ids)
+        if texts is not None:
+            w.add_group("texts", len(texts), texts.shape[1], dtype or texts.dtype,
+                        text_image=text_image if text_image is not None else np.full(len(texts), -1))
+            w.write("texts", 0, texts, text_ids)
+        for name, arr in (extra or {}).items():
+            w.put(name, arr)
+
+
+class StoreWriter:
+    """Streams rows into a new store: datasets are allocated contiguous up front, rows written in
+    slices, every row checked (finite, unit length), ids checked unique on close; renamed into place
+    only when complete."""
+
+    def __init__(self, out, *, model: str, pretrained: str, inputs: tuple = (), created_by: str | None = None):
+        self.out = os.fspath(out)
+        self._ctx = atomic_path(self.out, inputs)
+        self._attrs = {"model": model, "pretrained": pretrained}
+        self._created_by = created_by
+        self.f: h5py.File | None = None
+
+    def __enter__(self):
+        self.tmp = self._ctx.__enter__()
+        self.f = h5py.File(self.tmp, "w")
+        set_root_attrs(self.f, "store", self._attrs, self._created_by)
+        return self
+
+    def add_group(self, group: str, n: int, d: int, dtype, text_image=None) -> None:
+        dtype = np.dtype(dtype)
+        if dtype not in EMB_DTYPES:
+            raise AlselError(f"{self.out}: embeddings must be stored as float16 or float32, not {dtype}")
+        if d < 1:
+            raise AlselError(f"{self.out}: embeddings have zero length (D = 0)")
+        g = self.f.create_group(group)
+        g.create_dataset("emb", shape=(n, d), dtype=dtype)  # contiguous, uncompressed: memory-mappable
+        g.create_dataset("id", shape=(n,), dtype=STR_DTYPE)
+        if text_image is not None:
+            g.create_dataset("image", data=np.asarray(text_image, dtype=np.int64))
+
+    def write(self, group: str, start: int, rows: np.ndarray, ids) -> None:
+        g = self.f[group]
+        rows = np.asarray(rows)
+        if len(rows):
+            normalize_rows(np.array(rows, dtype=np.float32), self.out, f"/{group}/emb", start)
+        g["emb"][start:start + len(rows)] = rows.astype(g["emb"].dtype, copy=False)
+        if ids is None:
+            raise AlselError(f"{self.out}: ids for /{group} are missing")
+        ids = [str(x) for x in ids]
+        if len(ids) != len(rows):
+            raise AlselError(f"{self.out}: {len(ids)} ids for {len(rows)} rows of /{group}")
+        g["id"][start:start + len(rows)] = np.asarray(ids, dtype=object)
+
+    def put(self, name: str, arr) -> None:
+        arr = np.asarray(arr)
+        if arr.dtype == object or arr.dtype.kind == "U":
+            self.f.create_dataset(name, data=np.asarray(arr, dtype=object), dtype=STR_DTYPE)
+        else:
+            self.f.create_dataset(name, data=arr)
+
+    def _finish(self) -> None:
+        f = self.f
+        for group in ("images", "texts"):
+            if group in f:
+                check_unique(read_ids(f[group]["id"], self.out), self.out, f"/{group}/id")
+        if "texts" in f and "image" in f["texts"]:
+            ti = f["texts/image"][:]
+            n_i = f["images/emb"].shape[0] if "images" in f else 0
+            bad = (ti < -1) | (ti >= n_i)
+            if bad.any():
+                r = int(np.flatnonzero(bad)[0])
+                raise AlselError(f"{self.out}: text {r} names image {ti[r]}, out of range (0..{n_i - 1})")
+
+    def __exit__(self, et, ev, tb):
+        try:
+            if et is None:
+                self._finish()
+        except BaseException as e:
+            self.f.close()
+            self._ctx.__exit__(type(e), e, e.__traceback__)
+            raise
+        self.f.close()
+        return self._ctx.__exit__(et, ev, tb)

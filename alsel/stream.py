@@ -1,0 +1,130 @@
+"""The one streaming primitive: tile the pool, keep the paired side on the device, reduce each tile.
+
+    for each chunk of pool rows (read from disk, checked, re-normalised, moved to the device):
+        for each compute tile of the chunk and each block of resident columns:
+            S = tile @ resident_blockᵀ (+ bias_block)        float32
+            state = reducer.update(state, S, ...)
+        yield reducer.finish(state)
+
+A chunk is the I/O unit (`chunk_size` rows: sets peak memory). A compute tile times a column block
+is the unit the reduction runs on: on CPU it is sized to stay in cache, which makes the reduction
+nearly free next to the matmul; on CUDA tiles are large. The N_pool × N_resident matrix is never
+built. Thresholds, scores, core-set distances (and later evaluation) are all reducers over it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, Protocol
+
+import numpy as np
+import torch
+
+from .errors import AlselError
+
+CPU_TILE_ROWS = 1024
+CPU_COL_BLOCK = 512
+CUDA_COL_BLOCK = 16384
+DEFAULT_CHUNK = {"cpu": 16384, "cuda": 65536}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise AlselError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+        return torch.device("cuda")
+    raise AlselError(f"--device {name!r}: expected auto, cpu or cuda")
+
+
+class Rows(Protocol):
+    """Something with n rows of dimension d that reads [start, stop) as float32 unit rows."""
+
+    n: int
+    d: int
+
+    def read(self, start: int, stop: int) -> np.ndarray: ...
+
+    def release(self, start: int, stop: int) -> None: ...
+
+
+class ArrayRows:
+    """In-memory rows (already float32 and unit length) behind the Rows interface."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = np.ascontiguousarray(array, dtype=np.float32)
+        self.n, self.d = self.array.shape
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return self.array[start:stop]
+
+    def release(self, start: int, stop: int) -> None:
+        pass
+
+
+class Reducer(Protocol):
+    def init(self, n: int, r0: int): ...
+
+    def update(self, state, s: torch.Tensor, r0: int, c0: int): ...
+
+    def finish(self, state) -> tuple[torch.Tensor, ...]: ...
+
+
+def chunk_bounds(start: int, stop: int, chunk_size: int) -> Iterator[tuple[int, int]]:
+    for a in range(start, stop, chunk_size):
+        yield a, min(stop, a + chunk_size)
+
+
+def sweep(rows: Rows, resident: torch.Tensor, reducer: Reducer, *, device: torch.device,
+          bias: torch.Tensor | None = None, start: int = 0, stop: int | None = None,
+          chunk_size: int | None = None, progress: Callable[[int], None] | None = None,
+          ) -> Iterator[tuple[int, int, tuple[np.ndarray, ...]]]:
+    """Yield (r0, r1, results) for consecutive row ranges of `rows[start:stop]`.
+
+    `resident` (M × D, float32, on `device`) and `bias` (M,) stay in place; results are the
+    reducer's per-row outputs as numpy arrays.
+    """
+    stop = rows.n if stop is None else stop
+    if rows.d != resident.shape[1]:
+        raise AlselError(f"dimension mismatch: rows have D = {rows.d}, resident side D = {resident.shape[1]}")
+    kind = device.type
+    chunk_size = chunk_size or DEFAULT_CHUNK.get(kind, 16384)
+    if chunk_size < 1:
+        raise AlselError(f"--chunk-size must be at least 1, got {chunk_size}")
+    tile_rows = CPU_TILE_ROWS if kind == "cpu" else chunk_size
+    col_block = CPU_COL_BLOCK if kind == "cpu" else CUDA_COL_BLOCK
+    m = resident.shape[0]
+    for a, b in chunk_bounds(start, stop, chunk_size):
+        x = torch.from_numpy(rows.read(a, b)).to(device, non_blocking=True)
+        outs: list[tuple[torch.Tensor, ...]] = []
+        for t0 in range(0, b - a, tile_rows):
+            xt = x[t0:t0 + tile_rows]
+            r0 = a + t0
+            state = reducer.init(xt.shape[0], r0)
+            for c0 in range(0, m, col_block):
+                block = resident[c0:c0 + col_block]
+                if bias is None:
+                    s = xt @ block.T
+                else:
+                    s = torch.addmm(bias[c0:c0 + col_block], xt, block.T)
+                state = reducer.update(state, s, r0, c0)
+            outs.append(reducer.finish(state))
+        rows.release(a, b)
+        results = tuple(torch.cat(parts).cpu().numpy() for parts in zip(*outs))
+        if progress is not None:
+            progress(b - a)
+        yield a, b, results
+
+
+def collect(chunks: Iterator[tuple[int, int, tuple[np.ndarray, ...]]]) -> tuple[np.ndarray, ...]:
+    """Concatenate a sweep's per-chunk results."""
+    parts = [res for _, _, res in chunks]
+    if not parts:
+        return ()
+    return tuple(np.concatenate(p) for p in zip(*parts))
+
+
+def to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)

@@ -1,0 +1,421 @@
+"""alsel command line: parsing, progress on stderr, tables on stdout, errors mapped to exit codes.
+
+All computation lives in the `alsel` package; each command here only opens inputs, calls the stage
+function and reports. Exit codes: 0 done, 2 bad usage or input (one line `error: ...`), 1 a bug.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import signal
+import sys
+import time
+from enum import Enum
+from typing import Annotated, Iterator, Optional
+
+import click
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+import alsel
+from alsel import scoring, selection, store, thresholds
+from alsel.errors import AlselError
+from alsel.stream import resolve_device
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Active learning for image-text retrieval: choose which pool items to annotate next.")
+out_console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False)
+CREATED_BY = "alsel"
+
+
+# --------------------------------------------------------------------------- shared options
+
+
+class Select(str, Enum):
+    images = "images"
+    texts = "texts"
+
+
+class Batch(str, Enum):
+    full = "full"
+    mini = "mini"
+
+
+class Form(str, Enum):
+    loss = "loss"
+    rank = "rank"
+    margin = "margin"
+
+
+class Weight(str, Enum):
+    surplus = "surplus"
+    counting = "counting"
+
+
+class Strategy(str, Enum):
+    score = "score"
+    random = "random"
+    coreset = "coreset"
+
+
+class DeviceName(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+Paired = Annotated[str, typer.Option("--paired", help="Paired store (images with captions).", show_default=False)]
+Unpaired = Annotated[str, typer.Option("--unpaired", help="Pool store (the unpaired side).", show_default=False)]
+Out = Annotated[str, typer.Option("--out", help="Output file (written atomically).", show_default=False)]
+Device = Annotated[DeviceName, typer.Option("--device", help="auto = CUDA when available.")]
+ChunkSize = Annotated[Optional[int], typer.Option("--chunk-size", min=1, show_default=False,
+                                                  help="Pool rows read per chunk (sets peak memory). "
+                                                       "Default: 16384 on CPU, 65536 on CUDA.")]
+# threshold flags: None = not given (score checks given flags against a --thresholds file)
+SelectOpt = Annotated[Optional[Select], typer.Option("--select", show_default=False,
+                                                     help="Pool side to choose from. [default: images]")]
+TopK = Annotated[Optional[int], typer.Option("--top-k", show_default=False,
+                                             help="k of the k-th hardest negative. [default: 1]")]
+BatchOpt = Annotated[Optional[Batch], typer.Option("--batch", show_default=False,
+                                                   help="Negatives from the whole paired set or a mini-batch. [default: full]")]
+BatchSize = Annotated[Optional[int], typer.Option("--batch-size", show_default=False,
+                                                  help="Mini-batch size for --batch mini. [default: 128]")]
+Margin = Annotated[Optional[float], typer.Option("--margin", show_default=False, help="α. [default: 0.2]")]
+FormOpt = Annotated[Optional[Form], typer.Option("--form", show_default=False,
+                                                 help="ξ = max(h, p-α) (loss), h (rank) or p-α (margin). [default: loss]")]
+Seed = Annotated[Optional[int], typer.Option("--seed", show_default=False,
+                                             help="Seed of the mini-batch permutation. [default: 0]")]
+
+
+def threshold_params(select, top_k, batch, batch_size, margin, form, seed) -> thresholds.ThresholdParams:
+    d = thresholds.ThresholdParams()
+    return thresholds.ThresholdParams(
+        select=select.value if select else d.select, top_k=d.top_k if top_k is None else top_k,
+        batch=batch.value if batch else d.batch, batch_size=d.batch_size if batch_size is None else batch_size,
+        margin=d.margin if margin is None else margin, form=form.value if form else d.form,
+        seed=d.seed if seed is None else seed)
+
+
+def check_flags_match(path: str, params: thresholds.ThresholdParams, given: dict) -> None:
+    """With --thresholds, a threshold flag that contradicts the file is an error."""
+    for key, value in given.items():
+        if value is None:
+            continue
+        value = value.value if isinstance(value, Enum) else value
+        if value != getattr(params, key):
+            flag = "--" + key.replace("_", "-")
+            raise AlselError(f"{path}: {flag} {value} contradicts the thresholds file ({key} = {getattr(params, key)})")
+
+
+@contextlib.contextmanager
+def progress_bar(label: str, total: int) -> Iterator:
+    """A rich progress bar on stderr; yields the advance(n) callback the library takes."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console, transient=True, disable=not err_console.is_terminal) as p:
+        task = p.add_task(label, total=total)
+        yield lambda n: p.advance(task, n)
+
+
+def open_paired(path: str) -> tuple[store.Store, store.Paired]:
+    st = store.open_store(path, need="paired")
+    return st, store.load_paired(st)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@app.command()
+def synth(
+    out: Annotated[str, typer.Option("--out", help="Output folder (created).", show_default=False)],
+    images: Annotated[int, typer.Option(help="Images in the world.")] = 2000,
+    captions: Annotated[int, typer.Option(help="Captions per image.")] = 5,
+    classes: Annotated[int, typer.Option(help="Coarse classes.")] = 50,
+    fine: Annotated[int, typer.Option(help="Fine classes per coarse class.")] = 4,
+    dim: Annotated[int, typer.Option(help="Embedding dimension D.")] = 64,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    paired: Annotated[float, typer.Option(help="Fraction of images in the paired store.")] = 0.1,
+    test: Annotated[float, typer.Option(help="Fraction of images in the test store.")] = 0.2,
+    dtype: Annotated[str, typer.Option(help="Storage dtype: float16 or float32.")] = "float16",
+):
+    """Generate a finely categorized synthetic world as stores.
+
+    Writes DIR/paired.h5, pool_images.h5, pool_texts.h5, test.h5 and oracle.h5 (pool images with
+    their hidden captions).
+
+    Example: alsel synth --out toy --images 2000 --captions 5 --classes 50 --dim 64
+    """
+    if dtype not in ("float16", "float32"):
+        raise AlselError(f"--dtype {dtype!r}: expected float16 or float32")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise AlselError(f"{out}: exists and is not a folder")
+    paths = alsel.synth(out, images=images, captions=captions, classes=classes, fine_per_class=fine, dim=dim,
+                        seed=seed, paired=paired, test=test, dtype=dtype, created_by=CREATED_BY)
+    table = Table("file", "images", "texts", title=f"synthetic world in {out}")
+    for name, p in paths.items():
+        with store.open_store(p) as st:
+            table.add_row(p, str(st.images.n if st.images else 0), str(st.texts.n if st.texts else 0))
+    out_console.print(table)
+
+
+@app.command("import")
+def import_(
+    out: Out,
+    images: Annotated[Optional[str], typer.Option(help="Image embeddings .npy (N_i, D).", show_default=False)] = None,
+    texts: Annotated[Optional[str], typer.Option(help="Text embeddings .npy (N_t, D).", show_default=False)] = None,
+    text_image: Annotated[Optional[str], typer.Option("--text-image", show_default=False,
+                                                      help="Int .npy (N_t,): image row of each text, -1 unpaired.")] = None,
+    aligned: Annotated[bool, typer.Option("--aligned", help="Text row i describes image row i.")] = False,
+    image_ids: Annotated[Optional[str], typer.Option("--image-ids", show_default=False,
+                                                     help="Ids, one per line (or .npy). Default <file stem>:<row>.")] = None,
+    text_ids: Annotated[Optional[str], typer.Option("--text-ids", show_default=False,
+                                                    help="Ids, one per line (or .npy). Default <file stem>:<row>.")] = None,
+    clip_retrieval: Annotated[Optional[str], typer.Option("--clip-retrieval", show_default=False,
+                                                          help="A clip-retrieval inference output folder.")] = None,
+    model: Annotated[str, typer.Option(help="Model name recorded in the store (must match stores used with it).")] = "imported",
+    normalize: Annotated[bool, typer.Option("--normalize", help="L2-normalise rows (otherwise they must be unit length).")] = False,
+    dtype: Annotated[Optional[str], typer.Option(help="Storage dtype float16|float32 (default: as input).",
+                                                 show_default=False)] = None,
+):
+    """Build a store from .npy arrays or a clip-retrieval output folder.
+
+    Examples: alsel import --images img.npy --texts txt.npy --aligned --out paired.h5
+              alsel import --clip-retrieval embeddings/ --model ViT-B-32 --out pool.h5
+    """
+    from alsel import ingest
+
+    if dtype is not None and dtype not in ("float16", "float32"):
+        raise AlselError(f"--dtype {dtype!r}: expected float16 or float32")
+    if clip_retrieval is not None:
+        if images or texts:
+            raise AlselError("import: give either --clip-retrieval or --images/--texts, not both")
+        ingest.import_clip_retrieval(out, clip_retrieval, model=model, normalize=normalize, dtype=dtype,
+                                     created_by=CREATED_BY)
+    else:
+        ingest.import_arrays(out, images=images, texts=texts, text_image=text_image, aligned=aligned,
+                             image_ids=image_ids, text_ids=text_ids, model=model, normalize=normalize,
+                             dtype=dtype, created_by=CREATED_BY)
+    info(out, as_json=False)
+
+
+@app.command()
+def info(
+    file: Annotated[str, typer.Argument(help="Any alsel file.", show_default=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+):
+    """Show what an alsel file holds: kind, attributes, datasets, summary.
+
+    Example: alsel info pool.h5 --json
+    """
+    from alsel.inspect import describe
+
+    d = describe(file)
+    if as_json:
+        out_console.print_json(json.dumps(d, default=str))
+        return
+    table = Table(title=f"{file} ({d['kind']})", show_header=False)
+    for k, v in d["summary"].items():
+        table.add_row(k, str(v))
+    out_console.print(table)
+    ds = Table("dataset", "dtype", "shape", title="datasets")
+    for name, meta in d["datasets"].items():
+        ds.add_row(name, meta["dtype"], "x".join(map(str, meta["shape"])) or "scalar")
+    out_console.print(ds)
+    at = Table("attribute", "value", title="attributes")
+    for k, v in d["attrs"].items():
+        at.add_row(k, str(v))
+    out_console.print(at)
+
+
+@app.command()
+def threshold(paired: Paired, out: Out, select: SelectOpt = None, top_k: TopK = None, batch: BatchOpt = None,
+              batch_size: BatchSize = None, margin: Margin = None, form: FormOpt = None, seed: Seed = None,
+              device: Device = DeviceName.auto, chunk_size: ChunkSize = None):
+    """Compute the per-pair thresholds ξ (SPEC §3) of a paired store.
+
+    Example: alsel threshold --paired paired.h5 --out xi.h5 --top-k 1 --batch full --form loss
+    """
+    params = threshold_params(select, top_k, batch, batch_size, margin, form, seed)
+    dev = resolve_device(device.value)
+    st, p = open_paired(paired)
+    with st:
+        with progress_bar("thresholds", thresholds.progress_total(p, params)) as advance:
+            th = thresholds.make_thresholds(p, params, dev, chunk_size, advance)
+        thresholds.save_thresholds(out, th, p, created_by=CREATED_BY)
+    finite = th.xi[np.isfinite(th.xi)]
+    out_console.print(f"wrote {out}: ξ for {len(th.xi)} pairs ({params.select}, top-{params.top_k}, "
+                      f"{params.batch}, {params.form}); ξ mean {finite.mean() if len(finite) else float('nan'):.4f}, "
+                      f"min {th.xi.min():.4f}, max {th.xi.max():.4f}")
+
+
+@app.command()
+def score(paired: Paired, unpaired: Unpaired, out: Out,
+          thresholds_path: Annotated[Optional[str], typer.Option("--thresholds", show_default=False,
+                                                                 help="ξ file from `alsel threshold` (else computed).")] = None,
+          weight: Annotated[Weight, typer.Option(help="surplus: Σ max(0, c_j); counting: #{c_j > 0}.")] = Weight.surplus,
+          shard: Annotated[Optional[str], typer.Option(help="Score pool rows of shard i of n (0-based), e.g. 0/4.",
+                                                       show_default=False)] = None,
+          select: SelectOpt = None, top_k: TopK = None, batch: BatchOpt = None, batch_size: BatchSize = None,
+          margin: Margin = None, form: FormOpt = None, seed: Seed = None,
+          device: Device = DeviceName.auto, chunk_size: ChunkSize = None):
+    """Score pool items by how strongly they would be hard negatives (SPEC §3), streamed in chunks.
+
+    Example: alsel score --paired p.h5 --unpaired u.h5 --weight surplus --shard 0/4 --out s0.h5
+    """
+    shard_i_n = scoring.parse_shard(shard)
+    dev = resolve_device(device.value)
+    given = dict(select=select, top_k=top_k, batch=batch, batch_size=batch_size, margin=margin, form=form, seed=seed)
+    st, p = open_paired(paired)
+    with st:
+        if thresholds_path is not None:
+            th = thresholds.load_thresholds(thresholds_path, p)
+            check_flags_match(thresholds_path, th.params, given)
+        else:
+            params = threshold_params(**given)
+            with progress_bar("thresholds", thresholds.progress_total(p, params)) as advance:
+                th = thresholds.make_thresholds(p, params, dev, chunk_size, advance)
+        with store.open_store(unpaired, need=th.params.select) as pool:
+            store.check_compatible(st, pool)
+            a, b = scoring.shard_range(*shard_i_n, pool.side(th.params.select).n)
+            t0 = time.perf_counter()
+            with progress_bar(f"scoring {th.params.select}", b - a) as advance:
+                res = scoring.score_pool(pool, p, th, weight.value, dev, shard_i_n, chunk_size, advance)
+            dt = time.perf_counter() - t0
+            scoring.save_scores(out, res, inputs=(paired, unpaired, thresholds_path), created_by=CREATED_BY)
+    rate = (b - a) / dt if dt > 0 else float("inf")
+    out_console.print(f"wrote {out}: {b - a} pool rows (shard {shard_i_n[0]}/{shard_i_n[1]}), "
+                      f"{rate:,.0f} rows/s; {int((res.count > 0).sum())} rows are hard negatives "
+                      f"for at least one pair")
+
+
+@app.command("select")
+def select_cmd(
+    out: Out,
+    budget: Annotated[int, typer.Option(help="How many pool items to choose (B).", show_default=False)],
+    scores: Annotated[Optional[list[str]], typer.Option("--scores", show_default=False,
+                                                        help="Score files (all shards of one run).")] = None,
+    strategy: Annotated[Optional[Strategy], typer.Option(show_default=False,
+                                                         help="score (with --scores), random or coreset.")] = None,
+    paired: Annotated[Optional[str], typer.Option("--paired", show_default=False, help="Paired store.")] = None,
+    unpaired: Annotated[Optional[str], typer.Option("--unpaired", show_default=False, help="Pool store.")] = None,
+    select: Annotated[Select, typer.Option(help="Pool side (random, coreset).")] = Select.images,
+    seed: Annotated[int, typer.Option(help="Seed (random).")] = 0,
+    csv: Annotated[Optional[str], typer.Option("--csv", show_default=False,
+                                               help="Also write rank,id,row,score as CSV.")] = None,
+    device: Device = DeviceName.auto, chunk_size: ChunkSize = None,
+):
+    """Choose B pool items: top scores (merging shards), random, or core-set.
+
+    Examples: alsel select --scores s0.h5 s1.h5 s2.h5 --budget 100 --out sel.h5 --csv sel.csv
+              alsel select --strategy coreset --paired p.h5 --unpaired u.h5 --budget 100 --out sel.h5
+    """
+    strategy = strategy or (Strategy.score if scores else None)
+    if strategy is None:
+        raise AlselError("select: give --scores FILES, or --strategy random|coreset with --unpaired")
+    inputs: tuple = ()
+    if strategy is Strategy.score:
+        if not scores:
+            raise AlselError("select --strategy score needs --scores FILES")
+        if budget <= 0:
+            raise AlselError(f"--budget must be at least 1, got {budget}")
+        sel = selection.select_by_score(scores, budget)
+        inputs = tuple(scores)
+    else:
+        if scores:
+            raise AlselError(f"select --strategy {strategy.value} takes --paired/--unpaired, not --scores")
+        if unpaired is None:
+            raise AlselError(f"select --strategy {strategy.value} needs --unpaired POOL.h5")
+        if budget <= 0:
+            raise AlselError(f"--budget must be at least 1, got {budget}")
+        if strategy is Strategy.coreset and paired is None:
+            raise AlselError("select --strategy coreset needs --paired P.h5 (distances are to the paired items)")
+        with contextlib.ExitStack() as stack:
+            pool = stack.enter_context(store.open_store(unpaired, need=select.value))
+            pst = stack.enter_context(store.open_store(paired, need="paired")) if paired else None
+            if pst is not None:
+                store.check_compatible(pst, pool)
+            if strategy is Strategy.random:
+                sel = selection.select_random(pool, select.value, budget, seed)
+            else:
+                dev = resolve_device(device.value)
+                with progress_bar("core-set", budget) as advance:
+                    sel = selection.select_coreset(pool, pst.side(select.value).read(), select.value, budget,
+                                                   dev, chunk_size, advance)
+        inputs = (paired, unpaired)
+    selection.save_selection(out, sel, csv, inputs=inputs, created_by=CREATED_BY)
+    show = min(len(sel.rows), 10)
+    table = Table("rank", "id", "row", "score", title=f"{out}: {len(sel.rows)} selected ({sel.attrs['strategy']}), top {show}")
+    for r in range(show):
+        s = sel.score[r]
+        table.add_row(str(r + 1), str(sel.ids[r]), str(sel.rows[r]), "" if np.isnan(s) else f"{s:.6g}")
+    out_console.print(table)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _expand_multi(argv: list[str]) -> list[str]:
+    """Let `--scores a.h5 b.h5 c.h5` (and shell globs) mean `--scores a.h5 --scores b.h5 ...`."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        out.append(argv[i])
+        if argv[i] == "--scores":
+            i += 1
+            first = True
+            while i < len(argv) and not argv[i].startswith("-"):
+                if not first:
+                    out.append("--scores")
+                out.append(argv[i])
+                first = False
+                i += 1
+            continue
+        i += 1
+    return out
+
+
+USAGE_ERRORS = tuple({click.ClickException, getattr(typer, "TyperException", click.ClickException)})
+
+
+def _on_sigterm(signum, frame):
+    raise SystemExit(143)  # unwinds through atomic writers, which remove their temporary files
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0, 1 or 2)."""
+    global CREATED_BY
+    argv = list(sys.argv[1:] if argv is None else argv) or ["--help"]
+    CREATED_BY = shlex.join(["alsel"] + argv)
+    with contextlib.suppress(ValueError):  # not in the main thread
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        rv = app(args=_expand_multi(argv), prog_name="alsel", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except AlselError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except typer.Exit as e:
+        return e.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except USAGE_ERRORS as e:  # click's (or typer's vendored click's) parse errors
+        msg = " ".join(e.format_message().split())
+        ctx = getattr(e, "ctx", None)
+        where = f"{ctx.command_path}: " if ctx is not None else ""
+        print(f"error: {where}{msg}", file=sys.stderr)
+        return 2
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()
