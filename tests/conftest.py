@@ -1,0 +1,68 @@
+import os
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from alsel import stream  # noqa: E402
+from alsel.store import write_store  # noqa: E402
+
+MODEL = "test-model"
+
+
+def unit(a):
+    return (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)
+
+
+def random_paired(rng, n_images=13, max_captions=3, d=8):
+    """Images with 1..max_captions captions each (texts not grouped by image)."""
+    images = unit(rng.standard_normal((n_images, d)))
+    per = rng.integers(1, max_captions + 1, size=n_images)
+    text_image = np.repeat(np.arange(n_images), per)
+    rng.shuffle(text_image)
+    texts = unit(images[text_image] + 0.8 * rng.standard_normal((len(text_image), d)))
+    return images, texts, text_image
+
+
+def write_paired(path, images, texts, text_image, dtype="float32", model=MODEL, prefix="p"):
+    write_store(path, images=images.astype(dtype), image_ids=[f"{prefix}img{i}" for i in range(len(images))],
+                texts=texts.astype(dtype), text_ids=[f"{prefix}txt{i}" for i in range(len(texts))],
+                text_image=text_image, model=model, pretrained="test", created_by="test")
+    return str(path)
+
+
+def write_pool(path, rows, side="images", dtype="float32", model=MODEL):
+    kw = {side: rows.astype(dtype), ("image_ids" if side == "images" else "text_ids"):
+          [f"u{i}" for i in range(len(rows))]}
+    write_store(path, model=model, pretrained="test", created_by="test", **kw)
+    return str(path)
+
+
+def stored(path, group):
+    """Embeddings exactly as stored (float16 or float32), upcast."""
+    with h5py.File(path, "r") as f:
+        return f[f"{group}/emb"][:].astype(np.float64)
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """Force tiny compute tiles so row tiling and column blocking are exercised on small data."""
+    monkeypatch.setattr(stream, "CPU_TILE_ROWS", 3)
+    monkeypatch.setattr(stream, "CPU_COL_BLOCK", 5)
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run the CLI in-process: returns (exit code, stdout, stderr)."""
+    import cli
+
+    def run(*args):
+        code = cli.main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

@@ -1,0 +1,91 @@
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+from alsel.errors import AlselError
+from alsel.store import atomic_path, load_paired, open_store, paired_fingerprint, write_h5, write_store
+from conftest import MODEL, random_paired, unit, write_paired, write_pool
+
+
+def test_roundtrip_and_memory_map(tmp_path):
+    rng = np.random.default_rng(0)
+    images, texts, ti = random_paired(rng)
+    p = write_paired(tmp_path / "p.h5", images, texts, ti, dtype="float16")
+    with open_store(p, need="paired") as st:
+        assert st.images.memory_mapped and st.texts.memory_mapped
+        assert st.images.dtype == np.float16 and st.d == 8
+        x = st.images.read(2, 9)
+        assert np.allclose(np.linalg.norm(x, axis=1), 1, atol=1e-6)
+        assert np.allclose(x, images[2:9], atol=2e-3)
+        assert list(st.ids("texts")[:2]) == ["ptxt0", "ptxt1"]
+        assert st.is_paired and list(st.text_image) == list(ti)
+        st.images.release(0, st.images.n)  # dropping pages keeps data readable
+        assert np.array_equal(st.images.read(2, 9), x)
+        with h5py.File(p, "r") as f:
+            assert f["images/emb"].chunks is None and f["images/emb"].compression is None
+            assert f.attrs["kind"] == "store" and f.attrs["alsel_format"] == 1
+
+
+def test_chunked_dataset_is_read_in_slices(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = unit(rng.standard_normal((20, 5)))
+    p = write_pool(tmp_path / "u.h5", rows)
+    q = str(tmp_path / "c.h5")
+    with h5py.File(p, "r") as src, h5py.File(q, "w") as dst:
+        for k, v in src.attrs.items():
+            dst.attrs[k] = v
+        dst.create_dataset("images/emb", data=src["images/emb"][:], chunks=(4, 5), compression="gzip")
+        src.copy("images/id", dst["images"])
+    with open_store(p) as a, open_store(q) as b:
+        assert a.images.memory_mapped and not b.images.memory_mapped
+        assert np.array_equal(a.images.read(3, 17), b.images.read(3, 17))
+
+
+def test_fingerprint_changes_with_content(tmp_path):
+    rng = np.random.default_rng(0)
+    images, texts, ti = random_paired(rng)
+    a = write_paired(tmp_path / "a.h5", images, texts, ti)
+    b = write_paired(tmp_path / "b.h5", images, texts, ti, prefix="q")  # other ids, same embeddings
+    texts2 = texts.copy()
+    texts2[0] = unit(texts2[:1] + 0.01)[0]
+    c = write_paired(tmp_path / "c.h5", images, texts2, ti)
+    fp = {}
+    for k, path in dict(a=a, b=b, c=c).items():
+        with open_store(path, need="paired") as st:
+            fp[k] = paired_fingerprint(st)
+            assert load_paired(st).fingerprint == fp[k]
+    assert fp["a"] == fp["b"] and fp["a"] != fp["c"]
+
+
+def test_atomic_write_keeps_previous_file_on_failure(tmp_path):
+    out = tmp_path / "x.h5"
+    write_h5(out, "selection", {"row": np.arange(3)}, {"strategy": "random"})
+    before = out.read_bytes()
+    with pytest.raises(RuntimeError):
+        with atomic_path(out) as tmp:
+            with open(tmp, "wb") as fh:
+                fh.write(b"partial")
+            raise RuntimeError("boom")
+    assert out.read_bytes() == before
+    assert os.listdir(tmp_path) == ["x.h5"]
+
+
+def test_writer_rejects_bad_rows_and_leaves_nothing(tmp_path):
+    rows = unit(np.random.default_rng(0).standard_normal((5, 3)))
+    bad = rows.copy()
+    bad[2] *= 3
+    with pytest.raises(AlselError, match="row 2 .* not unit length"):
+        write_store(tmp_path / "s.h5", images=bad, image_ids=list("abcde"), model=MODEL, pretrained="t")
+    with pytest.raises(AlselError, match="duplicate id 'a'"):
+        write_store(tmp_path / "s.h5", images=rows, image_ids=list("abcda"), model=MODEL, pretrained="t")
+    assert os.listdir(tmp_path) == []
+
+
+def test_float16_rounding_is_absorbed(tmp_path):
+    rows = unit(np.random.default_rng(0).standard_normal((100, 512))).astype(np.float16)
+    p = write_pool(tmp_path / "u.h5", rows, dtype="float16")
+    with open_store(p, need="images") as st:
+        x = st.images.read()
+    assert np.allclose(np.linalg.norm(x, axis=1), 1, atol=1e-6)

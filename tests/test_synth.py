@@ -1,0 +1,41 @@
+import numpy as np
+
+from alsel.store import open_store
+from alsel.synth import make_world, synth
+
+
+def test_world_is_finely_categorized():
+    w = make_world(images=600, captions=3, classes=10, fine_per_class=3, dim=32, seed=0)
+    s = w.images @ w.images.T
+    same_fine = w.fine[:, None] == w.fine[None, :]
+    same_coarse = (w.coarse[:, None] == w.coarse[None, :]) & ~same_fine
+    other = w.coarse[:, None] != w.coarse[None, :]
+    off = ~np.eye(len(s), dtype=bool)
+    fine_mean, coarse_mean, other_mean = s[same_fine & off].mean(), s[same_coarse].mean(), s[other].mean()
+    assert fine_mean > coarse_mean + 0.1 > other_mean + 0.2
+    # a caption is closest to its own image far more often than chance
+    cap = w.captions.reshape(600, 3, 32)[:, 0]
+    hit = (np.argmax(cap @ w.images.T, axis=1) == np.arange(600)).mean()
+    assert 0.05 < hit < 0.95
+
+
+def test_synth_writes_consistent_stores(tmp_path):
+    paths = synth(str(tmp_path / "w"), images=200, captions=4, classes=5, dim=16, seed=1)
+    assert set(paths) == {"paired", "pool_images", "pool_texts", "test", "oracle"}
+    with open_store(paths["paired"], need="paired") as p, open_store(paths["pool_images"], need="images") as u, \
+            open_store(paths["pool_texts"], need="texts") as t, open_store(paths["oracle"], need="paired") as o, \
+            open_store(paths["test"], need="paired") as te:
+        assert (p.images.n, u.images.n, te.images.n) == (20, 140, 40)
+        assert p.texts.n == 80 and t.texts.n == 560 and (t.text_image == -1).all()
+        assert list(o.ids("images")) == list(u.ids("images"))
+        assert list(o.ids("texts")) == list(t.ids("texts"))
+        assert len(set(p.ids("images")) & set(u.ids("images"))) == 0
+        assert p.model == u.model == "synthetic-d16-seed1" and p.images.dtype == np.float16
+        assert np.array_equal(o.images.read(), u.images.read())
+
+
+def test_synth_is_reproducible(tmp_path):
+    a = synth(str(tmp_path / "a"), images=60, dim=8, seed=3)
+    b = synth(str(tmp_path / "b"), images=60, dim=8, seed=3)
+    with open_store(a["pool_images"]) as x, open_store(b["pool_images"]) as y:
+        assert np.array_equal(x.images.raw(0, x.images.n), y.images.raw(0, y.images.n))
