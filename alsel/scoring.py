@@ -31,7 +31,7 @@ class HingeSum:
     def update(self, state, s, r0, c0):
         s.clamp_(min=0)
         count = torch.count_nonzero(s, dim=1)
-        surplus = s.sum(dim=1, dtype=torch.float64)
+        surplus = s.sum(dim=1).double()  # float32 (pairwise) within a block, float64 across blocks
         if state is None:
             return count, surplus
         return state[0] + count, state[1] + surplus

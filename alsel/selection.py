@@ -170,7 +170,7 @@ def kcenter_greedy(pool: Rows, centers: np.ndarray, budget: int, device: torch.d
         u = int(np.argmax(d_masked))
         rows[b], dist[b] = u, d_masked[u]
         chosen[u] = True
-        new_center = to_device(pool.read(u, u + 1), device)
+        new_center = pool.load(u, u + 1).to(device)
         (s_u,) = collect(sweep(pool, new_center, MaxSim(), device=device, chunk_size=chunk_size))
         d = np.minimum(d, distance_from_sim(s_u))
         if progress is not None:

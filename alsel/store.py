@@ -19,6 +19,7 @@ from typing import Iterator
 
 import h5py
 import numpy as np
+import torch
 
 from .errors import AlselError
 
@@ -170,7 +171,8 @@ class Embeddings:
             base = offset - offset % gran
             nbytes = self.n * self.d * self.dtype.itemsize
             with open(path, "rb") as fh:
-                self._mm = mmap.mmap(fh.fileno(), nbytes + offset - base, access=mmap.ACCESS_READ, offset=base)
+                # copy-on-write mapping: writable views for torch, and the file can never change
+                self._mm = mmap.mmap(fh.fileno(), nbytes + offset - base, access=mmap.ACCESS_COPY, offset=base)
             self._base = offset - base
             self._array = np.frombuffer(self._mm, dtype=self.dtype, count=self.n * self.d,
                                         offset=self._base).reshape(self.n, self.d)
@@ -185,11 +187,20 @@ class Embeddings:
             return self._array[start:stop]
         return self._ds[start:stop]
 
+    def load(self, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows [start, stop) as float32 unit rows (SPEC §3), checked, in `out[:n]` when given.
+
+        The conversion from float16 is a torch copy into a reused buffer: fresh allocations and
+        numpy's half-precision casts cost more than the copy itself on these machines.
+        """
+        n = stop - start
+        out = torch.empty((n, self.d), dtype=torch.float32) if out is None else out[:n]
+        out.copy_(torch.from_numpy(np.asarray(self.raw(start, stop))))
+        return normalize_(out, self.path, self.name, start)
+
     def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Rows [start, stop) as float32, validated and re-normalised to unit length (SPEC §3)."""
-        stop = self.n if stop is None else stop
-        x = np.array(self.raw(start, stop), dtype=np.float32, copy=True)
-        return normalize_rows(x, self.path, self.name, start)
+        """Rows [start, stop) as a new float32 numpy array, checked and re-normalised."""
+        return self.load(start, self.n if stop is None else stop).numpy()
 
     def release(self, start: int, stop: int) -> None:
         """Drop the mapped pages of rows [start, stop) from this process's resident set."""
@@ -211,19 +222,24 @@ class Embeddings:
             self._mm = None
 
 
-def normalize_rows(x: np.ndarray, path: str, name: str, start: int = 0) -> np.ndarray:
-    """Check rows are finite and unit length within NORM_TOLERANCE, then re-normalise in place."""
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
-    bad = ~np.isfinite(norms)
-    if bad.any():
-        r = int(np.flatnonzero(bad)[0])
+def normalize_(x: torch.Tensor, path: str, name: str, start: int = 0) -> torch.Tensor:
+    """Check float32 rows are finite and unit length within NORM_TOLERANCE; re-normalise in place."""
+    norms = torch.linalg.vector_norm(x, dim=1)
+    bad = ~torch.isfinite(norms)
+    if bool(bad.any()):
+        r = int(bad.nonzero()[0, 0])
         raise AlselError(f"{path}: row {start + r} of {name} has NaN or infinite values")
-    off = np.abs(norms - 1.0) > NORM_TOLERANCE
-    if off.any():
-        r = int(np.flatnonzero(off)[0])
-        raise AlselError(f"{path}: row {start + r} of {name} is not unit length (norm {norms[r]:.4g}); "
+    off = (norms - 1.0).abs() > NORM_TOLERANCE
+    if bool(off.any()):
+        r = int(off.nonzero()[0, 0])
+        raise AlselError(f"{path}: row {start + r} of {name} is not unit length (norm {float(norms[r]):.4g}); "
                          f"embeddings must be L2-normalised")
-    x /= norms.astype(np.float32)[:, None]
+    return x.div_(norms[:, None])
+
+
+def normalize_rows(x: np.ndarray, path: str, name: str, start: int = 0) -> np.ndarray:
+    """normalize_ for a writable float32 numpy array (in place)."""
+    normalize_(torch.from_numpy(x), path, name, start)
     return x
 
 
@@ -264,7 +280,9 @@ class Store:
     def side(self, group: str) -> Embeddings:
         emb = getattr(self, group)
         if emb is None:
-            raise AlselError(f"{self.path}: has no /{group} group")
+            other = "texts" if group == "images" else "images"
+            hint = f" (it holds {other}: use --select {other}?)" if getattr(self, other) is not None else ""
+            raise AlselError(f"{self.path}: has no /{group} group{hint}")
         return emb
 
     def close(self) -> None:

@@ -40,12 +40,12 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 class Rows(Protocol):
-    """Something with n rows of dimension d that reads [start, stop) as float32 unit rows."""
+    """n rows of dimension d, loaded as float32 unit rows (into a caller's buffer when given)."""
 
     n: int
     d: int
 
-    def read(self, start: int, stop: int) -> np.ndarray: ...
+    def load(self, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor: ...
 
     def release(self, start: int, stop: int) -> None: ...
 
@@ -56,6 +56,9 @@ class ArrayRows:
     def __init__(self, array: np.ndarray):
         self.array = np.ascontiguousarray(array, dtype=np.float32)
         self.n, self.d = self.array.shape
+
+    def load(self, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.from_numpy(self.array[start:stop])  # a view: nothing to copy
 
     def read(self, start: int, stop: int) -> np.ndarray:
         return self.array[start:stop]
@@ -96,8 +99,10 @@ def sweep(rows: Rows, resident: torch.Tensor, reducer: Reducer, *, device: torch
     tile_rows = CPU_TILE_ROWS if kind == "cpu" else chunk_size
     col_block = CPU_COL_BLOCK if kind == "cpu" else CUDA_COL_BLOCK
     m = resident.shape[0]
+    staging = torch.empty((min(chunk_size, max(stop - start, 1)), rows.d), dtype=torch.float32)
+    tile_buf = torch.empty(min(tile_rows, chunk_size) * min(col_block, m), device=device)
     for a, b in chunk_bounds(start, stop, chunk_size):
-        x = torch.from_numpy(rows.read(a, b)).to(device, non_blocking=True)
+        x = rows.load(a, b, staging).to(device, non_blocking=True)
         outs: list[tuple[torch.Tensor, ...]] = []
         for t0 in range(0, b - a, tile_rows):
             xt = x[t0:t0 + tile_rows]
@@ -105,10 +110,11 @@ def sweep(rows: Rows, resident: torch.Tensor, reducer: Reducer, *, device: torch
             state = reducer.init(xt.shape[0], r0)
             for c0 in range(0, m, col_block):
                 block = resident[c0:c0 + col_block]
+                s = tile_buf[:xt.shape[0] * block.shape[0]].view(xt.shape[0], block.shape[0])
                 if bias is None:
-                    s = xt @ block.T
+                    torch.mm(xt, block.T, out=s)
                 else:
-                    s = torch.addmm(bias[c0:c0 + col_block], xt, block.T)
+                    torch.addmm(bias[c0:c0 + col_block], xt, block.T, out=s)
                 state = reducer.update(state, s, r0, c0)
             outs.append(reducer.finish(state))
         rows.release(a, b)

@@ -100,10 +100,10 @@ class CountingRows:
     def __init__(self, inner):
         self.inner, self.n, self.d, self.max_read, self.reads = inner, inner.n, inner.d, 0, 0
 
-    def read(self, a, b):
+    def load(self, a, b, out=None):
         self.max_read = max(self.max_read, b - a)
         self.reads += 1
-        return self.inner.read(a, b)
+        return self.inner.load(a, b, out)
 
     def release(self, a, b):
         self.inner.release(a, b)
