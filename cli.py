@@ -26,7 +26,7 @@ from rich.table import Table
 import alsel
 from alsel import scoring, selection, store, thresholds
 from alsel.errors import AlselError
-from alsel.stream import resolve_device
+from alsel.stream import DEVICES, resolve_device
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Active learning for image-text retrieval: choose which pool items to annotate next.")
@@ -38,37 +38,17 @@ CREATED_BY = "alsel"
 # --------------------------------------------------------------------------- shared options
 
 
-class Select(str, Enum):
-    images = "images"
-    texts = "texts"
+def choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """A str Enum for Typer from the library's tuple of allowed values (one source of truth)."""
+    return Enum(name, {v: v for v in values}, type=str)
 
 
-class Batch(str, Enum):
-    full = "full"
-    mini = "mini"
-
-
-class Form(str, Enum):
-    loss = "loss"
-    rank = "rank"
-    margin = "margin"
-
-
-class Weight(str, Enum):
-    surplus = "surplus"
-    counting = "counting"
-
-
-class Strategy(str, Enum):
-    score = "score"
-    random = "random"
-    coreset = "coreset"
-
-
-class DeviceName(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
+Select = choices("Select", thresholds.SELECT)
+Batch = choices("Batch", thresholds.BATCH)
+Form = choices("Form", thresholds.FORMS)
+Weight = choices("Weight", scoring.WEIGHTS)
+Strategy = choices("Strategy", selection.STRATEGIES)
+DeviceName = choices("DeviceName", DEVICES)
 
 
 Paired = Annotated[str, typer.Option("--paired", help="Paired store (images with captions).", show_default=False)]
@@ -158,7 +138,7 @@ def synth(
     paths = alsel.synth(out, images=images, captions=captions, classes=classes, fine_per_class=fine, dim=dim,
                         seed=seed, paired=paired, test=test, dtype=dtype, created_by=CREATED_BY)
     table = Table("file", "images", "texts", title=f"synthetic world in {out}")
-    for name, p in paths.items():
+    for p in paths.values():
         with store.open_store(p) as st:
             table.add_row(p, str(st.images.n if st.images else 0), str(st.texts.n if st.texts else 0))
     out_console.print(table)

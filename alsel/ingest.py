@@ -176,10 +176,13 @@ def import_clip_retrieval(out: str, folder: str, *, model: str = "imported", nor
             raise AlselError(f"{p}: D = {a.shape[1]} differs from {arrays[0][0]} (D = {d})")
     base_ids, captions = [], []
     stem = os.path.basename(os.path.normpath(folder))
-    for k, (p, a) in zip(keys, arrays):
+    for k, (_, a) in zip(keys, arrays):
         meta = _metadata(meta_sh[k], len(a)) if k in meta_sh else {}
         col = meta.get("image_path") or meta.get("url")
-        base_ids.extend(str(x) for x in col) if col else base_ids.extend(f"{stem}:{k}:{r}" for r in range(len(a)))
+        if col:
+            base_ids.extend(str(x) for x in col)
+        else:
+            base_ids.extend(f"{stem}:{k}:{r}" for r in range(len(a)))
         captions.extend(meta["caption"] if "caption" in meta else [None] * len(a))
     base_ids = np.array(base_ids, dtype=object)
     n = len(base_ids)

@@ -10,10 +10,11 @@ import numpy as np
 import torch
 
 from .errors import AlselError
-from .store import (Embeddings, Store, atomic_path, attrs_dict, dataset, open_h5, pool_fingerprint,
+from .store import (Store, atomic_path, attrs_dict, dataset, open_h5, pool_fingerprint,
                     read_ids, write_h5)
 from .stream import ArrayRows, Rows, collect, sweep, to_device
 
+STRATEGIES = ("score", "random", "coreset")
 # attributes every shard of one scoring run shares
 SHARD_KEYS = ("weight", "select", "top_k", "batch", "batch_size", "margin", "form", "seed", "pool_size",
               "pool_fingerprint", "paired_fingerprint", "thresholds_fingerprint")

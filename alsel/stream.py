@@ -25,6 +25,7 @@ CPU_TILE_ROWS = 1024
 CPU_COL_BLOCK = 512
 CUDA_COL_BLOCK = 16384
 DEFAULT_CHUNK = {"cpu": 16384, "cuda": 65536}
+DEVICES = ("auto", "cpu", "cuda")
 
 
 def resolve_device(name: str = "auto") -> torch.device:

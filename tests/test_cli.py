@@ -258,3 +258,30 @@ def test_info_on_every_kind(world, run_cli):
         code, out, err = run_cli("info", f)
         assert code == 0 and needle in out, (f, out, err)
     assert_bad_input(run_cli("info", d / "missing.h5"), "missing.h5")
+
+
+def test_sigterm_leaves_no_output(tmp_path):
+    """SIGTERM (how SLURM preempts) ends the command with 143 and no output file or temp file."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rng = np.random.default_rng(0)
+    images, texts, ti = random_paired(rng, n_images=50, max_captions=5, d=32)
+    paired = write_paired(tmp_path / "p.h5", images, texts, ti)
+    # one row per chunk: a long run from a small pool
+    write_pool(tmp_path / "u.h5", unit(rng.standard_normal((100_000, 32))), dtype="float16")
+    out = tmp_path / "s.h5"
+    code = ("import sys, cli; sys.argv = ['alsel'] + sys.argv[1:]; sys.exit(cli.main())")
+    proc = subprocess.Popen([sys.executable, "-c", code, "score", "--paired", paired, "--unpaired",
+                             str(tmp_path / "u.h5"), "--out", str(out), "--device", "cpu", "--chunk-size", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    time.sleep(4)
+    assert proc.poll() is None, "scoring finished before it could be interrupted; make the pool larger"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err
+    assert sorted(os.listdir(tmp_path)) == ["p.h5", "u.h5"]
