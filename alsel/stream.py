@@ -23,7 +23,8 @@ from .errors import AlselError
 
 CPU_TILE_ROWS = 1024
 CPU_COL_BLOCK = 512
-CUDA_COL_BLOCK = 16384
+CUDA_TILE_ROWS = 8192  # an 8192 x 8192 float32 score tile: 256 MiB of GPU memory
+CUDA_COL_BLOCK = 8192
 DEFAULT_CHUNK = {"cpu": 16384, "cuda": 65536}
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -97,7 +98,7 @@ def sweep(rows: Rows, resident: torch.Tensor, reducer: Reducer, *, device: torch
     chunk_size = chunk_size or DEFAULT_CHUNK.get(kind, 16384)
     if chunk_size < 1:
         raise AlselError(f"--chunk-size must be at least 1, got {chunk_size}")
-    tile_rows = CPU_TILE_ROWS if kind == "cpu" else chunk_size
+    tile_rows = CPU_TILE_ROWS if kind == "cpu" else CUDA_TILE_ROWS
     col_block = CPU_COL_BLOCK if kind == "cpu" else CUDA_COL_BLOCK
     m = resident.shape[0]
     staging = torch.empty((min(chunk_size, max(stop - start, 1)), rows.d), dtype=torch.float32)
