@@ -24,7 +24,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 import alsel
-from alsel import scoring, selection, store, thresholds
+from alsel import head as heads
+from alsel import metrics, scoring, selection, store, thresholds
 from alsel.errors import AlselError
 from alsel.stream import DEVICES, resolve_device
 
@@ -58,6 +59,8 @@ Device = Annotated[DeviceName, typer.Option("--device", help="auto = CUDA when a
 ChunkSize = Annotated[Optional[int], typer.Option("--chunk-size", min=1, show_default=False,
                                                   help="Pool rows read per chunk (sets peak memory). "
                                                        "Default: 16384 on CPU, 65536 on CUDA.")]
+HeadOpt = Annotated[Optional[str], typer.Option("--head", show_default=False,
+                                                help="Compare in the space of a head trained by `alsel train`.")]
 # threshold flags: None = not given (score checks given flags against a --thresholds file)
 SelectOpt = Annotated[Optional[Select], typer.Option("--select", show_default=False,
                                                      help="Pool side to choose from. [default: images]")]
@@ -95,17 +98,26 @@ def check_flags_match(path: str, params: thresholds.ThresholdParams, given: dict
 
 
 @contextlib.contextmanager
-def progress_bar(label: str, total: int) -> Iterator:
-    """A rich progress bar on stderr; yields the advance(n) callback the library takes."""
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=True, disable=not err_console.is_terminal) as p:
-        task = p.add_task(label, total=total)
-        yield lambda n: p.advance(task, n)
+def progress_bar(label: str, total: int, extra: str = "") -> Iterator:
+    """A rich progress bar on stderr; yields the advance(n, **fields) callback the library takes.
+    `extra` is a format string over the fields (e.g. "loss {task.fields[loss]:.4f}")."""
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    if extra:
+        columns.append(TextColumn(extra))
+    with Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as p:
+        task = p.add_task(label, total=total, loss=float("nan"))
+        yield lambda n, **fields: p.update(task, advance=n, **fields)
 
 
-def open_paired(path: str) -> tuple[store.Store, store.Paired]:
+def open_paired(path: str, head_path: str | None, dev) -> tuple[store.Store, store.Paired, heads.Head | None]:
+    """The paired store, its rows in memory, and the head (checked against it), rows through the head."""
     st = store.open_store(path, need="paired")
-    return st, store.load_paired(st)
+    try:
+        head = heads.load_head(head_path, st) if head_path else None
+        return st, heads.through_head(store.load_paired(st), head, dev), head
+    except BaseException:
+        st.close()
+        raise
 
 
 # --------------------------------------------------------------------------- commands
@@ -135,7 +147,7 @@ def synth(
         raise AlselError(f"--dtype {dtype!r}: expected float16 or float32")
     if os.path.exists(out) and not os.path.isdir(out):
         raise AlselError(f"{out}: exists and is not a folder")
-    paths = alsel.synth(out, images=images, captions=captions, classes=classes, fine_per_class=fine, dim=dim,
+    paths = alsel.synth_stores(out, images=images, captions=captions, classes=classes, fine_per_class=fine, dim=dim,
                         seed=seed, paired=paired, test=test, dtype=dtype, created_by=CREATED_BY)
     table = Table("file", "images", "texts", title=f"synthetic world in {out}")
     for p in paths.values():
@@ -216,18 +228,18 @@ def info(
 @app.command()
 def threshold(paired: Paired, out: Out, select: SelectOpt = None, top_k: TopK = None, batch: BatchOpt = None,
               batch_size: BatchSize = None, margin: Margin = None, form: FormOpt = None, seed: Seed = None,
-              device: Device = DeviceName.auto, chunk_size: ChunkSize = None):
+              device: Device = DeviceName.auto, chunk_size: ChunkSize = None, head: HeadOpt = None):
     """Compute the per-pair thresholds ξ (SPEC §3) of a paired store.
 
     Example: alsel threshold --paired paired.h5 --out xi.h5 --top-k 1 --batch full --form loss
     """
     params = threshold_params(select, top_k, batch, batch_size, margin, form, seed)
     dev = resolve_device(device.value)
-    st, p = open_paired(paired)
+    st, p, _ = open_paired(paired, head, dev)
     with st:
         with progress_bar("thresholds", thresholds.progress_total(p, params)) as advance:
             th = thresholds.make_thresholds(p, params, dev, chunk_size, advance)
-        thresholds.save_thresholds(out, th, p, created_by=CREATED_BY)
+        thresholds.save_thresholds(out, th, p, created_by=CREATED_BY, inputs=(head,))
     finite = th.xi[np.isfinite(th.xi)]
     out_console.print(f"wrote {out}: ξ for {len(th.xi)} pairs ({params.select}, top-{params.top_k}, "
                       f"{params.batch}, {params.form}); ξ mean {finite.mean() if len(finite) else float('nan'):.4f}, "
@@ -243,7 +255,7 @@ def score(paired: Paired, unpaired: Unpaired, out: Out,
                                                        show_default=False)] = None,
           select: SelectOpt = None, top_k: TopK = None, batch: BatchOpt = None, batch_size: BatchSize = None,
           margin: Margin = None, form: FormOpt = None, seed: Seed = None,
-          device: Device = DeviceName.auto, chunk_size: ChunkSize = None):
+          device: Device = DeviceName.auto, chunk_size: ChunkSize = None, head: HeadOpt = None):
     """Score pool items by how strongly they would be hard negatives (SPEC §3), streamed in chunks.
 
     Example: alsel score --paired p.h5 --unpaired u.h5 --weight surplus --shard 0/4 --out s0.h5
@@ -251,7 +263,7 @@ def score(paired: Paired, unpaired: Unpaired, out: Out,
     shard_i_n = scoring.parse_shard(shard)
     dev = resolve_device(device.value)
     given = dict(select=select, top_k=top_k, batch=batch, batch_size=batch_size, margin=margin, form=form, seed=seed)
-    st, p = open_paired(paired)
+    st, p, head_model = open_paired(paired, head, dev)
     with st:
         if thresholds_path is not None:
             th = thresholds.load_thresholds(thresholds_path, p)
@@ -265,9 +277,9 @@ def score(paired: Paired, unpaired: Unpaired, out: Out,
             a, b = scoring.shard_range(*shard_i_n, pool.side(th.params.select).n)
             t0 = time.perf_counter()
             with progress_bar(f"scoring {th.params.select}", b - a) as advance:
-                res = scoring.score_pool(pool, p, th, weight.value, dev, shard_i_n, chunk_size, advance)
+                res = scoring.score_pool(pool, p, th, weight.value, dev, shard_i_n, chunk_size, advance, head_model)
             dt = time.perf_counter() - t0
-            scoring.save_scores(out, res, inputs=(paired, unpaired, thresholds_path), created_by=CREATED_BY)
+            scoring.save_scores(out, res, inputs=(paired, unpaired, thresholds_path, head), created_by=CREATED_BY)
     rate = (b - a) / dt if dt > 0 else float("inf")
     out_console.print(f"wrote {out}: {b - a} pool rows (shard {shard_i_n[0]}/{shard_i_n[1]}), "
                       f"{rate:,.0f} rows/s; {int((res.count > 0).sum())} rows are hard negatives "
@@ -288,7 +300,7 @@ def select_cmd(
     seed: Annotated[int, typer.Option(help="Seed (random).")] = 0,
     csv: Annotated[Optional[str], typer.Option("--csv", show_default=False,
                                                help="Also write rank,id,row,score as CSV.")] = None,
-    device: Device = DeviceName.auto, chunk_size: ChunkSize = None,
+    device: Device = DeviceName.auto, chunk_size: ChunkSize = None, head: HeadOpt = None,
 ):
     """Choose B pool items: top scores (merging shards), random, or core-set.
 
@@ -313,6 +325,8 @@ def select_cmd(
             raise AlselError(f"select --strategy {strategy.value} needs --unpaired POOL.h5")
         if budget <= 0:
             raise AlselError(f"--budget must be at least 1, got {budget}")
+        if head is not None and strategy is not Strategy.coreset:
+            raise AlselError(f"select --strategy {strategy.value} does not compare embeddings; --head is for coreset")
         if strategy is Strategy.coreset and paired is None:
             raise AlselError("select --strategy coreset needs --paired P.h5 (distances are to the paired items)")
         with contextlib.ExitStack() as stack:
@@ -324,10 +338,11 @@ def select_cmd(
                 sel = selection.select_random(pool, select.value, budget, seed)
             else:
                 dev = resolve_device(device.value)
+                head_model = heads.load_head(head, pst) if head else None
                 with progress_bar("core-set", budget) as advance:
                     sel = selection.select_coreset(pool, pst.side(select.value).read(), select.value, budget,
-                                                   dev, chunk_size, advance)
-        inputs = (paired, unpaired)
+                                                   dev, chunk_size, advance, head=head_model)
+        inputs = (paired, unpaired, head)
     selection.save_selection(out, sel, csv, inputs=inputs, created_by=CREATED_BY)
     show = min(len(sel.rows), 10)
     table = Table("rank", "id", "row", "score", title=f"{out}: {len(sel.rows)} selected ({sel.attrs['strategy']}), top {show}")
@@ -335,6 +350,76 @@ def select_cmd(
         s = sel.score[r]
         table.add_row(str(r + 1), str(sel.ids[r]), str(sel.rows[r]), "" if np.isnan(s) else f"{s:.6g}")
     out_console.print(table)
+
+
+@app.command()
+def train(
+    paired: Paired, out: Annotated[str, typer.Option("--out", help="Output head.pt (written atomically).", show_default=False)],
+    init: Annotated[str, typer.Option(help="identity (start from the raw space; dim = D) or random.")] = "identity",
+    dim: Annotated[Optional[int], typer.Option(help="Output dimension. [default: the embedding D]", show_default=False)] = None,
+    margin: Annotated[float, typer.Option(help="α of the max-of-hinges loss.")] = 0.2,
+    epochs: Annotated[int, typer.Option(help="Passes over the paired captions.")] = 20,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Pairs per step.")] = 128,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation and batch order.")] = 0,
+    val: Annotated[Optional[str], typer.Option("--val", show_default=False,
+                                               help="Paired validation store: keep the best R-sum, stop early.")] = None,
+    patience: Annotated[int, typer.Option(help="Epochs without a better validation R-sum before stopping.")] = 5,
+    device: Device = DeviceName.auto,
+):
+    """Fit a retrieval head (one linear map per modality, VSE++ loss) on a paired store.
+
+    Example: alsel train --paired paired.h5 --out head.pt --init random --dim 256 --epochs 30 --val val.h5
+    """
+    dev = resolve_device(device.value)
+    config = heads.TrainConfig(init=init, dim=dim, margin=margin, epochs=epochs, batch_size=batch_size, lr=lr,
+                               seed=seed, patience=patience)
+    with contextlib.ExitStack() as stack:
+        st = stack.enter_context(store.open_store(paired, need="paired"))
+        config = config.check(st.d)
+        vst = stack.enter_context(store.open_store(val, need="paired")) if val else None
+        if vst is not None:
+            store.check_compatible(st, vst)
+        p = store.load_paired(st)
+        total = config.epochs * heads.steps_per_epoch(len(p.texts), config.batch_size)
+        t0 = time.perf_counter()
+        with progress_bar("training", total, "loss {task.fields[loss]:.4f}") as advance:
+            head, hist = heads.train_head(p, config, dev, vst, lambda step, loss: advance(1, loss=loss))
+        dt = time.perf_counter() - t0
+        heads.save_head(out, head, inputs=(paired, val))
+    msg = f"wrote {out}: {head.d_in} -> {head.dim}, {hist.steps} steps in {dt:.1f} s"
+    if hist.loss:
+        msg += f", final loss {hist.loss[-1]:.4f} per pair"
+    if val:
+        msg += f", best validation R-sum {max(hist.val_rsum):.1f} at epoch {hist.best_epoch}"
+    out_console.print(msg)
+
+
+@app.command("eval")
+def eval_cmd(
+    test: Annotated[str, typer.Option("--test", help="Paired test store.", show_default=False)],
+    head: HeadOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    device: Device = DeviceName.auto, chunk_size: ChunkSize = None,
+):
+    """Recall@1/5/10 image→text and text→image, R-sum and R@1-sum, in percent (ties count against the query).
+
+    Example: alsel eval --test test.h5 --head head.pt --json
+    """
+    dev = resolve_device(device.value)
+    with store.open_store(test, need="paired") as st:
+        head_model = heads.load_head(head, st) if head else None
+        result = metrics.evaluate(st, dev, head_model, chunk_size)
+        n_i, n_t = st.images.n, st.texts.n
+    if as_json:
+        out_console.print_json(json.dumps({k: result[k] for k in metrics.KEYS}))
+        return
+    table = Table("direction", "R@1", "R@5", "R@10", title=f"{test}: {n_i} images, {n_t} captions"
+                  + (f", head {head}" if head else ", raw embeddings"))
+    for d, name in (("i2t", "image→text"), ("t2i", "text→image")):
+        table.add_row(name, *(f"{result[f'{d}_r{k}']:.1f}" for k in metrics.KS))
+    out_console.print(table)
+    out_console.print(f"R-sum {result['rsum']:.1f}   R@1-sum {result['r1sum']:.1f}")
 
 
 # --------------------------------------------------------------------------- entry point

@@ -65,8 +65,8 @@ def shard_range(i: int, n: int, size: int) -> tuple[int, int]:
 
 def score_rows(pool: Embeddings, paired: Paired, th: Thresholds, weight: str, device: torch.device,
                start: int = 0, stop: int | None = None, chunk_size: int | None = None,
-               progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(count int64, score float32) for pool rows [start, stop)."""
+               progress: Callable[[int], None] | None = None, transform=None) -> tuple[np.ndarray, np.ndarray]:
+    """(count int64, score float32) for pool rows [start, stop); `transform`: the head of the pool side."""
     if weight not in WEIGHTS:
         raise AlselError(f"--weight {weight!r}: expected surplus or counting")
     stop = pool.n if stop is None else stop
@@ -74,8 +74,8 @@ def score_rows(pool: Embeddings, paired: Paired, th: Thresholds, weight: str, de
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
     resident = to_device(anchors(paired, th.params.select), device)
     bias = torch.from_numpy(-th.xi.astype(np.float32)).to(device)
-    count, surplus = collect(sweep(pool, resident, HingeSum(), device=device, bias=bias, start=start,
-                                   stop=stop, chunk_size=chunk_size, progress=progress))
+    count, surplus = collect(sweep(pool, resident, HingeSum(), device=device, bias=bias, transform=transform,
+                                   start=start, stop=stop, chunk_size=chunk_size, progress=progress))
     score = count.astype(np.float32) if weight == "counting" else surplus.astype(np.float32)
     return count.astype(np.int64), score
 
@@ -91,19 +91,22 @@ class ScoreResult:
 
 def score_pool(pool_store: Store, paired: Paired, th: Thresholds, weight: str, device: torch.device,
                shard: tuple[int, int] = (0, 1), chunk_size: int | None = None,
-               progress: Callable[[int], None] | None = None) -> ScoreResult:
-    """Score one shard of the pool's `select` side."""
+               progress: Callable[[int], None] | None = None, head=None) -> ScoreResult:
+    """Score one shard of the pool's `select` side; with `head`, `paired` must be through it too."""
     select = th.params.select
     pool = pool_store.side(select)
     if pool.n == 0:
         raise AlselError(f"{pool_store.path}: the pool is empty (/{select}/emb has 0 rows)")
     a, b = shard_range(*shard, pool.n)
-    count, score = score_rows(pool, paired, th, weight, device, a, b, chunk_size, progress)
+    if (head.fingerprint() if head is not None else "none") != th.head:
+        raise AlselError(f"{pool_store.path}: the pool and the thresholds must pass through the same head")
+    transform = head.transform("image" if select == "images" else "text") if head is not None else None
+    count, score = score_rows(pool, paired, th, weight, device, a, b, chunk_size, progress, transform)
     ids = pool_store.ids(select)[a:b]
     attrs = dict(th.params.as_attrs(), weight=weight, shard=f"{shard[0]}/{shard[1]}", pool_size=pool.n,
                  pool_fingerprint=pool_fingerprint(pool, pool_store.model), pool_path=pool_store.path,
                  paired_fingerprint=th.paired_fingerprint, thresholds_fingerprint=th.fingerprint,
-                 model=paired.model)
+                 model=paired.model, head=th.head)
     return ScoreResult(np.arange(a, b, dtype=np.int64), ids, count, score, attrs)
 
 

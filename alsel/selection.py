@@ -17,7 +17,7 @@ from .stream import ArrayRows, Rows, collect, sweep, to_device
 STRATEGIES = ("score", "random", "coreset")
 # attributes every shard of one scoring run shares
 SHARD_KEYS = ("weight", "select", "top_k", "batch", "batch_size", "margin", "form", "seed", "pool_size",
-              "pool_fingerprint", "paired_fingerprint", "thresholds_fingerprint")
+              "pool_fingerprint", "paired_fingerprint", "thresholds_fingerprint", "head")
 CORESET_CACHE_BYTES = 1 << 30  # pools up to this size (float32) are held in memory for the B passes
 
 
@@ -57,6 +57,7 @@ def load_scores(paths: list[str]) -> MergedScores:
     for p in paths:
         with open_h5(p, "scores") as f:
             attrs = attrs_dict(f)
+            attrs.setdefault("head", "none")  # written without a head
             for k in SHARD_KEYS:
                 if k not in attrs:
                     raise AlselError(f"{p}: attribute {k!r} is missing")
@@ -120,7 +121,7 @@ def select_by_score(paths: list[str], budget: int) -> Selection:
     pick = top_b(merged.score, budget)
     keep = {k: merged.attrs[k] for k in ("weight", "select", "top_k", "batch", "batch_size", "margin", "form",
                                           "pool_size", "pool_fingerprint", "paired_fingerprint",
-                                          "thresholds_fingerprint", "model") if k in merged.attrs}
+                                          "thresholds_fingerprint", "model", "head") if k in merged.attrs}
     attrs = dict(keep, strategy="score", budget=budget, seed=int(merged.attrs["seed"]))
     return Selection(merged.rows[pick], merged.ids[pick], merged.score[pick], attrs)
 
@@ -158,10 +159,12 @@ def distance_from_sim(s: np.ndarray) -> np.ndarray:
 
 def kcenter_greedy(pool: Rows, centers: np.ndarray, budget: int, device: torch.device,
                    chunk_size: int | None = None, progress: Callable[[int], None] | None = None,
-                   ) -> tuple[np.ndarray, np.ndarray]:
+                   transform=None) -> tuple[np.ndarray, np.ndarray]:
     """k-center greedy: d(u) = min_x ||u - x|| over `centers`; B times take argmax d (ties: lower row)
-    and lower d by the distance to the new center. Returns (rows, d at pick time). Memory O(N_u)."""
-    (s,) = collect(sweep(pool, to_device(centers, device), MaxSim(), device=device, chunk_size=chunk_size))
+    and lower d by the distance to the new center. Returns (rows, d at pick time). Memory O(N_u).
+    `transform` maps pool rows into the centers' space (a head)."""
+    (s,) = collect(sweep(pool, to_device(centers, device), MaxSim(), device=device, transform=transform,
+                         chunk_size=chunk_size))
     d = distance_from_sim(s)
     chosen = np.zeros(pool.n, dtype=bool)
     rows = np.empty(budget, np.int64)
@@ -172,7 +175,10 @@ def kcenter_greedy(pool: Rows, centers: np.ndarray, budget: int, device: torch.d
         rows[b], dist[b] = u, d_masked[u]
         chosen[u] = True
         new_center = pool.load(u, u + 1).to(device)
-        (s_u,) = collect(sweep(pool, new_center, MaxSim(), device=device, chunk_size=chunk_size))
+        if transform is not None:
+            new_center = transform(new_center)
+        (s_u,) = collect(sweep(pool, new_center, MaxSim(), device=device, transform=transform,
+                               chunk_size=chunk_size))
         d = np.minimum(d, distance_from_sim(s_u))
         if progress is not None:
             progress(1)
@@ -181,16 +187,21 @@ def kcenter_greedy(pool: Rows, centers: np.ndarray, budget: int, device: torch.d
 
 def select_coreset(pool_store: Store, paired_side: np.ndarray, select: str, budget: int, device: torch.device,
                    chunk_size: int | None = None, progress=None, cache_bytes: int = CORESET_CACHE_BYTES,
-                   ) -> Selection:
-    """Core-set baseline. `paired_side`: the paired images (select images) or texts (select texts)."""
+                   head=None) -> Selection:
+    """Core-set baseline. `paired_side`: the paired images (select images) or texts (select texts), raw;
+    with `head` both sides are compared in the head's space."""
     pool = pool_store.side(select)
     check_budget(budget, pool.n, pool_store.path)
     rows_src: Rows = pool
     if pool.n * pool.d * 4 <= cache_bytes:  # read once instead of B + 1 times
         rows_src = ArrayRows(pool.read(0, pool.n))
-    rows, dist = kcenter_greedy(rows_src, paired_side, budget, device, chunk_size, progress)
+    side = "image" if select == "images" else "text"
+    transform = head.transform(side) if head is not None else None
+    centers = head.encode(paired_side, side, device) if head is not None else paired_side
+    rows, dist = kcenter_greedy(rows_src, centers, budget, device, chunk_size, progress, transform)
     attrs = dict(strategy="coreset", budget=budget, seed=0, select=select, pool_size=pool.n,
-                 pool_fingerprint=pool_fingerprint(pool, pool_store.model), model=pool_store.model)
+                 pool_fingerprint=pool_fingerprint(pool, pool_store.model), model=pool_store.model,
+                 head=head.fingerprint() if head is not None else "none")
     return Selection(rows, pool_store.ids(select)[rows], dist, attrs)
 
 

@@ -374,6 +374,7 @@ class Paired:
     text_image: np.ndarray
     model: str
     fingerprint: str
+    head: str = "none"  # fingerprint of the retrieval head the rows went through, if any
 
 
 def load_paired(store: Store) -> Paired:

@@ -82,17 +82,25 @@ def chunk_bounds(start: int, stop: int, chunk_size: int) -> Iterator[tuple[int, 
         yield a, min(stop, a + chunk_size)
 
 
+def own_columns(row_owner: torch.Tensor, col_owner: torch.Tensor, r0: int, c0: int, shape) -> torch.Tensor:
+    """Bool tile: column c belongs to the same pair/image as row r (owner ids equal)."""
+    n, m = shape
+    return row_owner[r0:r0 + n, None] == col_owner[None, c0:c0 + m]
+
+
 def sweep(rows: Rows, resident: torch.Tensor, reducer: Reducer, *, device: torch.device,
-          bias: torch.Tensor | None = None, start: int = 0, stop: int | None = None,
-          chunk_size: int | None = None, progress: Callable[[int], None] | None = None,
+          bias: torch.Tensor | None = None, transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+          start: int = 0, stop: int | None = None, chunk_size: int | None = None,
+          progress: Callable[[int], None] | None = None,
           ) -> Iterator[tuple[int, int, tuple[np.ndarray, ...]]]:
     """Yield (r0, r1, results) for consecutive row ranges of `rows[start:stop]`.
 
-    `resident` (M × D, float32, on `device`) and `bias` (M,) stay in place; results are the
-    reducer's per-row outputs as numpy arrays.
+    `resident` (M × D, float32, on `device`) and `bias` (M,) stay in place; `transform` (e.g. a
+    retrieval head) maps each chunk on the device before the products; results are the reducer's
+    per-row outputs as numpy arrays.
     """
     stop = rows.n if stop is None else stop
-    if rows.d != resident.shape[1]:
+    if transform is None and rows.d != resident.shape[1]:
         raise AlselError(f"dimension mismatch: rows have D = {rows.d}, resident side D = {resident.shape[1]}")
     kind = device.type
     chunk_size = chunk_size or DEFAULT_CHUNK.get(kind, 16384)
@@ -105,6 +113,8 @@ def sweep(rows: Rows, resident: torch.Tensor, reducer: Reducer, *, device: torch
     tile_buf = torch.empty(min(tile_rows, chunk_size) * min(col_block, m), device=device)
     for a, b in chunk_bounds(start, stop, chunk_size):
         x = rows.load(a, b, staging).to(device, non_blocking=True)
+        if transform is not None:
+            x = transform(x)
         outs: list[tuple[torch.Tensor, ...]] = []
         for t0 in range(0, b - a, tile_rows):
             xt = x[t0:t0 + tile_rows]

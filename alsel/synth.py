@@ -21,10 +21,10 @@ from .store import write_store
 
 # variance shares of the latent: coarse, fine, individual
 COARSE, FINE, OWN = 0.5, 0.3, 0.2
-IMAGE_NOISE = 0.35
-CAPTION_NOISE = 0.55
+IMAGE_NOISE = 0.8
+CAPTION_NOISE = 1.6
 MODALITY_OFFSET = 0.6
-TEXT_ROTATION = 0.35  # size of the skew-symmetric generator of the text-space rotation
+TEXT_ROTATION = 0.8  # size of the skew-symmetric generator of the text-space rotation
 FILES = ("paired.h5", "pool_images.h5", "pool_texts.h5", "test.h5", "oracle.h5")
 
 
@@ -79,7 +79,7 @@ def split_sizes(n: int, paired: float, test: float) -> tuple[int, int, int]:
     return n_paired, n_pool, n_test
 
 
-def synth(out_dir: str, images: int = 2000, captions: int = 5, classes: int = 50, fine_per_class: int = 4,
+def synth_stores(out_dir: str, images: int = 2000, captions: int = 5, classes: int = 50, fine_per_class: int = 4,
           dim: int = 64, seed: int = 0, paired: float = 0.1, test: float = 0.2,
           dtype: str = "float16", created_by: str | None = None) -> dict[str, str]:
     """Generate the world and write its five stores into out_dir (created if missing)."""

@@ -20,7 +20,7 @@ import torch
 
 from .errors import AlselError
 from .store import Paired
-from .stream import ArrayRows, collect, sweep, to_device
+from .stream import ArrayRows, collect, own_columns, sweep, to_device
 
 SELECT = ("images", "texts")
 BATCH = ("full", "mini")
@@ -79,8 +79,7 @@ class RunningTopK:
         return torch.full((n, self.k), -torch.inf, device=self.row_owner.device)
 
     def update(self, state, s, r0, c0):
-        own = self.row_owner[r0:r0 + s.shape[0], None] == self.col_owner[None, c0:c0 + s.shape[1]]
-        s.masked_fill_(own, -torch.inf)
+        s.masked_fill_(own_columns(self.row_owner, self.col_owner, r0, c0, s.shape), -torch.inf)
         if self.k == 1:
             return torch.maximum(state, s.amax(dim=1, keepdim=True))
         both = torch.cat([state, s], dim=1)
@@ -189,10 +188,11 @@ def progress_total(paired: Paired, params: ThresholdParams) -> int:
 # --------------------------------------------------------------------------- thresholds file
 
 
-def xi_fingerprint(xi: np.ndarray, params: ThresholdParams, paired_fp: str) -> str:
+def xi_fingerprint(xi: np.ndarray, params: ThresholdParams, paired_fp: str, head: str = "none") -> str:
     import hashlib
 
     h = hashlib.sha256(paired_fp.encode())
+    h.update(head.encode())
     h.update(repr(sorted(params.as_attrs().items())).encode())
     h.update(np.ascontiguousarray(xi, dtype="<f4").tobytes())
     return h.hexdigest()[:32]
@@ -204,21 +204,23 @@ class Thresholds:
     params: ThresholdParams
     paired_fingerprint: str
     fingerprint: str
+    head: str = "none"
     path: str | None = None
 
 
 def make_thresholds(paired: Paired, params: ThresholdParams, device, chunk_size=None, progress=None) -> Thresholds:
     xi = compute_xi(paired, params, device, chunk_size, progress)
-    return Thresholds(xi, params, paired.fingerprint, xi_fingerprint(xi, params, paired.fingerprint))
+    fp = xi_fingerprint(xi, params, paired.fingerprint, paired.head)
+    return Thresholds(xi, params, paired.fingerprint, fp, paired.head)
 
 
-def save_thresholds(out, th: Thresholds, paired: Paired, created_by: str | None = None) -> None:
+def save_thresholds(out, th: Thresholds, paired: Paired, created_by: str | None = None, inputs: tuple = ()) -> None:
     from .store import write_h5
 
     attrs = dict(th.params.as_attrs(), paired_fingerprint=th.paired_fingerprint, fingerprint=th.fingerprint,
                  paired_shape=f"{len(paired.images)}x{len(paired.texts)}x{paired.images.shape[1]}",
-                 paired_path=paired.path, model=paired.model)
-    write_h5(out, "thresholds", {"xi": th.xi.astype(np.float32)}, attrs, inputs=(paired.path,),
+                 paired_path=paired.path, model=paired.model, head=th.head)
+    write_h5(out, "thresholds", {"xi": th.xi.astype(np.float32)}, attrs, inputs=(paired.path, *inputs),
              created_by=created_by)
 
 
@@ -234,8 +236,13 @@ def load_thresholds(path: str, paired: Paired) -> Thresholds:
     if fp != paired.fingerprint:
         raise AlselError(f"{path}: thresholds were computed from another paired store "
                          f"(fingerprint {fp}, {paired.path} has {paired.fingerprint})")
+    head = str(attrs.get("head", "none"))
+    if head != paired.head:
+        want = "no head" if paired.head == "none" else f"head {paired.head}"
+        got = "no head" if head == "none" else f"head {head}"
+        raise AlselError(f"{path}: thresholds were computed with {got}, this run uses {want} (--head)")
     if len(xi) != len(paired.texts):
         raise AlselError(f"{path}: /xi has {len(xi)} entries but {paired.path} has {len(paired.texts)} texts")
     if np.isnan(xi).any() or np.isposinf(xi).any():
         raise AlselError(f"{path}: /xi holds NaN or +inf values")
-    return Thresholds(xi, params, fp, xi_fingerprint(xi, params, fp), path)
+    return Thresholds(xi, params, fp, xi_fingerprint(xi, params, fp, head), head, path)

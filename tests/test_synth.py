@@ -1,7 +1,7 @@
 import numpy as np
 
 from alsel.store import open_store
-from alsel.synth import make_world, synth
+from alsel.synth import make_world, synth_stores
 
 
 def test_world_is_finely_categorized():
@@ -13,14 +13,16 @@ def test_world_is_finely_categorized():
     off = ~np.eye(len(s), dtype=bool)
     fine_mean, coarse_mean, other_mean = s[same_fine & off].mean(), s[same_coarse].mean(), s[other].mean()
     assert fine_mean > coarse_mean + 0.1 > other_mean + 0.2
-    # a caption is closest to its own image far more often than chance
+    # raw retrieval is hard but far above chance: a caption's nearest image is its own 10x more often
+    # than chance, and from its fine class 3x more often (a trained head has much to gain)
     cap = w.captions.reshape(600, 3, 32)[:, 0]
-    hit = (np.argmax(cap @ w.images.T, axis=1) == np.arange(600)).mean()
-    assert 0.05 < hit < 0.95
+    nearest = np.argmax(cap @ w.images.T, axis=1)
+    assert 10 / 600 < (nearest == np.arange(600)).mean() < 0.5
+    assert (w.fine[nearest] == w.fine).mean() > 3 / 30
 
 
 def test_synth_writes_consistent_stores(tmp_path):
-    paths = synth(str(tmp_path / "w"), images=200, captions=4, classes=5, dim=16, seed=1)
+    paths = synth_stores(str(tmp_path / "w"), images=200, captions=4, classes=5, dim=16, seed=1)
     assert set(paths) == {"paired", "pool_images", "pool_texts", "test", "oracle"}
     with open_store(paths["paired"], need="paired") as p, open_store(paths["pool_images"], need="images") as u, \
             open_store(paths["pool_texts"], need="texts") as t, open_store(paths["oracle"], need="paired") as o, \
@@ -35,7 +37,7 @@ def test_synth_writes_consistent_stores(tmp_path):
 
 
 def test_synth_is_reproducible(tmp_path):
-    a = synth(str(tmp_path / "a"), images=60, dim=8, seed=3)
-    b = synth(str(tmp_path / "b"), images=60, dim=8, seed=3)
+    a = synth_stores(str(tmp_path / "a"), images=60, dim=8, seed=3)
+    b = synth_stores(str(tmp_path / "b"), images=60, dim=8, seed=3)
     with open_store(a["pool_images"]) as x, open_store(b["pool_images"]) as y:
         assert np.array_equal(x.images.raw(0, x.images.n), y.images.raw(0, y.images.n))

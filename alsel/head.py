@@ -1,0 +1,260 @@
+"""Retrieval head of SPEC §4: one linear map per modality (D -> dim), L2-normalised outputs,
+trained with the VSE++ max-of-hinges loss on frozen embeddings.
+
+    L = Σ_a [α - S_aa + max_{b: img(b) ≠ img(a)} S_ab]_+  +  Σ_b [α - S_bb + max_{a: img(a) ≠ img(b)} S_ab]_+
+
+over mini-batches of pairs (a paired caption and its image); captions of the same image are never
+negatives of one another. `head.pt` is a plain torch checkpoint: {"format", "config", "state_dict"}.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import AlselError
+from .store import Paired, atomic_path
+
+FORMAT = "alsel-head-1"
+SIDES = ("image", "text")
+INITS = ("identity", "random")
+ENCODE_ROWS = 65536
+
+
+@dataclass
+class TrainConfig:
+    init: str = "identity"
+    dim: int | None = None  # default: the input D
+    margin: float = 0.2
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+    patience: int = 5  # epochs without a better validation R-sum before stopping
+
+    def check(self, d_in: int) -> "TrainConfig":
+        if self.init not in INITS:
+            raise AlselError(f"--init {self.init!r}: expected identity or random")
+        dim = d_in if self.dim is None else self.dim
+        if dim < 1:
+            raise AlselError(f"--dim must be at least 1, got {dim}")
+        if self.init == "identity" and dim != d_in:
+            raise AlselError(f"--init identity needs --dim equal to the embedding D ({d_in}), got {dim}")
+        if self.epochs < 0:
+            raise AlselError(f"--epochs must be >= 0, got {self.epochs}")
+        if self.batch_size < 2:
+            raise AlselError(f"--batch-size must be at least 2, got {self.batch_size}")
+        if not (self.lr > 0 and np.isfinite(self.lr)):
+            raise AlselError(f"--lr must be a positive number, got {self.lr}")
+        if not np.isfinite(self.margin):
+            raise AlselError(f"--margin must be a finite number, got {self.margin}")
+        if self.patience < 1:
+            raise AlselError(f"--patience must be at least 1, got {self.patience}")
+        return TrainConfig(**dict(asdict(self), dim=dim))
+
+
+class Head(nn.Module):
+    """Two linear maps (with bias) whose outputs are L2-normalised."""
+
+    def __init__(self, d_in: int, dim: int, meta: dict | None = None):
+        super().__init__()
+        self.d_in, self.dim = d_in, dim
+        self.image = nn.Linear(d_in, dim)
+        self.text = nn.Linear(d_in, dim)
+        self.meta = dict(meta or {})
+
+    def reset(self, init: str, generator: torch.Generator) -> None:
+        with torch.no_grad():
+            for lin in (self.image, self.text):
+                if init == "identity":
+                    lin.weight.copy_(torch.eye(self.dim, self.d_in))
+                else:
+                    lin.weight.copy_(torch.randn(self.dim, self.d_in, generator=generator) / np.sqrt(self.d_in))
+                lin.bias.zero_()
+
+    def is_identity(self, side: str) -> bool:
+        """True when the side's map is exactly x -> x (W = I, b = 0)."""
+        lin = getattr(self, side)
+        return self.dim == self.d_in and bool(torch.equal(lin.weight, torch.eye(self.dim, device=lin.weight.device))) \
+            and not bool(lin.bias.any())
+
+    def forward_side(self, x: torch.Tensor, side: str) -> torch.Tensor:
+        return F.normalize(getattr(self, side)(x), dim=1)
+
+    def apply(self, x: torch.Tensor, side: str) -> torch.Tensor:
+        """Inference on unit rows. An exactly-identity side returns them as they are: they are unit
+        already, and normalising again would only perturb the last bit (and flip near-ties)."""
+        with torch.no_grad():
+            if self.is_identity(side):
+                return x
+            return self.forward_side(x, side)
+
+    def transform(self, side: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A chunk transform for stream.sweep (no grad, on the chunk's device)."""
+
+        identity = self.is_identity(side)
+
+        def f(x: torch.Tensor) -> torch.Tensor:
+            if identity:
+                return x
+            with torch.no_grad():
+                return self.forward_side(x, side)
+
+        return f
+
+    def encode(self, rows: np.ndarray, side: str, device: torch.device) -> np.ndarray:
+        """Unit rows through the head, in chunks; float32 numpy out."""
+        self.to(device)
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        with torch.no_grad():
+            for s in range(0, len(rows), ENCODE_ROWS):
+                x = torch.from_numpy(np.ascontiguousarray(rows[s:s + ENCODE_ROWS], dtype=np.float32)).to(device)
+                out[s:s + len(x)] = self.apply(x, side).cpu().numpy()
+        return out
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(f"{self.d_in}x{self.dim}".encode())
+        for k, v in sorted(self.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:32]
+
+
+def vsepp_loss(img: torch.Tensor, txt: torch.Tensor, owner: torch.Tensor, margin: float) -> torch.Tensor:
+    """Max-of-hinges loss of a batch: row a of img/txt is pair a; owner[a] its image id."""
+    s = img @ txt.T
+    pos = s.diagonal()
+    neg = s.masked_fill(owner[:, None] == owner[None, :], -torch.inf)
+    hardest_text = neg.amax(dim=1)  # for each image a: its hardest negative caption
+    hardest_image = neg.amax(dim=0)  # for each caption b: its hardest negative image
+    cost_t = (margin - pos + hardest_text).clamp(min=0)
+    cost_i = (margin - pos + hardest_image).clamp(min=0)
+    return cost_t.sum() + cost_i.sum()  # rows with no negative give -inf inside, 0 after clamp
+
+
+@dataclass
+class History:
+    loss: list = field(default_factory=list)
+    val_rsum: list = field(default_factory=list)
+    best_epoch: int = 0
+    steps: int = 0
+
+
+def train_head(paired: Paired, config: TrainConfig, device: torch.device, val=None,
+               progress: Callable[[int, float], None] | None = None) -> tuple[Head, History]:
+    """Fit a head on a paired set. `val`: a paired Store for early stopping on R-sum.
+
+    `progress(steps_done, loss)` is called after every step. Deterministic on CPU for a seed.
+    """
+    from .metrics import evaluate
+
+    d_in = paired.images.shape[1]
+    config = config.check(d_in)
+    g = torch.Generator().manual_seed(config.seed)
+    head = Head(d_in, config.dim, meta={"model": paired.model, "paired_fingerprint": paired.fingerprint,
+                                        "paired_path": paired.path, **asdict(config)})
+    head.reset(config.init, g)
+    head.to(device)
+    images = torch.from_numpy(paired.images).to(device)
+    texts = torch.from_numpy(paired.texts).to(device)
+    owner = torch.from_numpy(paired.text_image).to(device)
+    opt = torch.optim.Adam(head.parameters(), lr=config.lr)
+    hist = History()
+    n = len(texts)
+    best = (-np.inf, copy.deepcopy(head.state_dict()))
+    if val is not None:
+        best = (evaluate(val, device, head)["rsum"], copy.deepcopy(head.state_dict()))
+        hist.val_rsum.append(best[0])
+    stale = 0
+    for epoch in range(1, config.epochs + 1):
+        perm = torch.randperm(n, generator=g).to(device)
+        total = 0.0
+        for s in range(0, n, config.batch_size):
+            idx = perm[s:s + config.batch_size]
+            if len(idx) < 2:
+                continue
+            loss = vsepp_loss(head.forward_side(images[owner[idx]], "image"), head.forward_side(texts[idx], "text"),
+                              owner[idx], config.margin)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            hist.steps += 1
+            value = loss.detach().item()
+            total += value
+            if progress is not None:
+                progress(hist.steps, value / len(idx))
+        hist.loss.append(total / n)
+        if val is not None:
+            rsum = evaluate(val, device, head)["rsum"]
+            hist.val_rsum.append(rsum)
+            if rsum > best[0]:
+                best, stale = (rsum, copy.deepcopy(head.state_dict())), 0
+                hist.best_epoch = epoch
+            else:
+                stale += 1
+                if stale >= config.patience:
+                    break
+    if val is not None:
+        head.load_state_dict(best[1])
+    else:
+        hist.best_epoch = config.epochs
+    head.meta.update(history=asdict(hist))
+    return head.cpu(), hist
+
+
+def steps_per_epoch(n_pairs: int, batch_size: int) -> int:
+    return sum(1 for s in range(0, n_pairs, batch_size) if min(batch_size, n_pairs - s) >= 2)
+
+
+def save_head(out: str, head: Head, inputs: tuple = ()) -> None:
+    """Write head.pt atomically: {"format", "config", "state_dict"} with CPU tensors."""
+    ckpt = {"format": FORMAT, "config": dict(head.meta, d_in=head.d_in, dim=head.dim),
+            "state_dict": {k: v.detach().cpu() for k, v in head.state_dict().items()}}
+    with atomic_path(out, inputs) as tmp:
+        torch.save(ckpt, tmp)
+
+
+def load_head(path: str, store=None) -> Head:
+    """Load head.pt on the CPU; with `store`, check its D and model match the head's input."""
+    if not os.path.exists(path):
+        raise AlselError(f"{path}: no such file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
+        raise AlselError(f"{path}: not a readable head checkpoint ({str(e).splitlines()[0][:120]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise AlselError(f"{path}: not an alsel head (expected format {FORMAT!r})")
+    cfg = ckpt.get("config", {})
+    try:
+        head = Head(int(cfg["d_in"]), int(cfg["dim"]), meta=cfg)
+        head.load_state_dict(ckpt["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise AlselError(f"{path}: malformed head checkpoint ({str(e).splitlines()[0][:120]})") from None
+    head.eval()
+    if store is not None:
+        check_head_fits(head, path, store)
+    return head
+
+
+def check_head_fits(head: Head, path: str, store) -> None:
+    if store.d != head.d_in:
+        raise AlselError(f"{path}: head expects embeddings of D = {head.d_in}, {store.path} has D = {store.d}")
+    model = head.meta.get("model")
+    if model is not None and model != store.model:
+        raise AlselError(f"{path}: head was trained on model {model!r} embeddings, {store.path} has {store.model!r}")
+
+
+def through_head(paired: Paired, head: Head | None, device: torch.device) -> Paired:
+    """The paired set in the head's space (identity when head is None)."""
+    if head is None:
+        return paired
+    return Paired(paired.path, head.encode(paired.images, "image", device), head.encode(paired.texts, "text", device),
+                  paired.text_image, paired.model, paired.fingerprint, head=head.fingerprint())
