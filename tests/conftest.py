@@ -66,3 +66,23 @@ def run_cli(capsys):
         return code, out, err
 
     return run
+
+
+COCO500 = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
+                       "coco500-clip-vitb16", "features.npy")
+
+
+@pytest.fixture(scope="session")
+def coco500(tmp_path_factory):
+    """The real COCO pairs as a paired store; skips where ../shared/data is absent."""
+    if not os.path.exists(COCO500):
+        pytest.skip("../shared/data/coco500-clip-vitb16 is not here")
+    from alsel.ingest import import_arrays
+
+    d = tmp_path_factory.mktemp("coco500")
+    f = np.load(COCO500)
+    np.save(d / "img.npy", f[0])
+    np.save(d / "txt.npy", f[1])
+    out = str(d / "coco500.h5")
+    import_arrays(out, images=str(d / "img.npy"), texts=str(d / "txt.npy"), aligned=True, model="ViT-B-16")
+    return out

@@ -71,3 +71,27 @@ def ref_coreset(pool, centers, budget):
         chosen.append(u)
         d = np.minimum(d, np.sqrt(((U - U[u]) ** 2).sum(-1)))
     return np.array(chosen)
+
+
+def ref_recall(images, texts, text_image):
+    """R@1/5/10 both ways in percent, float64, ties against the query (competitor >= positive)."""
+    S = unit64(images) @ unit64(texts).T
+    ti = np.asarray(text_image)
+    i2t, t2i = [], []
+    for i in range(len(S)):
+        own = ti == i
+        if not own.any():
+            continue
+        best = S[i, own].max()
+        i2t.append(int((S[i, ~own] >= best).sum()))
+    for t in range(S.shape[1]):
+        p = S[ti[t], t]
+        others = np.arange(len(S)) != ti[t]
+        t2i.append(int((S[others, t] >= p).sum()))
+    out = {}
+    for name, r in (("i2t", np.array(i2t)), ("t2i", np.array(t2i))):
+        for k in (1, 5, 10):
+            out[f"{name}_r{k}"] = 100.0 * float(np.mean(r < k))
+    out["rsum"] = sum(out[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10))
+    out["r1sum"] = out["i2t_r1"] + out["t2i_r1"]
+    return out

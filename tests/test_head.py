@@ -1,0 +1,171 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from alsel.errors import AlselError
+from alsel.head import Head, TrainConfig, load_head, save_head, through_head, train_head, vsepp_loss
+from alsel.metrics import evaluate
+from alsel.scoring import score_pool
+from alsel.selection import select_coreset
+from alsel.store import Paired, load_paired, open_store
+from alsel.synth import synth_stores
+from alsel.thresholds import ThresholdParams, make_thresholds
+from conftest import random_paired, stored, unit, write_paired, write_pool
+from reference import assert_scores_match, ref_c, ref_coreset, ref_xi, unit64
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    d = tmp_path_factory.mktemp("world")
+    return synth_stores(str(d / "w"), images=1000, captions=5, classes=20, dim=32, seed=0, paired=0.1, test=0.2)
+
+
+def paired_of(path):
+    with open_store(path, need="paired") as st:
+        return load_paired(st)
+
+
+def test_vsepp_loss_matches_bruteforce():
+    rng = np.random.default_rng(0)
+    img = torch.from_numpy(unit(rng.standard_normal((6, 5))))
+    txt = torch.from_numpy(unit(rng.standard_normal((6, 5))))
+    owner = torch.tensor([0, 1, 1, 2, 3, 3])  # pairs 1,2 and 4,5 share an image: never negatives
+    got = float(vsepp_loss(img, txt, owner, 0.2))
+    S = img.double() @ txt.double().T
+    ref = 0.0
+    for a in range(6):
+        negs = [b for b in range(6) if owner[b] != owner[a]]
+        ref += max(0.0, 0.2 - S[a, a] + max(S[a, b] for b in negs))
+        ref += max(0.0, 0.2 - S[a, a] + max(S[b, a] for b in negs))
+    assert got == pytest.approx(float(ref), rel=1e-5)
+
+
+def test_identity_zero_epochs_reproduces_raw_metrics(world, tmp_path, run_cli):
+    code, out, err = run_cli("train", "--paired", world["paired"], "--out", tmp_path / "h.pt", "--epochs", "0")
+    assert code == 0, err
+    raw = json.loads(run_cli("eval", "--test", world["test"], "--json")[1])
+    via = json.loads(run_cli("eval", "--test", world["test"], "--head", tmp_path / "h.pt", "--json")[1])
+    assert raw == via
+    # and thresholds/scores through it are the raw ones
+    for args in ([], ["--head", tmp_path / "h.pt"]):
+        run_cli("score", "--paired", world["paired"], "--unpaired", world["pool_images"], "--out",
+                tmp_path / f"s{len(args)}.h5", *args)
+    import h5py
+
+    with h5py.File(tmp_path / "s0.h5") as a, h5py.File(tmp_path / "s2.h5") as b:
+        assert np.array_equal(a["score"][:], b["score"][:]) and np.array_equal(a["count"][:], b["count"][:])
+
+
+def test_training_is_deterministic_on_cpu(world):
+    p = paired_of(world["paired"])
+    cfg = TrainConfig(init="random", dim=16, epochs=3, seed=7)
+    a, _ = train_head(p, cfg, CPU)
+    b, _ = train_head(p, cfg, CPU)
+    c, _ = train_head(p, TrainConfig(init="random", dim=16, epochs=3, seed=8), CPU)
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k])
+    assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+
+
+def test_head_from_scratch_beats_chance_and_improves_with_pairs(world, tmp_path):
+    """Same test set, 5% vs 40% of the world paired: far above chance, and better with more pairs."""
+    more = synth_stores(str(tmp_path / "more"), images=1000, captions=5, classes=20, dim=32, seed=0, paired=0.4,
+                        test=0.2)
+    cfg = TrainConfig(init="random", dim=32, epochs=60)
+    result = {}
+    with open_store(world["test"], need="paired") as test:
+        for name, path in (("few", world["paired"]), ("many", more["paired"])):
+            head, _ = train_head(paired_of(path), cfg, CPU)
+            result[name] = evaluate(test, CPU, head)["rsum"]
+        n_i, n_t = test.images.n, test.texts.n
+        with open_store(more["test"]) as other:
+            assert np.array_equal(test.images.raw(0, n_i), other.images.raw(0, n_i))
+    # chance: a random ranking finds one of 5 captions in the top K of n_t, or the image in the top K of n_i
+    chance = sum(100 * (1 - (1 - k / n_t) ** 5) + 100 * k / n_i for k in (1, 5, 10))
+    assert result["few"] > 5 * chance
+    assert result["many"] > result["few"] + 50, result
+
+
+def test_early_stopping_keeps_the_best_validation_epoch(world):
+    p = paired_of(world["paired"])
+    with open_store(world["test"], need="paired") as val:
+        head, hist = train_head(p, TrainConfig(init="random", dim=16, epochs=40, lr=3e-2, patience=2), CPU, val)
+        assert evaluate(val, CPU, head)["rsum"] == pytest.approx(max(hist.val_rsum))
+    assert len(hist.loss) < 40 and hist.best_epoch == int(np.argmax(hist.val_rsum))
+
+
+def test_checkpoint_roundtrip_and_checks(world, tmp_path):
+    p = paired_of(world["paired"])
+    head, _ = train_head(p, TrainConfig(init="random", dim=8, epochs=1), CPU)
+    save_head(str(tmp_path / "h.pt"), head)
+    ckpt = torch.load(tmp_path / "h.pt", map_location="cpu", weights_only=True)
+    assert ckpt["config"]["d_in"] == 32 and ckpt["config"]["dim"] == 8 and ckpt["config"]["init"] == "random"
+    with open_store(world["paired"]) as st:
+        back = load_head(str(tmp_path / "h.pt"), st)
+    assert back.fingerprint() == head.fingerprint()
+    other = write_pool(tmp_path / "u.h5", unit(np.random.default_rng(0).standard_normal((4, 16))))
+    with open_store(other) as st, pytest.raises(AlselError, match="D = 32.*D = 16"):
+        load_head(str(tmp_path / "h.pt"), st)
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(AlselError, match="not a readable head checkpoint"):
+        load_head(str(tmp_path / "bad.pt"))
+    with pytest.raises(AlselError, match="--init identity needs --dim"):
+        TrainConfig(init="identity", dim=8).check(32)
+
+
+def head_np(head, x, side):
+    lin = getattr(head, side)
+    return unit64(np.asarray(x, np.float64) @ lin.weight.detach().double().numpy().T + lin.bias.detach().double().numpy())
+
+
+@pytest.mark.parametrize("select", ["images", "texts"])
+def test_scores_through_a_head_match_bruteforce(tmp_path, small_tiles, select):
+    rng = np.random.default_rng(3)
+    images, texts, ti = random_paired(rng, n_images=15, d=8)
+    paired = write_paired(tmp_path / "p.h5", images, texts, ti, dtype="float16")
+    pool = write_pool(tmp_path / "u.h5", unit(rng.standard_normal((23, 8))), select, "float16")
+    head = Head(8, 6)
+    head.reset("random", torch.Generator().manual_seed(0))
+    X = head_np(head, unit64(stored(paired, "images")), "image")
+    T = head_np(head, unit64(stored(paired, "texts")), "text")
+    U = head_np(head, unit64(stored(pool, select)), "image" if select == "images" else "text")
+    params = ThresholdParams(select=select, top_k=2, batch="mini", batch_size=6, seed=1)
+    xi = ref_xi(X, T, ti, select, 2, "mini", 6, 0.2, "loss", 1)
+    with open_store(paired, need="paired") as st, open_store(pool, need=select) as u:
+        p = through_head(load_paired(st), head, CPU)
+        th = make_thresholds(p, params, CPU, chunk_size=4)
+        assert np.allclose(th.xi, xi, atol=1e-5)
+        res = score_pool(u, p, th, "surplus", CPU, chunk_size=5, head=head)
+        with pytest.raises(AlselError, match="same head"):
+            score_pool(u, p, th, "surplus", CPU)
+        cs = select_coreset(u, st.side(select).read(), select, 6, CPU, chunk_size=4, head=head)
+    assert_scores_match(res.count, res.score, ref_c(U, X, T, ti, xi, select), "surplus")
+    assert list(cs.rows) == list(ref_coreset(U, X if select == "images" else T, 6))
+
+
+def test_cli_head_errors(world, tmp_path, run_cli):
+    from test_cli import assert_bad_input
+
+    run_cli("train", "--paired", world["paired"], "--out", tmp_path / "h.pt", "--epochs", "0")
+    other = write_pool(tmp_path / "u16.h5", unit(np.random.default_rng(0).standard_normal((4, 16))))
+    assert_bad_input(run_cli("eval", "--test", world["test"], "--head", tmp_path / "nope.pt"), "nope.pt",
+                     "no such file")
+    out = tmp_path / "cs.h5"
+    assert_bad_input(run_cli("select", "--strategy", "coreset", "--paired", world["paired"], "--unpaired", other,
+                             "--budget", "2", "--out", out, "--head", tmp_path / "h.pt"), "u16.h5", out=out)
+    run_cli("threshold", "--paired", world["paired"], "--out", tmp_path / "xi.h5")
+    out = tmp_path / "s.h5"
+    code, _, err = run_cli("train", "--paired", world["paired"], "--out", tmp_path / "h2.pt", "--init", "random",
+                           "--dim", "8", "--epochs", "1")
+    assert code == 0, err
+    assert_bad_input(run_cli("score", "--paired", world["paired"], "--unpaired", world["pool_images"], "--out", out,
+                             "--thresholds", tmp_path / "xi.h5", "--head", tmp_path / "h2.pt"), "xi.h5",
+                     "computed with no head", out=out)
+    assert_bad_input(run_cli("train", "--paired", world["paired"], "--out", tmp_path / "h3.pt", "--dim", "8"),
+                     "--init identity needs --dim", out=tmp_path / "h3.pt")
+    assert not os.path.exists(tmp_path / "h3.pt")
