@@ -197,6 +197,83 @@ def import_(
 
 
 @app.command()
+def embed(
+    out: Out,
+    images: Annotated[Optional[str], typer.Option(show_default=False,
+                                                  help="Image folder (recursive), a text file of paths, or a CSV/Parquet with a path column.")] = None,
+    captions: Annotated[Optional[str], typer.Option(show_default=False,
+                                                    help="CSV or JSONL with id, text and optional image (the image's id).")] = None,
+    model: Annotated[Optional[str], typer.Option(show_default=False,
+                                                 help="open_clip model name. [default: ViT-B-32, or the --model-config file's name]")] = None,
+    pretrained: Annotated[Optional[str], typer.Option(show_default=False,
+                                                      help="open_clip tag (openai, laion2b_s34b_b79k, ...), a local checkpoint file, "
+                                                           "or none (random init from --seed). [default: openai; none with --model-config]")] = None,
+    model_config: Annotated[Optional[str], typer.Option("--model-config", show_default=False,
+                                                        help="open_clip model config JSON for a custom architecture.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of a random initialisation (--pretrained none).")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images or captions per forward pass.")] = 64,
+    precision: Annotated[str, typer.Option(help="Inference precision: fp32, fp16 or bf16.")] = "fp32",
+    workers: Annotated[int, typer.Option(help="DataLoader workers decoding images.")] = 0,
+    dtype: Annotated[str, typer.Option(help="Storage dtype: float16 or float32.")] = "float16",
+    path_column: Annotated[Optional[str], typer.Option("--path-column", show_default=False,
+                                                       help="Column of image paths in a CSV/Parquet list.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from OUT.partial.")] = False,
+    device: Device = DeviceName.auto,
+):
+    """Embed images and captions with open_clip into a store (paired, image pool or text pool).
+
+    Examples: alsel embed --images photos/ --captions captions.csv --model ViT-B-32 --pretrained openai --out paired.h5
+              alsel embed --images pool.txt --pretrained /ckpt/vitb32.pt --out pool.h5 --resume
+    """
+    from alsel import embed as embedding
+
+    dev = resolve_device(device.value)
+    if model_config is not None:
+        stem = os.path.splitext(os.path.basename(model_config))[0]
+        if model is not None and model != stem:
+            raise AlselError(f"{model_config}: --model {model} differs from the config's name {stem!r} "
+                             f"(open_clip names a config after its file)")
+        model = stem
+    name = model or "ViT-B-32"
+    tag = pretrained if pretrained is not None else ("none" if model_config else "openai")
+    spec = embedding.ModelSpec(name=name, pretrained=None if tag.lower() == "none" else tag, config=model_config,
+                               seed=seed, precision=precision)
+    image_list = embedding.list_images(images, path_column) if images else None
+    caption_list = embedding.read_captions(captions) if captions else None
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[rate]}")]
+    with Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
+        tasks: dict = {}
+        started = time.perf_counter()
+
+        def progress(modality: str, n: int, total: int) -> None:
+            if modality not in tasks:
+                tasks[modality] = (bar.add_task(modality, total=total, completed=n, rate=""), time.perf_counter(), n)
+                return
+            task, t0, n0 = tasks[modality]
+            bar.advance(task, n)
+            done = bar.tasks[task].completed - n0
+            bar.update(task, rate=f"{done / max(time.perf_counter() - t0, 1e-9):.1f} {modality}/s")
+
+        report = embedding.embed(out, images=image_list, captions=caption_list, spec=spec, device=dev,
+                                 batch_size=batch_size, workers=workers, dtype=dtype, resume=resume,
+                                 created_by=CREATED_BY, progress=progress)
+    elapsed = time.perf_counter() - started
+    if report.failed:
+        shown = "; ".join(f"{i} ({r})" for i, r in report.failed[:3])
+        more = f"; and {len(report.failed) - 3} more" if len(report.failed) > 3 else ""
+        err_console.print(f"warning: {len(report.failed)} images could not be read and were skipped "
+                          f"(listed in /images/failed): {shown}{more}", markup=False, soft_wrap=True)
+    if report.dropped:
+        shown = "; ".join(f"{c} -> {i}" for c, i in report.dropped[:3])
+        more = f"; and {len(report.dropped) - 3} more" if len(report.dropped) > 3 else ""
+        err_console.print(f"warning: {len(report.dropped)} captions name an image that is missing or failed and "
+                          f"were left out (listed in /texts/dropped): {shown}{more}", markup=False, soft_wrap=True)
+    out_console.print(f"wrote {out} ({report.kind}): {report.images} images, {report.texts} captions, "
+                      f"{name} / {spec.pretrained or 'random init'} in {elapsed:.1f} s")
+
+
+@app.command()
 def info(
     file: Annotated[str, typer.Argument(help="Any alsel file.", show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,

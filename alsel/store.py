@@ -218,7 +218,8 @@ class Embeddings:
     def close(self) -> None:
         self._array = None
         if self._mm is not None:
-            self._mm.close()
+            with contextlib.suppress(BufferError):  # arrays from raw() still alive: unmapped when they go
+                self._mm.close()
             self._mm = None
 
 
