@@ -209,3 +209,24 @@ def test_resume_refuses_other_settings(data, run_cli, tmp_path):
     Partial(str(tmp_path / "o.h5.partial"), settings, 32, np.dtype("float16"), resume=False).close()
     out = tmp_path / "o.h5"
     assert_bad_input(run_cli(*embed_args(data, out, "--resume")), "o.h5.partial", "cannot resume", out=out)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_low_precision_inference_is_close_to_fp32(data, run_cli, precision):
+    assert run_cli(*embed_args(data, data / "a.h5"))[0] == 0
+    assert run_cli(*embed_args(data, data / "b.h5", "--precision", precision))[0] == 0
+    with h5py.File(data / "a.h5") as a, h5py.File(data / "b.h5") as b:
+        for k in ("images/emb", "texts/emb"):
+            cos = (a[k][:].astype(np.float64) * b[k][:].astype(np.float64)).sum(axis=1)
+            assert cos.min() > 0.999
+
+
+def test_local_checkpoint(data, run_cli, tmp_path):
+    """--pretrained PATH loads a local file (how clusters without network run the real models)."""
+    model, _, _ = load_model(ModelSpec(name="tiny-clip", pretrained=None, config=TINY, seed=11), torch.device("cpu"))
+    torch.save(model.state_dict(), tmp_path / "tiny.pt")
+    assert run_cli(*embed_args(data, tmp_path / "ckpt.h5", "--pretrained", tmp_path / "tiny.pt", "--seed", "0"))[0] == 0
+    assert run_cli(*embed_args(data, tmp_path / "seed.h5", "--seed", "11"))[0] == 0
+    with h5py.File(tmp_path / "ckpt.h5") as a, h5py.File(tmp_path / "seed.h5") as b:
+        assert np.array_equal(a["images/emb"][:], b["images/emb"][:])
+        assert a.attrs["pretrained"] == str(tmp_path / "tiny.pt")
