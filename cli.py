@@ -32,6 +32,8 @@ from alsel.stream import DEVICES, resolve_device
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Active learning for image-text retrieval: choose which pool items to annotate next.")
 out_console = Console(highlight=False, soft_wrap=True)
+if not out_console.is_terminal:  # files and pipes: tables at their natural width, not 80 columns
+    out_console = Console(highlight=False, soft_wrap=True, width=200)
 err_console = Console(stderr=True, highlight=False)
 CREATED_BY = "alsel"
 
@@ -497,6 +499,81 @@ def eval_cmd(
         table.add_row(name, *(f"{result[f'{d}_r{k}']:.1f}" for k in metrics.KS))
     out_console.print(table)
     out_console.print(f"R-sum {result['rsum']:.1f}   R@1-sum {result['r1sum']:.1f}")
+
+
+@app.command("merge")
+def merge_cmd(
+    paired: Paired, unpaired: Unpaired,
+    selection_path: Annotated[str, typer.Option("--selection", help="The selection made on --unpaired.",
+                                                show_default=False)],
+    annotations: Annotated[str, typer.Option(help="Store with the new annotations (e.g. from alsel embed).",
+                                             show_default=False)],
+    out_paired: Annotated[str, typer.Option("--out-paired", help="New paired store.", show_default=False)],
+    out_pool: Annotated[str, typer.Option("--out-pool", help="Remaining pool.", show_default=False)],
+    ignore_extra: Annotated[bool, typer.Option("--ignore-extra",
+                                               help="Leave out annotations of items that were not selected.")] = False,
+):
+    """Move the selected, now annotated pool items into the paired store.
+
+    Example: alsel merge --paired p.h5 --unpaired u.h5 --selection sel.h5 --annotations new.h5 --out-paired p2.h5 --out-pool u2.h5
+    """
+    from alsel.merge import merge
+
+    counts = merge(paired, unpaired, selection_path, annotations, out_paired, out_pool, ignore_extra, CREATED_BY)
+    out_console.print(f"wrote {out_paired}: {counts['paired_images']} images, {counts['paired_texts']} texts "
+                      f"(+{counts['new_images']} images, +{counts['new_texts']} texts); {out_pool}: "
+                      f"{counts['pool']} items left")
+
+
+@app.command()
+def simulate(
+    oracle: Annotated[str, typer.Option(help="Paired store with the hidden annotations of every pool item.",
+                                        show_default=False)],
+    test: Annotated[str, typer.Option(help="Paired test store.", show_default=False)],
+    out: Annotated[str, typer.Option("--out", help="Output folder (resumable).", show_default=False)],
+    budget: Annotated[int, typer.Option(help="Items annotated per round.", show_default=False)],
+    rounds: Annotated[int, typer.Option(help="Selection rounds.")] = 5,
+    strategies: Annotated[str, typer.Option(help="Comma list: hn[-images|texts][-topK][-full|mini]"
+                                                 "[-surplus|counting], random[-texts], coreset[-texts], or all.")] = "hn,random,coreset",
+    seeds: Annotated[str, typer.Option(help="Seeds: 0,1,2 or 0-4.")] = "0",
+    paired: Annotated[Optional[str], typer.Option("--paired", show_default=False,
+                                                  help="Initial paired store (the oracle is then the pool).")] = None,
+    initial: Annotated[float, typer.Option(help="Without --paired: fraction (<1) or count of oracle images paired at the start.")] = 0.1,
+    init: Annotated[str, typer.Option(help="Head initialisation: identity or random.")] = "identity",
+    dim: Annotated[Optional[int], typer.Option(help="Head dimension. [default: D]", show_default=False)] = None,
+    margin: Annotated[float, typer.Option(help="α of the head's loss and of the thresholds.")] = 0.2,
+    epochs: Annotated[int, typer.Option(help="Head epochs per round.")] = 20,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Head batch size.")] = 128,
+    lr: Annotated[float, typer.Option(help="Head learning rate.")] = 1e-3,
+    device: Device = DeviceName.auto, chunk_size: ChunkSize = None,
+):
+    """The active-learning experiment: train, evaluate, select, annotate from the oracle, merge; repeat.
+
+    Writes OUT/results.csv, OUT/curves.png, every round's stores and selections under OUT/runs/,
+    and a mean ± std table on stdout. Re-running resumes.
+
+    Example: alsel simulate --paired toy/paired.h5 --oracle toy/oracle.h5 --test toy/test.h5 --budget 50 --rounds 3 --strategies hn,random,coreset --seeds 0-2 --out sim
+    """
+    from alsel import simulate as sim
+
+    dev = resolve_device(device.value)
+    head_cfg = heads.TrainConfig(init=init, dim=dim, margin=margin, epochs=epochs, batch_size=batch_size, lr=lr)
+    cfg = sim.SimConfig(oracle=oracle, test=test, out=out, budget=budget, rounds=rounds,
+                        strategies=sim.parse_strategies(strategies), seeds=sim.parse_seeds(seeds), paired=paired,
+                        initial=initial, head=head_cfg, device=str(dev), chunk_size=chunk_size)
+    with store.open_store(paired or oracle, need="paired") as st:
+        cfg.head = head_cfg.check(st.d)
+    total = len(cfg.strategies) * len(cfg.seeds) * (rounds + 1)
+    with progress_bar("simulating", total, "{task.fields[loss]}") as advance:
+        rows = sim.simulate(cfg, lambda msg: advance(1, loss=msg))
+    sim.plot_curves(rows, os.path.join(out, "curves.png"), title=os.path.basename(os.path.normpath(out)))
+    table = Table("strategy", *[f"r{r} ({r * budget})" for r in range(rounds + 1)],
+                  title=f"R-sum, mean ± std over {len(cfg.seeds)} seed(s); columns: round (annotated items)")
+    summary = sim.summarize(rows, "rsum")
+    for name in dict.fromkeys(s["strategy"] for s in summary):
+        table.add_row(name, *[f"{s['mean']:.1f} ± {s['std']:.1f}" for s in summary if s["strategy"] == name])
+    out_console.print(table)
+    out_console.print(f"wrote {os.path.join(out, 'results.csv')} and {os.path.join(out, 'curves.png')}")
 
 
 # --------------------------------------------------------------------------- entry point

@@ -1,0 +1,182 @@
+"""`alsel merge`: after annotation, move the selected pool items into the paired store.
+
+Inputs: the paired store, the pool, the selection made on that pool, and a store with the new
+annotations (for selected images: a store whose images carry the selected pool ids and whose texts
+are their new captions, as `alsel embed --images ... --captions ...` writes; for selected texts: a
+store whose texts carry the selected pool text ids and point at their new images). Outputs: a new
+paired store (old pairs first, then the new ones in selection order) and the remaining pool (the
+pool without the selected rows, order kept). Every id must line up; anything unmatched is an error,
+and no item is lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import numpy as np
+
+from .errors import AlselError
+from .selection import Selection, read_selection
+from .store import Store, StoreWriter, check_compatible, open_store, pool_fingerprint
+
+COPY_ROWS = 65536
+
+
+def _rows(store: Store, group: str, rows: np.ndarray) -> np.ndarray:
+    emb = store.side(group)
+    return np.stack([emb.raw(int(r), int(r) + 1)[0] for r in rows]) if len(rows) else np.zeros((0, emb.d), emb.dtype)
+
+
+def merge(paired_path: str, pool_path: str, selection_path: str, annotations_path: str, out_paired: str,
+          out_pool: str, ignore_extra: bool = False, created_by: str | None = None) -> dict:
+    """Write the new paired store and the remaining pool; returns counts."""
+    outs = {os.path.abspath(out_paired), os.path.abspath(out_pool)}
+    if len(outs) < 2:
+        raise AlselError(f"{out_paired}: --out-paired and --out-pool must differ")
+    sel = read_selection(selection_path)
+    select = str(sel.attrs.get("select", "images"))
+    with contextlib.ExitStack() as stack:
+        paired = stack.enter_context(open_store(paired_path, need="paired"))
+        pool = stack.enter_context(open_store(pool_path, need=select))
+        ann = stack.enter_context(open_store(annotations_path))
+        check_compatible(paired, pool)
+        check_compatible(paired, ann)
+        _check_selection(sel, pool, select, selection_path)
+        side = pool.side(select)
+        chosen = sel.rows
+        chosen_ids = [str(x) for x in sel.ids]
+        if select == "images":
+            new_img, new_img_ids, new_txt, new_txt_ids, new_ti = _images_annotated(
+                paired, pool, ann, chosen, chosen_ids, annotations_path, ignore_extra)
+        else:
+            new_img, new_img_ids, new_txt, new_txt_ids, new_ti = _texts_annotated(
+                paired, pool, ann, chosen, chosen_ids, annotations_path, ignore_extra)
+        dtype = paired.images.dtype
+        old_img, old_txt = paired.images.raw(0, paired.images.n), paired.texts.raw(0, paired.texts.n)
+        img_ids = np.concatenate([paired.ids("images"), np.array(new_img_ids, dtype=object)])
+        txt_ids = np.concatenate([paired.ids("texts"), np.array(new_txt_ids, dtype=object)])
+        _no_duplicates(img_ids, paired_path, annotations_path, "image")
+        _no_duplicates(txt_ids, paired_path, annotations_path, "text")
+        inputs = (paired_path, pool_path, selection_path, annotations_path)
+        keep = np.setdiff1d(np.arange(side.n), chosen)
+        with StoreWriter(out_pool, model=pool.model, pretrained=str(pool.attrs.get("pretrained", "")),
+                         inputs=inputs, created_by=created_by) as wp:
+            group = select
+            wp.add_group(group, len(keep), side.d, side.dtype,
+                         text_image=np.full(len(keep), -1, np.int64) if group == "texts" else None)
+            pool_ids = pool.ids(group)
+            for s in range(0, len(keep), COPY_ROWS):
+                part = keep[s:s + COPY_ROWS]
+                wp.write(group, s, _gather(side, part), pool_ids[part])
+            with StoreWriter(out_paired, model=paired.model, pretrained=str(paired.attrs.get("pretrained", "")),
+                             inputs=inputs, created_by=created_by) as w:
+                w.add_group("images", len(img_ids), paired.d, dtype)
+                w.write("images", 0, np.concatenate([old_img, new_img.astype(dtype)]), img_ids)
+                w.add_group("texts", len(txt_ids), paired.d, dtype,
+                            text_image=np.concatenate([paired.text_image, new_ti]))
+                w.write("texts", 0, np.concatenate([old_txt, new_txt.astype(dtype)]), txt_ids)
+    return {"paired_images": len(img_ids), "paired_texts": len(txt_ids), "new_images": len(new_img_ids),
+            "new_texts": len(new_txt_ids), "pool": len(keep)}
+
+
+def _gather(emb, rows: np.ndarray) -> np.ndarray:
+    """Rows of `emb` (ascending `rows`) read through one contiguous slice."""
+    if not len(rows):
+        return np.zeros((0, emb.d), emb.dtype)
+    block = emb.raw(int(rows[0]), int(rows[-1]) + 1)
+    return np.asarray(block[rows - rows[0]])
+
+
+def _check_selection(sel: Selection, pool: Store, select: str, path: str) -> None:
+    side = pool.side(select)
+    fp = sel.attrs.get("pool_fingerprint")
+    if fp is not None and fp != pool_fingerprint(side, pool.model):
+        raise AlselError(f"{path}: the selection was made on another pool than {pool.path}")
+    if len(sel.rows) and (sel.rows.min() < 0 or sel.rows.max() >= side.n):
+        raise AlselError(f"{path}: selected rows outside the pool (0..{side.n - 1})")
+    if len(np.unique(sel.rows)) != len(sel.rows):
+        raise AlselError(f"{path}: the selection repeats a pool row")
+    ids = pool.ids(select)[sel.rows]
+    bad = [i for i, (a, b) in enumerate(zip(ids, sel.ids)) if a != b]
+    if bad:
+        i = bad[0]
+        raise AlselError(f"{path}: selected row {sel.rows[i]} has id {sel.ids[i]!r} but {pool.path} has "
+                         f"{ids[i]!r} there; the ids do not line up")
+
+
+def _no_duplicates(ids: np.ndarray, paired_path: str, ann_path: str, what: str) -> None:
+    seen = set()
+    for x in ids:
+        if x in seen:
+            raise AlselError(f"{ann_path}: {what} id {x!r} is already in {paired_path}")
+        seen.add(x)
+
+
+def _images_annotated(paired, pool, ann, chosen, chosen_ids, ann_path, ignore_extra):
+    """Selected pool images + their new captions from the annotation store."""
+    if ann.images is None or ann.texts is None or ann.text_image is None:
+        raise AlselError(f"{ann_path}: annotations for selected images need /images (with the pool ids) and "
+                         f"/texts (their captions, /texts/image pointing at them)")
+    ann_row = {x: r for r, x in enumerate(ann.ids("images"))}
+    caps_of: dict[int, list[int]] = {}
+    for j, i in enumerate(ann.text_image):
+        if i >= 0:
+            caps_of.setdefault(int(i), []).append(j)
+    rows, ti = [], []
+    for k, x in enumerate(chosen_ids):
+        r = ann_row.get(x)
+        if r is None:
+            raise AlselError(f"{ann_path}: selected image {x!r} has no annotation (not among its /images/id)")
+        caps = caps_of.get(r)
+        if not caps:
+            raise AlselError(f"{ann_path}: selected image {x!r} has no caption")
+        rows.extend(caps)
+        ti.extend([paired.images.n + k] * len(caps))
+    if not ignore_extra:
+        chosen_set = set(chosen_ids)
+        extra = [x for r, x in enumerate(ann.ids("images")) if r in caps_of and x not in chosen_set]
+        if extra:
+            raise AlselError(f"{ann_path}: captions for {len(extra)} images that were not selected "
+                             f"(e.g. {extra[0]!r}); pass --ignore-extra to leave them out")
+    new_img = _rows(pool, "images", chosen)
+    rows = np.array(rows, dtype=np.int64)
+    new_txt = _rows(ann, "texts", rows)
+    return new_img, chosen_ids, new_txt, [str(x) for x in ann.ids("texts")[rows]], np.array(ti, dtype=np.int64)
+
+
+def _texts_annotated(paired, pool, ann, chosen, chosen_ids, ann_path, ignore_extra):
+    """Selected pool texts + the images annotators found for them (new, or already paired)."""
+    if ann.images is None or ann.texts is None or ann.text_image is None:
+        raise AlselError(f"{ann_path}: annotations for selected texts need /texts (with the pool ids) pointing "
+                         f"at /images (their images)")
+    ann_txt = {x: r for r, x in enumerate(ann.ids("texts"))}
+    ann_img_ids = ann.ids("images")
+    paired_row = {x: r for r, x in enumerate(paired.ids("images"))}
+    new_rows: dict[str, int] = {}
+    new_img_src: list[int] = []
+    ti = []
+    for x in chosen_ids:
+        r = ann_txt.get(x)
+        if r is None:
+            raise AlselError(f"{ann_path}: selected text {x!r} has no annotation (not among its /texts/id)")
+        i = int(ann.text_image[r])
+        if i < 0:
+            raise AlselError(f"{ann_path}: selected text {x!r} has no image (/texts/image = -1)")
+        img_id = str(ann_img_ids[i])
+        if img_id in paired_row:
+            ti.append(paired_row[img_id])
+        else:
+            if img_id not in new_rows:
+                new_rows[img_id] = paired.images.n + len(new_img_src)
+                new_img_src.append(i)
+            ti.append(new_rows[img_id])
+    if not ignore_extra:
+        chosen_set = set(chosen_ids)
+        extra = [x for x in ann.ids("texts") if x not in chosen_set]
+        if extra:
+            raise AlselError(f"{ann_path}: annotations for {len(extra)} texts that were not selected "
+                             f"(e.g. {extra[0]!r}); pass --ignore-extra to leave them out")
+    new_img = _rows(ann, "images", np.array(new_img_src, dtype=np.int64))
+    new_txt = _rows(pool, "texts", chosen)
+    return new_img, list(new_rows), new_txt, chosen_ids, np.array(ti, dtype=np.int64)

@@ -1,0 +1,402 @@
+"""`alsel simulate`: the active-learning experiment with an oracle that holds the hidden annotations.
+
+For every strategy and seed, round r = 0..R:
+    train a head on paired_r (from its initialisation, every round) → evaluate on the test store;
+    if r < R: choose B pool items with the strategy in that head's space → write the oracle's
+    annotations of exactly those items → merge → paired_{r+1}, pool_{r+1}.
+Every step calls the function its stage command calls (train_head, make_thresholds, score_pool,
+select_by_score / select_random / select_coreset, merge) on files in
+OUT/runs/<strategy>/seed<s>/round<r>/, so each round can be inspected with `alsel info` and an
+interrupted simulation resumes: a round whose metrics.json exists (and whose successor's stores
+exist) is not redone. All strategies of one seed start from the same initial split.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .errors import AlselError
+from .head import TrainConfig, load_head, save_head, through_head, train_head
+from .merge import merge
+from .metrics import KEYS, evaluate
+from .scoring import WEIGHTS, save_scores, score_pool
+from .selection import read_selection, save_selection, select_by_score, select_coreset, select_random
+from .store import check_compatible, load_paired, open_store, write_store
+from .thresholds import BATCH, FORMS, SELECT, ThresholdParams, make_thresholds
+
+
+# --------------------------------------------------------------------------- strategies
+
+
+@dataclass(frozen=True)
+class Strategy:
+    kind: str  # "hn" (hard negatives), "random", "coreset"
+    select: str = "images"
+    top_k: int = 1
+    batch: str = "full"
+    weight: str = "surplus"
+    form: str = "loss"
+
+    @property
+    def name(self) -> str:
+        if self.kind != "hn":
+            return self.kind if self.select == "images" else f"{self.kind}-texts"
+        name = f"hn-{self.select}-top{self.top_k}-{self.batch}-{self.weight}"
+        return name if self.form == "loss" else f"{name}-{self.form}"
+
+
+def parse_strategy(spec: str) -> Strategy:
+    """`random`, `coreset` (optionally `-texts`), or `hn` with any of: images|texts, top<k>,
+    full|mini, surplus|counting, loss|rank|margin, e.g. `hn-texts-top3-mini-counting`."""
+    tokens = spec.strip().lower().split("-")
+    kind, rest = tokens[0], tokens[1:]
+    if kind not in ("hn", "random", "coreset"):
+        raise AlselError(f"--strategies: unknown strategy {spec!r} (hn[-...], random, coreset)")
+    fields: dict = {"kind": kind}
+    for t in rest:
+        if t in SELECT:
+            fields["select"] = t
+        elif kind == "hn" and re.fullmatch(r"top\d+", t) and int(t[3:]) >= 1:
+            fields["top_k"] = int(t[3:])
+        elif kind == "hn" and t in BATCH:
+            fields["batch"] = t
+        elif kind == "hn" and t in WEIGHTS:
+            fields["weight"] = t
+        elif kind == "hn" and t in FORMS:
+            fields["form"] = t
+        else:
+            raise AlselError(f"--strategies: cannot read {t!r} in {spec!r}")
+    return Strategy(**fields)
+
+
+def all_strategies() -> list[Strategy]:
+    """Every hard-negative variant of the paper (top-1/top-3 × full/mini × counting/surplus ×
+    images/texts), plus random and core-set on both sides."""
+    out = [Strategy("hn", s, k, b, w) for s in SELECT for k in (1, 3) for b in BATCH for w in WEIGHTS]
+    return out + [Strategy(k, s) for k in ("random", "coreset") for s in SELECT]
+
+
+def parse_strategies(text: str) -> list[Strategy]:
+    items: list[Strategy] = []
+    for part in text.split(","):
+        if part.strip().lower() == "all":
+            items.extend(all_strategies())
+        elif part.strip():
+            items.append(parse_strategy(part))
+    names = [s.name for s in items]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise AlselError(f"--strategies: {sorted(dup)[0]} is given twice")
+    if not items:
+        raise AlselError("--strategies: give at least one strategy")
+    return items
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`0,1,2` or `0-4` (inclusive) or a mix."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not m:
+            raise AlselError(f"--seeds {text!r}: expected a list like 0,1,2 or a range like 0-4")
+        a, b = int(m.group(1)), int(m.group(2) or m.group(1))
+        if b < a:
+            raise AlselError(f"--seeds {text!r}: range {a}-{b} is empty")
+        seeds.extend(range(a, b + 1))
+    if len(set(seeds)) != len(seeds):
+        raise AlselError(f"--seeds {text!r}: a seed is repeated")
+    return seeds
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass
+class SimConfig:
+    oracle: str
+    test: str
+    out: str
+    budget: int
+    rounds: int
+    strategies: list
+    seeds: list
+    paired: str | None = None  # initial paired store; else split the oracle with `initial`
+    initial: float = 0.1  # fraction (< 1) or count (>= 1) of oracle images paired at the start
+    head: TrainConfig = field(default_factory=TrainConfig)
+    device: str = "cpu"
+    chunk_size: int | None = None
+
+    def describe(self) -> dict:
+        d = asdict(self)
+        d["strategies"] = [s.name for s in self.strategies]
+        d.pop("device")
+        d.pop("chunk_size")
+        return d
+
+
+# --------------------------------------------------------------------------- oracle and initial split
+
+
+class Oracle:
+    """The hidden annotations: a paired store covering every pool item."""
+
+    def __init__(self, path: str):
+        self.path = path
+        with open_store(path, need="paired") as st:
+            self.images = st.images.raw(0, st.images.n).copy()
+            self.texts = st.texts.raw(0, st.texts.n).copy()
+            self.image_ids = st.ids("images")
+            self.text_ids = st.ids("texts")
+            self.text_image = st.text_image.copy()
+            self.model, self.pretrained = st.model, str(st.attrs.get("pretrained", ""))
+        self.image_row = {x: r for r, x in enumerate(self.image_ids)}
+        self.text_row = {x: r for r, x in enumerate(self.text_ids)}
+
+    def write(self, out: str, image_rows: np.ndarray, text_rows: np.ndarray | None = None, paired: bool = True,
+              images: bool = True, texts: bool = True) -> None:
+        """A store of the given oracle images and texts (texts default: all captions of the images)."""
+        image_rows = np.asarray(image_rows, dtype=np.int64)
+        if text_rows is None:
+            text_rows = np.flatnonzero(np.isin(self.text_image, image_rows))
+        text_rows = np.asarray(text_rows, dtype=np.int64)
+        pos = {int(r): k for k, r in enumerate(image_rows)}
+        ti = np.array([pos.get(int(self.text_image[j]), -1) for j in text_rows], dtype=np.int64) if paired \
+            else np.full(len(text_rows), -1, np.int64)
+        kw = {}
+        if images:
+            kw.update(images=self.images[image_rows], image_ids=self.image_ids[image_rows])
+        if texts:
+            kw.update(texts=self.texts[text_rows], text_ids=self.text_ids[text_rows], text_image=ti)
+        write_store(out, model=self.model, pretrained=self.pretrained, created_by="alsel simulate", **kw)
+
+    def annotations(self, out: str, select: str, ids: np.ndarray) -> None:
+        """What annotators would return for the selected pool items."""
+        if select == "images":
+            self.write(out, np.array([self.image_row[x] for x in ids]))
+        else:
+            text_rows = np.array([self.text_row[x] for x in ids])
+            image_rows = np.unique(self.text_image[text_rows])
+            self.write(out, image_rows, text_rows)
+
+
+def initial_split(cfg: SimConfig, oracle: Oracle, seed: int, folder: str) -> dict[str, str]:
+    """paired.h5, pool_images.h5, pool_texts.h5 for one seed (shared by all strategies)."""
+    os.makedirs(folder, exist_ok=True)
+    paths = {k: os.path.join(folder, f"{k}.h5") for k in ("paired", "pool_images", "pool_texts")}
+    n = len(oracle.image_ids)
+    if cfg.paired is not None:
+        paths["paired"] = cfg.paired
+        pool_images = np.arange(n)
+    else:
+        n_init = int(round(cfg.initial * n)) if cfg.initial < 1 else int(cfg.initial)
+        if not 1 <= n_init < n:
+            raise AlselError(f"--initial {cfg.initial}: needs between 1 and {n - 1} of the oracle's {n} images")
+        order = np.random.default_rng(seed).permutation(n)
+        init, pool_images = np.sort(order[:n_init]), np.sort(order[n_init:])
+        if not os.path.exists(paths["paired"]):
+            oracle.write(paths["paired"], init)
+    if not os.path.exists(paths["pool_images"]):
+        oracle.write(paths["pool_images"], pool_images, texts=False)
+    if not os.path.exists(paths["pool_texts"]):
+        oracle.write(paths["pool_texts"], pool_images, paired=False, images=False)
+    return paths
+
+
+# --------------------------------------------------------------------------- one run
+
+
+def run_one(cfg: SimConfig, strategy: Strategy, seed: int, start: dict[str, str], oracle: Oracle, test_store,
+            device: torch.device, progress: Callable[[str], None] | None = None) -> list[dict]:
+    base = os.path.join(cfg.out, "runs", strategy.name, f"seed{seed}")
+    paired = start["paired"]
+    pool = start["pool_images" if strategy.select == "images" else "pool_texts"]
+    rows = []
+    for r in range(cfg.rounds + 1):
+        rd = os.path.join(base, f"round{r}")
+        os.makedirs(rd, exist_ok=True)
+        metrics_path = os.path.join(rd, "metrics.json")
+        head_path = os.path.join(rd, "head.pt")
+        if os.path.exists(metrics_path) and os.path.exists(head_path):
+            with open(metrics_path, encoding="utf-8") as fh:
+                row = json.load(fh)
+        else:
+            row = _train_and_evaluate(cfg, strategy, seed, r, paired, head_path, test_store, device)
+            _write_json(metrics_path, row)
+        rows.append(row)
+        if progress is not None:
+            progress(f"{strategy.name} seed {seed} round {r}: R-sum {row['rsum']:.1f}")
+        if r == cfg.rounds:
+            break
+        nxt = os.path.join(base, f"round{r + 1}")
+        next_paired, next_pool = os.path.join(nxt, "paired.h5"), os.path.join(nxt, "pool.h5")
+        if not (os.path.exists(next_paired) and os.path.exists(next_pool)):
+            os.makedirs(nxt, exist_ok=True)
+            sel_path = select_round(cfg, strategy, seed, r, paired, pool, head_path, rd, device)
+            ann = os.path.join(rd, "annotations.h5")
+            oracle.annotations(ann, strategy.select, read_selection(sel_path).ids)
+            merge(paired, pool, sel_path, ann, next_paired, next_pool, created_by="alsel simulate")
+        paired, pool = next_paired, next_pool
+    return rows
+
+
+def _train_and_evaluate(cfg, strategy, seed, r, paired_path, head_path, test_store, device) -> dict:
+    with open_store(paired_path, need="paired") as st:
+        p = load_paired(st)
+        n_img, n_txt = st.images.n, st.texts.n
+    head, hist = train_head(p, TrainConfig(**dict(asdict(cfg.head), seed=seed)), device)
+    save_head(head_path, head)
+    m = evaluate(test_store, device, head, cfg.chunk_size)
+    return {"strategy": strategy.name, "seed": seed, "round": r, "annotated": r * cfg.budget,
+            "paired_images": n_img, "paired_texts": n_txt, **{k: m[k] for k in KEYS}}
+
+
+def select_round(cfg: SimConfig, strategy: Strategy, seed: int, r: int, paired_path: str, pool_path: str,
+                 head_path: str, rd: str, device: torch.device) -> str:
+    """The strategy's selection of round r in the current head's space; returns selection.h5."""
+    sel_path = os.path.join(rd, "selection.h5")
+    with open_store(paired_path, need="paired") as pst, open_store(pool_path, need=strategy.select) as pool:
+        check_compatible(pst, pool)
+        side = pool.side(strategy.select)
+        if side.n < cfg.budget:
+            raise AlselError(f"{pool_path}: the pool ran out: {side.n} items left, round {r} needs {cfg.budget}")
+        head = load_head(head_path, pst)
+        if strategy.kind == "random":
+            sel = select_random(pool, strategy.select, cfg.budget, seed=seed * 100_003 + r)
+        elif strategy.kind == "coreset":
+            sel = select_coreset(pool, pst.side(strategy.select).read(), strategy.select, cfg.budget, device,
+                                 cfg.chunk_size, head=head)
+        else:
+            params = ThresholdParams(select=strategy.select, top_k=strategy.top_k, batch=strategy.batch,
+                                     margin=cfg.head.margin, form=strategy.form, seed=seed)
+            p = through_head(load_paired(pst), head, device)
+            th = make_thresholds(p, params, device, cfg.chunk_size)
+            scores_path = os.path.join(rd, "scores.h5")
+            save_scores(scores_path, score_pool(pool, p, th, strategy.weight, device, chunk_size=cfg.chunk_size,
+                                                head=head), created_by="alsel simulate")
+            sel = select_by_score([scores_path], cfg.budget)
+    save_selection(sel_path, sel, os.path.join(rd, "selection.csv"), created_by="alsel simulate")
+    return sel_path
+
+
+def _write_json(path: str, obj) -> None:
+    from .store import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=1)
+
+
+# --------------------------------------------------------------------------- the experiment
+
+
+def simulate(cfg: SimConfig, progress: Callable[[str], None] | None = None) -> list[dict]:
+    """Run (or resume) every strategy × seed; writes results.csv and config.json into cfg.out."""
+    if cfg.budget < 1:
+        raise AlselError(f"--budget must be at least 1, got {cfg.budget}")
+    if cfg.rounds < 1:
+        raise AlselError(f"--rounds must be at least 1, got {cfg.rounds}")
+    os.makedirs(cfg.out, exist_ok=True)
+    config_path = os.path.join(cfg.out, "config.json")
+    if os.path.exists(config_path):
+        with open(config_path, encoding="utf-8") as fh:
+            old = json.load(fh)
+        if old != json.loads(json.dumps(cfg.describe())):
+            diff = sorted(k for k in set(old) | set(cfg.describe()) if old.get(k) != cfg.describe().get(k))
+            raise AlselError(f"{config_path}: {cfg.out} holds a simulation with other settings "
+                             f"({', '.join(diff)}); use another --out")
+    else:
+        _write_json(config_path, cfg.describe())
+    device = torch.device(cfg.device)
+    oracle = Oracle(cfg.oracle)
+    with open_store(cfg.test, need="paired") as test_store:
+        with open_store(cfg.oracle) as ost:
+            check_compatible(test_store, ost)
+            if cfg.paired is not None:
+                with open_store(cfg.paired, need="paired") as pst:
+                    check_compatible(pst, ost)
+        n_pool = len(oracle.image_ids) if cfg.paired else len(oracle.image_ids) - _initial_count(cfg, oracle)
+        for s in cfg.strategies:
+            need = cfg.budget * cfg.rounds
+            have = n_pool if s.select == "images" else None
+            if have is not None and need > have:
+                raise AlselError(f"{cfg.oracle}: the pool runs out: {cfg.rounds} rounds of {cfg.budget} need "
+                                 f"{need} images, the pool has {have}")
+        rows: list[dict] = []
+        for seed in cfg.seeds:
+            start = initial_split(cfg, oracle, seed, os.path.join(cfg.out, "init", f"seed{seed}"))
+            for s in cfg.strategies:
+                rows.extend(run_one(cfg, s, seed, start, oracle, test_store, device, progress))
+                write_results(os.path.join(cfg.out, "results.csv"), rows)
+    return rows
+
+
+def _initial_count(cfg: SimConfig, oracle: Oracle) -> int:
+    n = len(oracle.image_ids)
+    return int(round(cfg.initial * n)) if cfg.initial < 1 else int(cfg.initial)
+
+
+COLUMNS = ["strategy", "seed", "round", "annotated", "paired_images", "paired_texts", *KEYS]
+
+
+def write_results(path: str, rows: list[dict]) -> None:
+    from .store import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=COLUMNS)
+            w.writeheader()
+            for row in rows:
+                w.writerow({k: row[k] for k in COLUMNS})
+
+
+def summarize(rows: list[dict], metric: str = "rsum") -> list[dict]:
+    """Mean and standard deviation over seeds per strategy and round."""
+    out = []
+    keys = sorted({(r["strategy"], r["round"]) for r in rows}, key=lambda k: (k[0], k[1]))
+    order = list(dict.fromkeys(r["strategy"] for r in rows))
+    keys.sort(key=lambda k: (order.index(k[0]), k[1]))
+    for strategy, rnd in keys:
+        vals = np.array([r[metric] for r in rows if r["strategy"] == strategy and r["round"] == rnd], dtype=float)
+        ann = next(r["annotated"] for r in rows if r["strategy"] == strategy and r["round"] == rnd)
+        out.append({"strategy": strategy, "round": rnd, "annotated": ann, "mean": float(vals.mean()),
+                    "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0, "n": len(vals)})
+    return out
+
+
+def plot_curves(rows: list[dict], out_png: str, title: str = "") -> None:
+    """R-sum and R@1-sum against annotated items: a line per strategy (mean over seeds), a band of ±1 std."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, metric, label in zip(axes, ("rsum", "r1sum"), ("R-sum", "R@1-sum")):
+        summary = summarize(rows, metric)
+        for strategy in dict.fromkeys(s["strategy"] for s in summary):
+            pts = [s for s in summary if s["strategy"] == strategy]
+            x = np.array([p["annotated"] for p in pts])
+            m = np.array([p["mean"] for p in pts])
+            sd = np.array([p["std"] for p in pts])
+            line, = ax.plot(x, m, marker="o", ms=3, label=strategy)
+            ax.fill_between(x, m - sd, m + sd, color=line.get_color(), alpha=0.15)
+        ax.set_xlabel("annotated pool items")
+        ax.set_ylabel(f"{label} (%)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    from .store import atomic_path
+
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
