@@ -303,17 +303,6 @@ def simulate(cfg: SimConfig, progress: Callable[[str], None] | None = None) -> l
         raise AlselError(f"--budget must be at least 1, got {cfg.budget}")
     if cfg.rounds < 1:
         raise AlselError(f"--rounds must be at least 1, got {cfg.rounds}")
-    os.makedirs(cfg.out, exist_ok=True)
-    config_path = os.path.join(cfg.out, "config.json")
-    if os.path.exists(config_path):
-        with open(config_path, encoding="utf-8") as fh:
-            old = json.load(fh)
-        if old != json.loads(json.dumps(cfg.describe())):
-            diff = sorted(k for k in set(old) | set(cfg.describe()) if old.get(k) != cfg.describe().get(k))
-            raise AlselError(f"{config_path}: {cfg.out} holds a simulation with other settings "
-                             f"({', '.join(diff)}); use another --out")
-    else:
-        _write_json(config_path, cfg.describe())
     device = torch.device(cfg.device)
     oracle = Oracle(cfg.oracle)
     with open_store(cfg.test, need="paired") as test_store:
@@ -329,6 +318,7 @@ def simulate(cfg: SimConfig, progress: Callable[[str], None] | None = None) -> l
             if have is not None and need > have:
                 raise AlselError(f"{cfg.oracle}: the pool runs out: {cfg.rounds} rounds of {cfg.budget} need "
                                  f"{need} images, the pool has {have}")
+        _claim_folder(cfg)
         rows: list[dict] = []
         for seed in cfg.seeds:
             start = initial_split(cfg, oracle, seed, os.path.join(cfg.out, "init", f"seed{seed}"))
@@ -336,6 +326,22 @@ def simulate(cfg: SimConfig, progress: Callable[[str], None] | None = None) -> l
                 rows.extend(run_one(cfg, s, seed, start, oracle, test_store, device, progress))
                 write_results(os.path.join(cfg.out, "results.csv"), rows)
     return rows
+
+
+def _claim_folder(cfg: SimConfig) -> None:
+    """Record the settings in OUT/config.json, or check they match those of the run being resumed."""
+    os.makedirs(cfg.out, exist_ok=True)
+    config_path = os.path.join(cfg.out, "config.json")
+    now = json.loads(json.dumps(cfg.describe()))
+    if os.path.exists(config_path):
+        with open(config_path, encoding="utf-8") as fh:
+            old = json.load(fh)
+        if old != now:
+            diff = sorted(k for k in set(old) | set(now) if old.get(k) != now.get(k))
+            raise AlselError(f"{config_path}: {cfg.out} holds a simulation with other settings "
+                             f"({', '.join(diff)}); use another --out")
+    else:
+        _write_json(config_path, now)
 
 
 def _initial_count(cfg: SimConfig, oracle: Oracle) -> int:
