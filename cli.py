@@ -63,6 +63,14 @@ ChunkSize = Annotated[Optional[int], typer.Option("--chunk-size", min=1, show_de
                                                        "Default: 16384 on CPU, 65536 on CUDA.")]
 HeadOpt = Annotated[Optional[str], typer.Option("--head", show_default=False,
                                                 help="Compare in the space of a head trained by `alsel train`.")]
+# head flags (train, simulate)
+InitOpt = Annotated[str, typer.Option(help="Head initialisation: identity (the raw space; dim = D) or random.")]
+DimOpt = Annotated[Optional[int], typer.Option(help="Head output dimension. [default: the embedding D]",
+                                               show_default=False)]
+HeadMargin = Annotated[float, typer.Option(help="α of the max-of-hinges loss.")]
+EpochsOpt = Annotated[int, typer.Option(help="Passes over the paired captions.")]
+HeadBatch = Annotated[int, typer.Option("--batch-size", help="Pairs per training step.")]
+LrOpt = Annotated[float, typer.Option(help="Adam learning rate.")]
 # threshold flags: None = not given (score checks given flags against a --thresholds file)
 SelectOpt = Annotated[Optional[Select], typer.Option("--select", show_default=False,
                                                      help="Pool side to choose from. [default: images]")]
@@ -434,12 +442,8 @@ def select_cmd(
 @app.command()
 def train(
     paired: Paired, out: Annotated[str, typer.Option("--out", help="Output head.pt (written atomically).", show_default=False)],
-    init: Annotated[str, typer.Option(help="identity (start from the raw space; dim = D) or random.")] = "identity",
-    dim: Annotated[Optional[int], typer.Option(help="Output dimension. [default: the embedding D]", show_default=False)] = None,
-    margin: Annotated[float, typer.Option(help="α of the max-of-hinges loss.")] = 0.2,
-    epochs: Annotated[int, typer.Option(help="Passes over the paired captions.")] = 20,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Pairs per step.")] = 128,
-    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    init: InitOpt = "identity", dim: DimOpt = None, margin: HeadMargin = 0.2, epochs: EpochsOpt = 20,
+    batch_size: HeadBatch = 128, lr: LrOpt = 1e-3,
     seed: Annotated[int, typer.Option(help="Seed of initialisation and batch order.")] = 0,
     val: Annotated[Optional[str], typer.Option("--val", show_default=False,
                                                help="Paired validation store: keep the best R-sum, stop early.")] = None,
@@ -539,12 +543,8 @@ def simulate(
     paired: Annotated[Optional[str], typer.Option("--paired", show_default=False,
                                                   help="Initial paired store (the oracle is then the pool).")] = None,
     initial: Annotated[float, typer.Option(help="Without --paired: fraction (<1) or count of oracle images paired at the start.")] = 0.1,
-    init: Annotated[str, typer.Option(help="Head initialisation: identity or random.")] = "identity",
-    dim: Annotated[Optional[int], typer.Option(help="Head dimension. [default: D]", show_default=False)] = None,
-    margin: Annotated[float, typer.Option(help="α of the head's loss and of the thresholds.")] = 0.2,
-    epochs: Annotated[int, typer.Option(help="Head epochs per round.")] = 20,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Head batch size.")] = 128,
-    lr: Annotated[float, typer.Option(help="Head learning rate.")] = 1e-3,
+    init: InitOpt = "identity", dim: DimOpt = None, margin: HeadMargin = 0.2, epochs: EpochsOpt = 20,
+    batch_size: HeadBatch = 128, lr: LrOpt = 1e-3,
     device: Device = DeviceName.auto, chunk_size: ChunkSize = None,
 ):
     """The active-learning experiment: train, evaluate, select, annotate from the oracle, merge; repeat.
@@ -567,12 +567,13 @@ def simulate(
     with progress_bar("simulating", total, "{task.fields[loss]}") as advance:
         rows = sim.simulate(cfg, lambda msg: advance(1, loss=msg))
     sim.plot_curves(rows, os.path.join(out, "curves.png"), title=os.path.basename(os.path.normpath(out)))
-    table = Table("strategy", *[f"r{r} ({r * budget})" for r in range(rounds + 1)],
-                  title=f"R-sum, mean ± std over {len(cfg.seeds)} seed(s); columns: round (annotated items)")
-    summary = sim.summarize(rows, "rsum")
-    for name in dict.fromkeys(s["strategy"] for s in summary):
-        table.add_row(name, *[f"{s['mean']:.1f} ± {s['std']:.1f}" for s in summary if s["strategy"] == name])
-    out_console.print(table)
+    for metric, label in (("rsum", "R-sum"), ("r1sum", "R@1-sum")):
+        table = Table("strategy", *[f"r{r} ({r * budget})" for r in range(rounds + 1)],
+                      title=f"{label}, mean ± std over {len(cfg.seeds)} seed(s); columns: round (annotated items)")
+        summary = sim.summarize(rows, metric)
+        for name in dict.fromkeys(s["strategy"] for s in summary):
+            table.add_row(name, *[f"{s['mean']:.1f} ± {s['std']:.1f}" for s in summary if s["strategy"] == name])
+        out_console.print(table)
     out_console.print(f"wrote {os.path.join(out, 'results.csv')} and {os.path.join(out, 'curves.png')}")
 
 

@@ -415,6 +415,12 @@ def command_line() -> str:
     return shlex.join([os.path.basename(sys.argv[0])] + sys.argv[1:]) if sys.argv else "python"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(out: str | os.PathLike, inputs: tuple = ()) -> Iterator[str]:
     """Yield a temporary path in the target folder; rename it onto `out` only on success.
@@ -435,6 +441,7 @@ def atomic_path(out: str | os.PathLike, inputs: tuple = ()) -> Iterator[str]:
         raise AlselError(f"{out}: output folder {folder} is not writable")
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(out) + ".", suffix=".tmp", dir=folder)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield tmp
         os.replace(tmp, out)

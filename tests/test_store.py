@@ -89,3 +89,14 @@ def test_float16_rounding_is_absorbed(tmp_path):
     with open_store(p, need="images") as st:
         x = st.images.read()
     assert np.allclose(np.linalg.norm(x, axis=1), 1, atol=1e-6)
+
+
+def test_outputs_get_umask_permissions(tmp_path):
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        write_h5(tmp_path / "x.h5", "selection", {"row": np.arange(3)}, {"strategy": "random"})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "x.h5").st_mode) == 0o644
