@@ -271,7 +271,7 @@ def test_sigterm_leaves_no_output(tmp_path):
     images, texts, ti = random_paired(rng, n_images=50, max_captions=5, d=32)
     paired = write_paired(tmp_path / "p.h5", images, texts, ti)
     # one row per chunk: a long run from a small pool
-    write_pool(tmp_path / "u.h5", unit(rng.standard_normal((100_000, 32))), dtype="float16")
+    write_pool(tmp_path / "u.h5", unit(rng.standard_normal((300_000, 32))), dtype="float16")
     out = tmp_path / "s.h5"
     code = ("import sys, cli; sys.argv = ['alsel'] + sys.argv[1:]; sys.exit(cli.main())")
     proc = subprocess.Popen([sys.executable, "-c", code, "score", "--paired", paired, "--unpaired",
