@@ -26,7 +26,7 @@ from rich.table import Table
 import alsel
 from alsel import head as heads
 from alsel import metrics, scoring, selection, store, thresholds
-from alsel.errors import AlselError
+from alsel.errors import AlselError, Interrupted
 from alsel.stream import DEVICES, resolve_device
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -342,7 +342,8 @@ def score(paired: Paired, unpaired: Unpaired, out: Out,
                                                        show_default=False)] = None,
           select: SelectOpt = None, top_k: TopK = None, batch: BatchOpt = None, batch_size: BatchSize = None,
           margin: Margin = None, form: FormOpt = None, seed: Seed = None,
-          device: Device = DeviceName.auto, chunk_size: ChunkSize = None, head: HeadOpt = None):
+          device: Device = DeviceName.auto, chunk_size: ChunkSize = None, head: HeadOpt = None,
+          resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT.partial of a stopped run.")] = False):
     """Score pool items by how strongly they would be hard negatives (SPEC §3), streamed in chunks.
 
     Example: alsel score --paired p.h5 --unpaired u.h5 --weight surplus --shard 0/4 --out s0.h5
@@ -363,10 +364,11 @@ def score(paired: Paired, unpaired: Unpaired, out: Out,
             store.check_compatible(st, pool)
             a, b = scoring.shard_range(*shard_i_n, pool.side(th.params.select).n)
             t0 = time.perf_counter()
-            with progress_bar(f"scoring {th.params.select}", b - a) as advance:
-                res = scoring.score_pool(pool, p, th, weight.value, dev, shard_i_n, chunk_size, advance, head_model)
+            with progress_bar(f"scoring {th.params.select}", b - a) as advance, cooperative_stop() as stop:
+                res = scoring.score_to_file(out, pool, p, th, weight.value, dev, shard_i_n, chunk_size, advance,
+                                            head_model, resume, stop, inputs=(paired, unpaired, thresholds_path, head),
+                                            created_by=CREATED_BY)
             dt = time.perf_counter() - t0
-            scoring.save_scores(out, res, inputs=(paired, unpaired, thresholds_path, head), created_by=CREATED_BY)
     rate = (b - a) / dt if dt > 0 else float("inf")
     out_console.print(f"wrote {out}: {b - a} pool rows (shard {shard_i_n[0]}/{shard_i_n[1]}), "
                       f"{rate:,.0f} rows/s; {int((res.count > 0).sum())} rows are hard negatives "
@@ -600,10 +602,26 @@ def _expand_multi(argv: list[str]) -> list[str]:
     return out
 
 
+_STOP = {"cooperative": False, "requested": False}
+
+
+@contextlib.contextmanager
+def cooperative_stop() -> Iterator:
+    """While active, SIGTERM only requests a stop, which the library honours after the current chunk."""
+    _STOP.update(cooperative=True, requested=False)
+    try:
+        yield lambda: _STOP["requested"]
+    finally:
+        _STOP["cooperative"] = False
+
+
 USAGE_ERRORS = tuple({click.ClickException, getattr(typer, "TyperException", click.ClickException)})
 
 
 def _on_sigterm(signum, frame):
+    if _STOP["cooperative"]:
+        _STOP["requested"] = True  # finish the chunk, record progress, then stop (alsel.errors.Interrupted)
+        return
     raise SystemExit(143)  # unwinds through atomic writers, which remove their temporary files
 
 
@@ -617,6 +635,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rv = app(args=_expand_multi(argv), prog_name="alsel", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
+    except Interrupted as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return 143
     except AlselError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

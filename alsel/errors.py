@@ -3,3 +3,7 @@
 
 class AlselError(Exception):
     """Bad input or bad usage. The message names the file (where there is one) and the problem."""
+
+
+class Interrupted(Exception):
+    """A cooperative stop (SIGTERM) after progress was recorded; the CLI exits 143."""

@@ -7,6 +7,7 @@ surplus: score = Σ_j max(0, c_j(u)).  One sweep over the pool with bias -ξ fol
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from typing import Callable
@@ -89,6 +90,20 @@ class ScoreResult:
     attrs: dict
 
 
+def scores_attrs(pool_store: Store, paired: Paired, th: Thresholds, weight: str, shard: tuple[int, int],
+                 head=None) -> dict:
+    """The scores file's attributes (SPEC §1); checks the head matches the thresholds'."""
+    if weight not in WEIGHTS:
+        raise AlselError(f"--weight {weight!r}: expected surplus or counting")
+    if (head.fingerprint() if head is not None else "none") != th.head:
+        raise AlselError(f"{pool_store.path}: the pool and the thresholds must pass through the same head")
+    pool = pool_store.side(th.params.select)
+    return dict(th.params.as_attrs(), weight=weight, shard=f"{shard[0]}/{shard[1]}", pool_size=pool.n,
+                pool_fingerprint=pool_fingerprint(pool, pool_store.model), pool_path=pool_store.path,
+                paired_fingerprint=th.paired_fingerprint, thresholds_fingerprint=th.fingerprint,
+                model=paired.model, head=th.head)
+
+
 def score_pool(pool_store: Store, paired: Paired, th: Thresholds, weight: str, device: torch.device,
                shard: tuple[int, int] = (0, 1), chunk_size: int | None = None,
                progress: Callable[[int], None] | None = None, head=None) -> ScoreResult:
@@ -97,19 +112,119 @@ def score_pool(pool_store: Store, paired: Paired, th: Thresholds, weight: str, d
     pool = pool_store.side(select)
     if pool.n == 0:
         raise AlselError(f"{pool_store.path}: the pool is empty (/{select}/emb has 0 rows)")
+    attrs = scores_attrs(pool_store, paired, th, weight, shard, head)
     a, b = shard_range(*shard, pool.n)
-    if (head.fingerprint() if head is not None else "none") != th.head:
-        raise AlselError(f"{pool_store.path}: the pool and the thresholds must pass through the same head")
     transform = head.transform("image" if select == "images" else "text") if head is not None else None
     count, score = score_rows(pool, paired, th, weight, device, a, b, chunk_size, progress, transform)
     ids = pool_store.ids(select)[a:b]
-    attrs = dict(th.params.as_attrs(), weight=weight, shard=f"{shard[0]}/{shard[1]}", pool_size=pool.n,
-                 pool_fingerprint=pool_fingerprint(pool, pool_store.model), pool_path=pool_store.path,
-                 paired_fingerprint=th.paired_fingerprint, thresholds_fingerprint=th.fingerprint,
-                 model=paired.model, head=th.head)
     return ScoreResult(np.arange(a, b, dtype=np.int64), ids, count, score, attrs)
 
 
 def save_scores(out, res: ScoreResult, inputs: tuple = (), created_by: str | None = None) -> None:
     write_h5(out, "scores", {"row": res.rows, "id": res.ids, "count": res.count, "score": res.score},
              res.attrs, inputs=inputs, created_by=created_by)
+
+
+# --------------------------------------------------------------------------- resumable scoring
+
+
+class _PartialScores:
+    """OUT.partial: count and score rows of the chunks done so far, and how many rows that is."""
+
+    def __init__(self, path: str, settings: dict, resume: bool):
+        import json
+
+        import h5py
+
+        self.path = path
+        if resume and os.path.exists(path):
+            try:
+                self.f = h5py.File(path, "a")
+            except OSError as e:
+                raise AlselError(f"{path}: cannot resume, the partial file is damaged ({str(e)[:80]}); "
+                                 f"run without --resume") from None
+            saved = json.loads(self.f.attrs.get("settings", "{}"))
+            if saved != settings:
+                diff = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+                self.f.close()
+                raise AlselError(f"{path}: cannot resume: this run differs from the interrupted one in "
+                                 f"{', '.join(diff)}; run without --resume to start again")
+            done = self.done
+            for name in ("count", "score"):
+                self.f[name].resize(done, axis=0)
+        else:
+            tmp = path + ".new"
+            with h5py.File(tmp, "w") as f:
+                f.attrs["settings"] = json.dumps(settings, sort_keys=True)
+                f.create_dataset("count", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(65536,))
+                f.create_dataset("score", shape=(0,), maxshape=(None,), dtype=np.float32, chunks=(65536,))
+                f.create_dataset("done", data=np.zeros(1, np.int64))
+            os.replace(tmp, path)
+            self.f = h5py.File(path, "a")
+
+    @property
+    def done(self) -> int:
+        return int(self.f["done"][0])
+
+    def append(self, count: np.ndarray, score: np.ndarray) -> None:
+        n = self.done
+        for name, arr in (("count", count), ("score", score)):
+            self.f[name].resize(n + len(arr), axis=0)
+            self.f[name][n:] = arr
+        self.f.flush()
+        self.f["done"][0] = n + len(count)  # only after the rows are on disk
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def score_to_file(out: str, pool_store: Store, paired: Paired, th: Thresholds, weight: str, device: torch.device,
+                  shard: tuple[int, int] = (0, 1), chunk_size: int | None = None, progress=None, head=None,
+                  resume: bool = False, should_stop: Callable[[], bool] | None = None, inputs: tuple = (),
+                  created_by: str | None = None) -> ScoreResult:
+    """score_pool, streamed chunk by chunk into OUT.partial and finished into OUT.
+
+    `resume` continues from the last recorded chunk (same settings and chunk size, hence the same
+    tiles and bit-identical results); `should_stop()` is polled after every chunk: when it is true,
+    progress is on disk and Interrupted is raised.
+    """
+    from .errors import Interrupted
+    from .stream import DEFAULT_CHUNK
+
+    attrs = scores_attrs(pool_store, paired, th, weight, shard, head)
+    select = th.params.select
+    pool = pool_store.side(select)
+    if pool.n == 0:
+        raise AlselError(f"{pool_store.path}: the pool is empty (/{select}/emb has 0 rows)")
+    a, b = shard_range(*shard, pool.n)
+    chunk_size = chunk_size or DEFAULT_CHUNK.get(device.type, 16384)
+    settings = dict(attrs, chunk_size=chunk_size, device=device.type)
+    settings.pop("pool_path")
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder):
+        raise AlselError(f"{out}: output folder {folder} does not exist")
+    part = _PartialScores(out + ".partial", settings, resume)
+    try:
+        done = part.done
+        if progress is not None and done:
+            progress(done)
+        if a + done < b:
+            resident = to_device(anchors(paired, select), device)
+            bias = torch.from_numpy(-th.xi.astype(np.float32)).to(device)
+            transform = head.transform("image" if select == "images" else "text") if head is not None else None
+            for _, _, (count, surplus) in sweep(pool, resident, HingeSum(), device=device, bias=bias,
+                                                transform=transform, start=a + done, stop=b, chunk_size=chunk_size,
+                                                progress=progress):
+                score = count.astype(np.float32) if weight == "counting" else surplus.astype(np.float32)
+                part.append(count.astype(np.int64), score)
+                if should_stop is not None and should_stop() and part.done < b - a:
+                    raise Interrupted(f"{out}: stopped after {part.done} of {b - a} rows; progress is in "
+                                      f"{part.path}, continue with --resume")
+        res = ScoreResult(np.arange(a, b, dtype=np.int64), pool_store.ids(select)[a:b], part.f["count"][:],
+                          part.f["score"][:], attrs)
+    finally:
+        part.close()
+    save_scores(out, res, inputs=inputs, created_by=created_by)
+    os.unlink(part.path)
+    return res

@@ -260,28 +260,59 @@ def test_info_on_every_kind(world, run_cli):
     assert_bad_input(run_cli("info", d / "missing.h5"), "missing.h5")
 
 
-def test_sigterm_leaves_no_output(tmp_path):
-    """SIGTERM (how SLURM preempts) ends the command with 143 and no output file or temp file."""
+def test_sigterm_stops_after_a_chunk_and_resume_is_identical(tmp_path, run_cli):
+    """SIGTERM (how SLURM preempts) finishes the chunk, records progress, exits 143 with no output file;
+    --resume then gives exactly the scores of an uninterrupted run."""
     import signal
     import subprocess
     import sys
     import time
 
+    import torch
+
+    from alsel.scoring import score_pool
+    from alsel.store import load_paired, open_store
+    from alsel.thresholds import ThresholdParams, make_thresholds
+
     rng = np.random.default_rng(0)
     images, texts, ti = random_paired(rng, n_images=50, max_captions=5, d=32)
     paired = write_paired(tmp_path / "p.h5", images, texts, ti)
-    # one row per chunk: a long run from a small pool
-    write_pool(tmp_path / "u.h5", unit(rng.standard_normal((300_000, 32))), dtype="float16")
+    pool = write_pool(tmp_path / "u.h5", unit(rng.standard_normal((100_000, 32))), dtype="float16")
     out = tmp_path / "s.h5"
-    code = ("import sys, cli; sys.argv = ['alsel'] + sys.argv[1:]; sys.exit(cli.main())")
-    proc = subprocess.Popen([sys.executable, "-c", code, "score", "--paired", paired, "--unpaired",
-                             str(tmp_path / "u.h5"), "--out", str(out), "--device", "cpu", "--chunk-size", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    time.sleep(4)
-    assert proc.poll() is None, "scoring finished before it could be interrupted; make the pool larger"
+    partial = str(out) + ".partial"
+    args = ["score", "--paired", paired, "--unpaired", pool, "--out", str(out), "--device", "cpu",
+            "--chunk-size", "16", "--weight", "surplus"]
+    code = "import sys, cli; sys.exit(cli.main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            with h5py.File(partial, "r", locking=False) as f:
+                if int(f["done"][0]) >= 2000:
+                    break
+        except (OSError, KeyError):
+            pass
+        time.sleep(0.02)
+    assert proc.poll() is None, "scoring finished before it could be stopped"
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
-    assert "Traceback" not in err
-    assert sorted(os.listdir(tmp_path)) == ["p.h5", "u.h5"]
+    assert err.startswith("stopped: ") and "--resume" in err and "Traceback" not in err
+    assert not out.exists() and os.path.exists(partial)
+    with h5py.File(partial, "r") as f:
+        done = int(f["done"][0])
+    assert 2000 <= done < 100_000 and done % 16 == 0
+    # resuming with another chunk size would change the tiles: refused
+    assert_bad_input(run_cli(*args[:-4], "--chunk-size", "32", "--weight", "surplus", "--resume"),
+                     "s.h5.partial", "chunk_size", out=out)
+    code, _, err = run_cli(*args, "--resume")
+    assert code == 0, err
+    assert not os.path.exists(partial)
+    with open_store(paired, need="paired") as st, open_store(pool, need="images") as u:
+        p = load_paired(st)
+        ref = score_pool(u, p, make_thresholds(p, ThresholdParams(), torch.device("cpu")), "surplus",
+                         torch.device("cpu"), chunk_size=16)
+    with h5py.File(out) as f:
+        assert np.array_equal(f["score"][:], ref.score) and np.array_equal(f["count"][:], ref.count)
+        assert np.array_equal(f["row"][:], np.arange(100_000))
