@@ -60,7 +60,7 @@ Out = Annotated[str, typer.Option("--out", help="Output file (written atomically
 Device = Annotated[DeviceName, typer.Option("--device", help="auto = CUDA when available.")]
 ChunkSize = Annotated[Optional[int], typer.Option("--chunk-size", min=1, show_default=False,
                                                   help="Pool rows read per chunk (sets peak memory). "
-                                                       "Default: 16384 on CPU, 65536 on CUDA.")]
+                                                       "Default: from free memory, a multiple of the compute tile.")]
 HeadOpt = Annotated[Optional[str], typer.Option("--head", show_default=False,
                                                 help="Compare in the space of a head trained by `alsel train`.")]
 # head flags (train, simulate)

@@ -190,7 +190,7 @@ def score_to_file(out: str, pool_store: Store, paired: Paired, th: Thresholds, w
     progress is on disk and Interrupted is raised.
     """
     from .errors import Interrupted
-    from .stream import DEFAULT_CHUNK
+    from .stream import auto_chunk_size, tile_layout
 
     attrs = scores_attrs(pool_store, paired, th, weight, shard, head)
     select = th.params.select
@@ -198,8 +198,8 @@ def score_to_file(out: str, pool_store: Store, paired: Paired, th: Thresholds, w
     if pool.n == 0:
         raise AlselError(f"{pool_store.path}: the pool is empty (/{select}/emb has 0 rows)")
     a, b = shard_range(*shard, pool.n)
-    chunk_size = chunk_size or DEFAULT_CHUNK.get(device.type, 16384)
-    settings = dict(attrs, chunk_size=chunk_size, device=device.type)
+    chunk_size = chunk_size or auto_chunk_size(pool.d, device)
+    settings = dict(attrs, layout=tile_layout(chunk_size, device))  # what fixes the bits of the results
     settings.pop("pool_path")
     folder = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(folder):

@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from alsel.store import StoreWriter, write_store  # noqa: E402
-from alsel.stream import DEFAULT_CHUNK  # noqa: E402
+from alsel.stream import auto_chunk_size  # noqa: E402
 
 MODEL = "bench"
 
@@ -100,7 +100,7 @@ def main():
           f"({os.path.getsize(pool) / 2**30:.2f} GiB on disk), {args.texts} paired texts")
 
     device = torch.device(args.device)
-    chunk = min(args.chunk_size or DEFAULT_CHUNK[device.type], args.rows)
+    chunk = min(args.chunk_size or auto_chunk_size(args.dim, device), args.rows)
     bare_rows = min(args.rows, 200_000)
     bare_before = bare_matmul_rate(chunk, args.dim, args.texts, bare_rows, device)
 

@@ -305,7 +305,7 @@ def test_sigterm_stops_after_a_chunk_and_resume_is_identical(tmp_path, run_cli):
     assert 2000 <= done < 100_000 and done % 16 == 0
     # resuming with another chunk size would change the tiles: refused
     assert_bad_input(run_cli(*args[:-4], "--chunk-size", "32", "--weight", "surplus", "--resume"),
-                     "s.h5.partial", "chunk_size", out=out)
+                     "s.h5.partial", "layout", out=out)
     code, _, err = run_cli(*args, "--resume")
     assert code == 0, err
     assert not os.path.exists(partial)

@@ -120,3 +120,20 @@ def test_pool_is_read_in_chunks(files):
         full_count, full_score = score_rows(pool.images, p, th, "surplus", CPU, chunk_size=1000)
     assert rows.max_read == 6 and rows.reads == 7
     assert np.array_equal(count, full_count) and np.allclose(score, full_score, rtol=1e-5, atol=1e-6)
+
+
+def test_whole_tile_chunk_sizes_give_identical_bits(tmp_path):
+    """Automatic chunk sizes are whole compute tiles, so the result does not depend on free memory."""
+    from alsel.stream import CPU_TILE_ROWS, auto_chunk_size
+
+    assert auto_chunk_size(512, CPU) % CPU_TILE_ROWS == 0 and auto_chunk_size(8, CPU) <= 16384
+    rng = np.random.default_rng(3)
+    images, texts, ti = random_paired(rng, n_images=60, max_captions=5, d=16)
+    paired = write_paired(tmp_path / "p.h5", images, texts, ti)
+    pool = write_pool(tmp_path / "u.h5", unit(rng.standard_normal((9000, 16))), dtype="float16")
+    with open_store(paired, need="paired") as st, open_store(pool, need="images") as u:
+        p = load_paired(st)
+        th = make_thresholds(p, ThresholdParams(), CPU)
+        runs = [score_pool(u, p, th, "surplus", CPU, chunk_size=c) for c in (1024, 4096, None)]
+    for r in runs[1:]:
+        assert np.array_equal(r.score, runs[0].score) and np.array_equal(r.count, runs[0].count)
