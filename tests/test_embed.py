@@ -1,7 +1,6 @@
 """alsel embed with a tiny randomly initialised open_clip model (tests/tiny-clip.json): offline."""
 
 import csv
-import json
 import os
 import signal
 import subprocess

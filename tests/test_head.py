@@ -10,7 +10,7 @@ from alsel.head import Head, TrainConfig, load_head, save_head, through_head, tr
 from alsel.metrics import evaluate
 from alsel.scoring import score_pool
 from alsel.selection import select_coreset
-from alsel.store import Paired, load_paired, open_store
+from alsel.store import load_paired, open_store
 from alsel.synth import synth_stores
 from alsel.thresholds import ThresholdParams, make_thresholds
 from conftest import random_paired, stored, unit, write_paired, write_pool
