@@ -89,11 +89,17 @@ class RunningTopK:
         return (state[:, -1],)
 
 
+POSITIVE_ROWS = 65536
+
+
 def positives(paired: Paired, device: torch.device) -> np.ndarray:
-    """p_j = s(x_i(j), t_j) in float32."""
-    x = to_device(paired.images[paired.text_image], device)
-    t = to_device(paired.texts, device)
-    return (x * t).sum(dim=1).cpu().numpy()
+    """p_j = s(x_i(j), t_j) in float32, in row chunks (no N_t x D temporaries)."""
+    out = np.empty(len(paired.texts), dtype=np.float32)
+    for s in range(0, len(out), POSITIVE_ROWS):
+        x = to_device(paired.images[paired.text_image[s:s + POSITIVE_ROWS]], device)
+        t = to_device(paired.texts[s:s + POSITIVE_ROWS], device)
+        out[s:s + len(x)] = (x * t).sum(dim=1).cpu().numpy()
+    return out
 
 
 def hardest_full(paired: Paired, params: ThresholdParams, device, chunk_size=None, progress=None) -> np.ndarray:
