@@ -5,6 +5,7 @@ Prints, in one run on one machine:
   - the limit: a bare float32 torch.mm of the same shapes (chunk x D @ D x N_texts), same device,
     data already in memory, no reduction — rows/s (mean of a run before and one after alsel's, the
     machine's rate drifts), and alsel's ratio to it
+  - a straightforward NumPy implementation (h5py reads, float32 matrix per chunk, then reduce): rows/s
   - peak resident memory (ru_maxrss) of the `alsel score` process, and the pool's size on disk
 
     python benchmarks/score_bench.py --rows 2000000 --texts 5000       # the issue's case (2 GB pool)
@@ -76,6 +77,30 @@ def bare_matmul_rate(chunk, dim, n_texts, min_rows, device):
     return reps * chunk / (time.perf_counter() - t)
 
 
+def numpy_rate(paired_path, pool_path, weight_rows, chunk=16384):
+    """A straightforward NumPy implementation (h5py reads, float32, full-chunk matrix, then reduce)."""
+    import h5py
+
+    from alsel.store import load_paired, open_store
+    from alsel.thresholds import ThresholdParams, make_thresholds
+
+    with open_store(paired_path, need="paired") as st:
+        p = load_paired(st)
+    xi = make_thresholds(p, ThresholdParams(), torch.device("cpu")).xi
+    texts = p.texts
+    t = time.perf_counter()
+    with h5py.File(pool_path, "r") as f:
+        emb = f["images/emb"]
+        for a in range(0, weight_rows, chunk):
+            x = emb[a:min(weight_rows, a + chunk)].astype(np.float32)
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+            c = x @ texts.T - xi[None, :]
+            count = (c > 0).sum(axis=1)
+            surplus = np.where(c > 0, c, 0).sum(axis=1)
+    del count, surplus
+    return weight_rows / (time.perf_counter() - t)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=2_000_000)
@@ -122,12 +147,16 @@ def main():
 
     bare_after = bare_matmul_rate(chunk, args.dim, args.texts, bare_rows, device)
     bare = (bare_before + bare_after) / 2
+    np_rows = min(args.rows, 100_000)
+    np_rate = numpy_rate(paired, pool, np_rows)
 
     print(f"device {args.device}, torch threads {torch.get_num_threads()}, chunk {chunk} rows")
     print(f"alsel score        {alsel_rate:12,.0f} pool rows/s   (whole command {wall:.1f} s, incl. start-up and ξ)")
     print(f"bare float32 mm    {bare:12,.0f} rows/s        ({chunk} x {args.dim} @ {args.dim} x {args.texts}; "
           f"{bare_before:,.0f} before and {bare_after:,.0f} after the alsel run)")
     print(f"ratio to bare mm   {alsel_rate / bare:12.2f}")
+    print(f"numpy baseline     {np_rate:12,.0f} rows/s        (h5py + float32 numpy, first {np_rows} rows); "
+          f"alsel is {alsel_rate / np_rate:.2f}x faster")
     print(f"peak RSS of alsel score: {peak_rss:.2f} GiB (pool on disk {os.path.getsize(pool) / 2**30:.2f} GiB)")
     if not args.keep:
         shutil.rmtree(args.workdir)
