@@ -23,13 +23,12 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Callable
 
-import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .errors import AlselError
-from .store import STR_DTYPE, StoreWriter, read_ids
+from .store import STR_DTYPE, StoreWriter, open_partial, read_ids
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 PATH_COLUMNS = ("path", "image_path", "filepath", "file")
@@ -252,37 +251,22 @@ class Partial:
 
     def __init__(self, path: str, settings: dict, dim: int, dtype: np.dtype, resume: bool):
         self.path = path
-        fresh = not (resume and os.path.exists(path))
-        if not fresh:
-            try:
-                self.f = h5py.File(path, "a")
-            except OSError as e:
-                raise AlselError(f"{path}: cannot resume, the partial file is damaged ({str(e)[:80]}); "
-                                 f"delete it and run without --resume") from None
-            saved = json.loads(self.f.attrs.get("settings", "{}"))
-            if saved != settings:
-                diff = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
-                self.f.close()
-                raise AlselError(f"{path}: cannot resume: this run differs from the interrupted one in "
-                                 f"{', '.join(diff)}; run without --resume to start again")
+
+        def create(f):
             for g in ("images", "texts"):
-                if g in self.f:
-                    self._truncate(g)
-        else:
-            tmp = path + ".new"
-            with h5py.File(tmp, "w") as f:
-                f.attrs["settings"] = json.dumps(settings, sort_keys=True)
-                for g in ("images", "texts"):
-                    grp = f.create_group(g)
-                    grp.create_dataset("emb", shape=(0, dim), maxshape=(None, dim), dtype=dtype, chunks=(256, dim))
-                    grp.create_dataset("src", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(4096,))
-                    # [inputs done, rows written, failures written]: one write after the rows are on disk
-                    grp.create_dataset("progress", data=np.zeros(3, np.int64))
-                f["images"].create_dataset("failed_src", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(1024,))
-                f["images"].create_dataset("failed_reason", shape=(0,), maxshape=(None,), dtype=STR_DTYPE,
-                                           chunks=(1024,))
-            os.replace(tmp, path)
-            self.f = h5py.File(path, "a")
+                grp = f.create_group(g)
+                grp.create_dataset("emb", shape=(0, dim), maxshape=(None, dim), dtype=dtype, chunks=(256, dim))
+                grp.create_dataset("src", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(4096,))
+                # [inputs done, rows written, failures written]: one write after the rows are on disk
+                grp.create_dataset("progress", data=np.zeros(3, np.int64))
+            f["images"].create_dataset("failed_src", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(1024,))
+            f["images"].create_dataset("failed_reason", shape=(0,), maxshape=(None,), dtype=STR_DTYPE,
+                                       chunks=(1024,))
+
+        self.f, resumed = open_partial(path, settings, resume, create)
+        if resumed:
+            for g in ("images", "texts"):
+                self._truncate(g)
 
     def _truncate(self, g: str) -> None:
         """Drop rows written after the last recorded progress (a run stopped inside a batch's writes)."""

@@ -132,35 +132,19 @@ class _PartialScores:
     """OUT.partial: count and score rows of the chunks done so far, and how many rows that is."""
 
     def __init__(self, path: str, settings: dict, resume: bool):
-        import json
+        from .store import open_partial
 
-        import h5py
+        def create(f):
+            f.create_dataset("count", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(65536,))
+            f.create_dataset("score", shape=(0,), maxshape=(None,), dtype=np.float32, chunks=(65536,))
+            f.create_dataset("done", data=np.zeros(1, np.int64))
 
         self.path = path
-        if resume and os.path.exists(path):
-            try:
-                self.f = h5py.File(path, "a")
-            except OSError as e:
-                raise AlselError(f"{path}: cannot resume, the partial file is damaged ({str(e)[:80]}); "
-                                 f"run without --resume") from None
-            saved = json.loads(self.f.attrs.get("settings", "{}"))
-            if saved != settings:
-                diff = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
-                self.f.close()
-                raise AlselError(f"{path}: cannot resume: this run differs from the interrupted one in "
-                                 f"{', '.join(diff)}; run without --resume to start again")
+        self.f, resumed = open_partial(path, settings, resume, create)
+        if resumed:  # drop rows written after the last recorded chunk
             done = self.done
             for name in ("count", "score"):
                 self.f[name].resize(done, axis=0)
-        else:
-            tmp = path + ".new"
-            with h5py.File(tmp, "w") as f:
-                f.attrs["settings"] = json.dumps(settings, sort_keys=True)
-                f.create_dataset("count", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(65536,))
-                f.create_dataset("score", shape=(0,), maxshape=(None,), dtype=np.float32, chunks=(65536,))
-                f.create_dataset("done", data=np.zeros(1, np.int64))
-            os.replace(tmp, path)
-            self.f = h5py.File(path, "a")
 
     @property
     def done(self) -> int:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import mmap
 import os
 import shlex
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import h5py
 import numpy as np
@@ -449,6 +450,31 @@ def atomic_path(out: str | os.PathLike, inputs: tuple = ()) -> Iterator[str]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def open_partial(path: str, settings: dict, resume: bool, create: Callable[[h5py.File], None]
+                 ) -> tuple[h5py.File, bool]:
+    """The work file of a resumable command: reopened when resuming (its recorded settings must equal
+    `settings`), else made anew by `create` (in a temporary file renamed into place). Returns (file, resumed)."""
+    if resume and os.path.exists(path):
+        try:
+            f = h5py.File(path, "a")
+        except OSError as e:
+            raise AlselError(f"{path}: cannot resume, the partial file is damaged ({str(e)[:80]}); "
+                             f"delete it and run without --resume") from None
+        saved = json.loads(f.attrs.get("settings", "{}"))
+        if saved != settings:
+            diff = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+            f.close()
+            raise AlselError(f"{path}: cannot resume: this run differs from the interrupted one in "
+                             f"{', '.join(diff)}; run without --resume to start again")
+        return f, True
+    tmp = path + ".new"
+    with h5py.File(tmp, "w") as f:
+        f.attrs["settings"] = json.dumps(settings, sort_keys=True)
+        create(f)
+    os.replace(tmp, path)
+    return h5py.File(path, "a"), False
 
 
 def set_root_attrs(f: h5py.File, kind: str, attrs: dict | None = None, created_by: str | None = None) -> None:
