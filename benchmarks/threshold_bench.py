@@ -22,11 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from alsel.store import Paired  # noqa: E402
 from alsel.thresholds import ThresholdParams, compute_xi  # noqa: E402
-from train_eval_bench import reset_peak_rss, rss_gib  # noqa: E402
-
-
-def unit(a):
-    return (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)
+from train_eval_bench import reset_peak_rss, rss_gib, world  # noqa: E402
 
 
 def main():
@@ -38,9 +34,7 @@ def main():
     args = ap.parse_args()
     device = torch.device(args.device)
     rng = np.random.default_rng(0)
-    images = unit(rng.standard_normal((args.images, args.dim), dtype=np.float32))
-    ti = np.repeat(np.arange(args.images), args.captions)
-    texts = unit(images[ti] + rng.standard_normal((len(ti), args.dim), dtype=np.float32) * 0.15)
+    images, texts, ti = world(args.images, args.captions, args.dim, rng, noise=0.15, dtype=np.float32)
     paired = Paired("bench", images, texts, ti, "bench", "bench")
     n_t, n_i = len(texts), len(images)
 

@@ -2,6 +2,7 @@
 
 Prints, in one run on one machine:
   - `train_head` steps per second (batch 128, D -> dim, VSE++ loss) on a paired set of N pairs
+  - R-sum of a head trained from scratch on the synthetic world with 100 and 400 paired images
   - `recall` time for a test set of 5,000 images x 25,000 captions (5 per image), raw and through
     the head, computed in blocks (never the full 5k x 25k matrix), and the peak RSS growth
 
@@ -31,11 +32,38 @@ def unit(a):
     return (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)
 
 
-def world(n_images, captions, dim, rng):
-    images = unit(rng.standard_normal((n_images, dim)))
+def world(n_images, captions, dim, rng, noise=None, dtype=np.float64):
+    """Random unit images, `captions` noisy copies of each as texts (per-element noise std `noise`,
+    default 4.8/sqrt(D)); draws in `dtype` (float32 halves the memory of large worlds)."""
+    noise = 4.8 / np.sqrt(dim) if noise is None else noise
+    images = unit(rng.standard_normal((n_images, dim), dtype=dtype))
     ti = np.repeat(np.arange(n_images), captions)
-    texts = unit(images[ti] + 1.2 * rng.standard_normal((len(ti), dim)) / np.sqrt(dim) * 4)
+    texts = unit(images[ti] + noise * rng.standard_normal((len(ti), dim), dtype=dtype))
     return images, texts, ti
+
+
+def synth_learning_curve(device) -> None:
+    """Head from scratch on the synthetic world with 100 and 400 paired images (as tests/test_head.py)."""
+    import tempfile
+
+    from alsel.metrics import evaluate
+    from alsel.store import load_paired, open_store
+    from alsel.synth import synth_stores
+
+    with tempfile.TemporaryDirectory() as d:
+        result = {}
+        for frac in (0.1, 0.4):
+            w = synth_stores(os.path.join(d, str(frac)), images=1000, captions=5, classes=20, dim=32, seed=0,
+                             paired=frac, test=0.2)
+            with open_store(w["paired"], need="paired") as st:
+                p = load_paired(st)
+            head, _ = train_head(p, TrainConfig(init="random", dim=32, epochs=60), device)
+            with open_store(w["test"], need="paired") as test:
+                result[len(p.images)] = evaluate(test, device, head)["rsum"]
+                n_i, n_t = test.images.n, test.texts.n
+    chance = sum(100 * (1 - (1 - k / n_t) ** 5) + 100 * k / n_i for k in (1, 5, 10))
+    print("synth head from scratch (1000-image world, dim 32, 60 epochs): R-sum "
+          + ", ".join(f"{v:.1f} with {k} paired images" for k, v in result.items()) + f"; chance {chance:.1f}")
 
 
 def reset_peak_rss() -> bool:
@@ -98,6 +126,7 @@ def main():
     t = time.perf_counter()
     m_head = recall(head.encode(images, "image", device), head.encode(texts, "text", device), ti, device)
     print(f"eval through the head: {time.perf_counter() - t:.2f} s (R-sum {m_head['rsum']:.1f})")
+    synth_learning_curve(device)
 
 
 if __name__ == "__main__":
