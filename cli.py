@@ -28,6 +28,7 @@ from alsel import head as heads
 from alsel import metrics, scoring, selection, store, thresholds
 from alsel.errors import AlselError, Interrupted
 from alsel.stream import DEVICES, resolve_device
+from alsel.rounding import resolve_precision
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Active learning for image-text retrieval: choose which pool items to annotate next.")
@@ -61,6 +62,10 @@ Device = Annotated[DeviceName, typer.Option("--device", help="auto = CUDA when a
 ChunkSize = Annotated[Optional[int], typer.Option("--chunk-size", min=1, show_default=False,
                                                   help="Pool rows read per chunk (sets peak memory). "
                                                        "Default: from free memory, a multiple of the compute tile.")]
+PrecisionOpt = Annotated[str, typer.Option(
+    "--precision", help="Similarities in auto|fp32|bf16|fp16. Low precision is exact: entries within the rounding "
+                        "bound of their threshold are recomputed in float32. auto = fp16 on CUDA, bf16 on CPUs "
+                        "with native bfloat16, else fp32.")]
 HeadOpt = Annotated[Optional[str], typer.Option("--head", show_default=False,
                                                 help="Compare in the space of a head trained by `alsel train`.")]
 # head flags (train, simulate)
@@ -315,17 +320,19 @@ def info(
 @app.command()
 def threshold(paired: Paired, out: Out, select: SelectOpt = None, top_k: TopK = None, batch: BatchOpt = None,
               batch_size: BatchSize = None, margin: Margin = None, form: FormOpt = None, seed: Seed = None,
-              device: Device = DeviceName.auto, chunk_size: ChunkSize = None, head: HeadOpt = None):
+              device: Device = DeviceName.auto, chunk_size: ChunkSize = None, head: HeadOpt = None,
+              precision: PrecisionOpt = "auto"):
     """Compute the per-pair thresholds ξ (SPEC §3) of a paired store.
 
     Example: alsel threshold --paired paired.h5 --out xi.h5 --top-k 1 --batch full --form loss
     """
     params = threshold_params(select, top_k, batch, batch_size, margin, form, seed)
     dev = resolve_device(device.value)
+    dtype = resolve_precision(precision, dev)
     st, p, _ = open_paired(paired, head, dev)
     with st:
         with progress_bar("thresholds", thresholds.progress_total(p, params)) as advance:
-            th = thresholds.make_thresholds(p, params, dev, chunk_size, advance)
+            th = thresholds.make_thresholds(p, params, dev, chunk_size, advance, dtype)
         thresholds.save_thresholds(out, th, p, created_by=CREATED_BY, inputs=(head,))
     finite = th.xi[np.isfinite(th.xi)]
     out_console.print(f"wrote {out}: ξ for {len(th.xi)} pairs ({params.select}, top-{params.top_k}, "
@@ -343,13 +350,15 @@ def score(paired: Paired, unpaired: Unpaired, out: Out,
           select: SelectOpt = None, top_k: TopK = None, batch: BatchOpt = None, batch_size: BatchSize = None,
           margin: Margin = None, form: FormOpt = None, seed: Seed = None,
           device: Device = DeviceName.auto, chunk_size: ChunkSize = None, head: HeadOpt = None,
-          resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT.partial of a stopped run.")] = False):
+          resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT.partial of a stopped run.")] = False,
+          precision: PrecisionOpt = "auto"):
     """Score pool items by how strongly they would be hard negatives (SPEC §3), streamed in chunks.
 
     Example: alsel score --paired p.h5 --unpaired u.h5 --weight surplus --shard 0/4 --out s0.h5
     """
     shard_i_n = scoring.parse_shard(shard)
     dev = resolve_device(device.value)
+    dtype = resolve_precision(precision, dev)
     given = dict(select=select, top_k=top_k, batch=batch, batch_size=batch_size, margin=margin, form=form, seed=seed)
     st, p, head_model = open_paired(paired, head, dev)
     with st:
@@ -359,7 +368,7 @@ def score(paired: Paired, unpaired: Unpaired, out: Out,
         else:
             params = threshold_params(**given)
             with progress_bar("thresholds", thresholds.progress_total(p, params)) as advance:
-                th = thresholds.make_thresholds(p, params, dev, chunk_size, advance)
+                th = thresholds.make_thresholds(p, params, dev, chunk_size, advance, dtype)
         with store.open_store(unpaired, need=th.params.select) as pool:
             store.check_compatible(st, pool)
             a, b = scoring.shard_range(*shard_i_n, pool.side(th.params.select).n)
@@ -367,7 +376,7 @@ def score(paired: Paired, unpaired: Unpaired, out: Out,
             with progress_bar(f"scoring {th.params.select}", b - a) as advance, cooperative_stop() as stop:
                 res = scoring.score_to_file(out, pool, p, th, weight.value, dev, shard_i_n, chunk_size, advance,
                                             head_model, resume, stop, inputs=(paired, unpaired, thresholds_path, head),
-                                            created_by=CREATED_BY)
+                                            created_by=CREATED_BY, precision=dtype)
             dt = time.perf_counter() - t0
     rate = (b - a) / dt if dt > 0 else float("inf")
     out_console.print(f"wrote {out}: {b - a} pool rows (shard {shard_i_n[0]}/{shard_i_n[1]}), "

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .errors import AlselError
+from .rounding import precision_name
 from .store import Embeddings, Paired, Store, pool_fingerprint, write_h5
 from .stream import collect, sweep, to_device
 from .thresholds import Thresholds
@@ -25,6 +26,9 @@ WEIGHTS = ("surplus", "counting")
 
 class HingeSum:
     """Reducer over S = s - ξ: per row, the number and the sum of the positive entries."""
+
+    def __init__(self, device: torch.device = torch.device("cpu")):
+        self.device = device
 
     def init(self, n, r0):
         return None
@@ -36,6 +40,26 @@ class HingeSum:
         if state is None:
             return count, surplus
         return state[0] + count, state[1] + surplus
+
+    def init_low(self, n, r0):
+        return torch.zeros(n, dtype=torch.int64, device=self.device), torch.zeros(n, dtype=torch.float64, device=self.device)
+
+    def update_low(self, state, tile, r0, c0):
+        """Sign-form tile: approx < 0 certifies c <= 0, so only rows with some approx >= 0 are looked
+        at, and only their entries with approx >= 0 are recomputed in float32."""
+        rows, r, c = tile.sign_candidates()
+        if len(r):
+            vals = tile.values(rows, r, c).clamp_(min=0)
+            at = rows[r].to(vals.device)
+            if vals.device.type == "cpu":  # sequential, hence deterministic
+                state[0].index_add_(0, at, (vals > 0).long())
+                state[1].index_add_(0, at, vals.double())
+            else:  # CUDA's float index_add_ is atomic (order varies): sum a dense tile instead
+                dense = torch.zeros(len(rows), tile.approx.shape[1], device=vals.device)
+                dense[r, c] = vals
+                state[0][rows] += torch.count_nonzero(dense, dim=1)
+                state[1][rows] += dense.sum(dim=1).double()
+        return state
 
     def finish(self, state):
         return state
@@ -66,8 +90,10 @@ def shard_range(i: int, n: int, size: int) -> tuple[int, int]:
 
 def score_rows(pool: Embeddings, paired: Paired, th: Thresholds, weight: str, device: torch.device,
                start: int = 0, stop: int | None = None, chunk_size: int | None = None,
-               progress: Callable[[int], None] | None = None, transform=None) -> tuple[np.ndarray, np.ndarray]:
-    """(count int64, score float32) for pool rows [start, stop); `transform`: the head of the pool side."""
+               progress: Callable[[int], None] | None = None, transform=None,
+               precision: torch.dtype = torch.float32) -> tuple[np.ndarray, np.ndarray]:
+    """(count int64, score float32) for pool rows [start, stop); `transform`: the head of the pool side;
+    `precision` bfloat16/float16: the exact low-precision path (same answers within SPEC §3)."""
     if weight not in WEIGHTS:
         raise AlselError(f"--weight {weight!r}: expected surplus or counting")
     stop = pool.n if stop is None else stop
@@ -75,8 +101,9 @@ def score_rows(pool: Embeddings, paired: Paired, th: Thresholds, weight: str, de
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
     resident = to_device(anchors(paired, th.params.select), device)
     bias = torch.from_numpy(-th.xi.astype(np.float32)).to(device)
-    count, surplus = collect(sweep(pool, resident, HingeSum(), device=device, bias=bias, transform=transform,
-                                   start=start, stop=stop, chunk_size=chunk_size, progress=progress))
+    count, surplus = collect(sweep(pool, resident, HingeSum(device), device=device, bias=bias, transform=transform,
+                                   start=start, stop=stop, chunk_size=chunk_size, progress=progress,
+                                   precision=precision))
     score = count.astype(np.float32) if weight == "counting" else surplus.astype(np.float32)
     return count.astype(np.int64), score
 
@@ -91,7 +118,7 @@ class ScoreResult:
 
 
 def scores_attrs(pool_store: Store, paired: Paired, th: Thresholds, weight: str, shard: tuple[int, int],
-                 head=None) -> dict:
+                 head=None, precision: torch.dtype = torch.float32) -> dict:
     """The scores file's attributes (SPEC §1); checks the head matches the thresholds'."""
     if weight not in WEIGHTS:
         raise AlselError(f"--weight {weight!r}: expected surplus or counting")
@@ -101,22 +128,23 @@ def scores_attrs(pool_store: Store, paired: Paired, th: Thresholds, weight: str,
     return dict(th.params.as_attrs(), weight=weight, shard=f"{shard[0]}/{shard[1]}", pool_size=pool.n,
                 pool_fingerprint=pool_fingerprint(pool, pool_store.model), pool_path=pool_store.path,
                 paired_fingerprint=th.paired_fingerprint, thresholds_fingerprint=th.fingerprint,
-                model=paired.model, head=th.head)
+                model=paired.model, head=th.head, precision=precision_name(precision))
 
 
 def score_pool(pool_store: Store, paired: Paired, th: Thresholds, weight: str, device: torch.device,
                shard: tuple[int, int] = (0, 1), chunk_size: int | None = None,
-               progress: Callable[[int], None] | None = None, head=None) -> ScoreResult:
+               progress: Callable[[int], None] | None = None, head=None,
+               precision: torch.dtype = torch.float32) -> ScoreResult:
     """Score one shard of the pool's `select` side; with `head`, `paired` must be through it too."""
     select = th.params.select
     pool = pool_store.side(select)
     if pool.n == 0:
         raise AlselError(f"{pool_store.path}: the pool is empty (/{select}/emb has 0 rows)")
-    attrs = scores_attrs(pool_store, paired, th, weight, shard, head)
+    attrs = scores_attrs(pool_store, paired, th, weight, shard, head, precision)
     a, b = shard_range(*shard, pool.n)
     transform = head.transform("image" if select == "images" else "text") if head is not None else None
-    count, score = score_rows(pool, paired, th, weight, device, a, b, chunk_size, progress, transform)
-    ids = pool_store.ids(select)[a:b]
+    count, score = score_rows(pool, paired, th, weight, device, a, b, chunk_size, progress, transform, precision)
+    ids = pool_store.ids(select, a, b)
     return ScoreResult(np.arange(a, b, dtype=np.int64), ids, count, score, attrs)
 
 
@@ -166,7 +194,7 @@ class _PartialScores:
 def score_to_file(out: str, pool_store: Store, paired: Paired, th: Thresholds, weight: str, device: torch.device,
                   shard: tuple[int, int] = (0, 1), chunk_size: int | None = None, progress=None, head=None,
                   resume: bool = False, should_stop: Callable[[], bool] | None = None, inputs: tuple = (),
-                  created_by: str | None = None) -> ScoreResult:
+                  created_by: str | None = None, precision: torch.dtype = torch.float32) -> ScoreResult:
     """score_pool, streamed chunk by chunk into OUT.partial and finished into OUT.
 
     `resume` continues from the last recorded chunk (same settings and chunk size, hence the same
@@ -176,14 +204,15 @@ def score_to_file(out: str, pool_store: Store, paired: Paired, th: Thresholds, w
     from .errors import Interrupted
     from .stream import auto_chunk_size, tile_layout
 
-    attrs = scores_attrs(pool_store, paired, th, weight, shard, head)
+    attrs = scores_attrs(pool_store, paired, th, weight, shard, head, precision)
     select = th.params.select
     pool = pool_store.side(select)
     if pool.n == 0:
         raise AlselError(f"{pool_store.path}: the pool is empty (/{select}/emb has 0 rows)")
     a, b = shard_range(*shard, pool.n)
     chunk_size = chunk_size or auto_chunk_size(pool.d, device)
-    settings = dict(attrs, layout=tile_layout(chunk_size, device))  # what fixes the bits of the results
+    # what fixes the bits of the results: a resumed run must use the same
+    settings = dict(attrs, layout=tile_layout(chunk_size, device))
     settings.pop("pool_path")
     folder = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(folder):
@@ -197,15 +226,15 @@ def score_to_file(out: str, pool_store: Store, paired: Paired, th: Thresholds, w
             resident = to_device(anchors(paired, select), device)
             bias = torch.from_numpy(-th.xi.astype(np.float32)).to(device)
             transform = head.transform("image" if select == "images" else "text") if head is not None else None
-            for _, _, (count, surplus) in sweep(pool, resident, HingeSum(), device=device, bias=bias,
+            for _, _, (count, surplus) in sweep(pool, resident, HingeSum(device), device=device, bias=bias,
                                                 transform=transform, start=a + done, stop=b, chunk_size=chunk_size,
-                                                progress=progress):
+                                                progress=progress, precision=precision):
                 score = count.astype(np.float32) if weight == "counting" else surplus.astype(np.float32)
                 part.append(count.astype(np.int64), score)
                 if should_stop is not None and should_stop() and part.done < b - a:
                     raise Interrupted(f"{out}: stopped after {part.done} of {b - a} rows; progress is in "
                                       f"{part.path}, continue with --resume")
-        res = ScoreResult(np.arange(a, b, dtype=np.int64), pool_store.ids(select)[a:b], part.f["count"][:],
+        res = ScoreResult(np.arange(a, b, dtype=np.int64), pool_store.ids(select, a, b), part.f["count"][:],
                           part.f["score"][:], attrs)
     finally:
         part.close()

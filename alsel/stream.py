@@ -9,7 +9,12 @@
 A chunk is the I/O unit (`chunk_size` rows: sets peak memory). A compute tile times a column block
 is the unit the reduction runs on: on CPU it is sized to stay in cache, which makes the reduction
 nearly free next to the matmul; on CUDA tiles are large. The N_pool × N_resident matrix is never
-built. Thresholds, scores, core-set distances (and later evaluation) are all reducers over it.
+built. Thresholds, scores, core-set distances and evaluation are all reducers over it.
+
+With `precision` bfloat16/float16 (reducers that have `update_low`), the products are computed in
+that precision and each reducer receives a `rounding.LowTile`: the cheap products plus a rigorous
+bound on their error and a way to recompute any entry in float32 — so the answers stay those of
+the float32 path while almost all of the work runs at the low-precision matmul rate.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ import numpy as np
 import torch
 
 from .errors import AlselError
+from .rounding import UNIT_ROUNDOFF, LowResident, LowTile
 
 CPU_TILE_ROWS = 1024
 CPU_COL_BLOCK = 512
+CPU_LOW_COL_BLOCK = 2048  # low precision: a 1024 x 2048 bfloat16 tile (4 MiB) amortises the candidate search
 CUDA_TILE_ROWS = 8192  # an 8192 x 8192 float32 score tile: 256 MiB of GPU memory
 CUDA_COL_BLOCK = 8192
 DEVICES = ("auto", "cpu", "cuda")
@@ -108,6 +115,14 @@ class Reducer(Protocol):
     def finish(self, state) -> tuple[torch.Tensor, ...]: ...
 
 
+def out_rel(dtype: torch.dtype) -> float:
+    """Relative error of rounding a float32 sum to `dtype`, relative to the rounded value: u / (1 - u)."""
+    if dtype == torch.float32:
+        return 0.0  # the float32 rounding of the sum is inside the γ_K term of the bound
+    u = UNIT_ROUNDOFF[dtype]
+    return u / (1 - u)
+
+
 def chunk_bounds(start: int, stop: int, chunk_size: int) -> Iterator[tuple[int, int]]:
     for a in range(start, stop, chunk_size):
         yield a, min(stop, a + chunk_size)
@@ -122,13 +137,14 @@ def own_columns(row_owner: torch.Tensor, col_owner: torch.Tensor, r0: int, c0: i
 def sweep(rows: Rows, resident: torch.Tensor, reducer: Reducer, *, device: torch.device,
           bias: torch.Tensor | None = None, transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
           start: int = 0, stop: int | None = None, chunk_size: int | None = None,
-          progress: Callable[[int], None] | None = None,
+          progress: Callable[[int], None] | None = None, precision: torch.dtype = torch.float32,
           ) -> Iterator[tuple[int, int, tuple[np.ndarray, ...]]]:
     """Yield (r0, r1, results) for consecutive row ranges of `rows[start:stop]`.
 
     `resident` (M × D, float32, on `device`) and `bias` (M,) stay in place; `transform` (e.g. a
     retrieval head) maps each chunk on the device before the products; results are the reducer's
-    per-row outputs as numpy arrays.
+    per-row outputs as numpy arrays. `precision` below float32 takes the exact low-precision path
+    (`init_low`, `update_low`) when the reducer has one.
     """
     stop = rows.n if stop is None else stop
     if transform is None and rows.d != resident.shape[1]:
@@ -138,7 +154,10 @@ def sweep(rows: Rows, resident: torch.Tensor, reducer: Reducer, *, device: torch
     if chunk_size < 1:
         raise AlselError(f"--chunk-size must be at least 1, got {chunk_size}")
     tile_rows = tile_rows_for(device)
-    col_block = CPU_COL_BLOCK if kind == "cpu" else CUDA_COL_BLOCK
+    low = None
+    if precision != torch.float32 and hasattr(reducer, "update_low"):
+        low = LowResident(resident, bias, precision)
+    col_block = CUDA_COL_BLOCK if kind != "cpu" else CPU_COL_BLOCK if low is None else CPU_LOW_COL_BLOCK
     m = resident.shape[0]
     bounds = list(chunk_bounds(start, stop, chunk_size))
     if not bounds:
@@ -151,11 +170,13 @@ def sweep(rows: Rows, resident: torch.Tensor, reducer: Reducer, *, device: torch
     staging = [torch.empty((min(chunk_size, stop - start), rows.d), dtype=torch.float32, pin_memory=cuda)
                for _ in range(2 if prefetch else 1)]
     copied = [torch.cuda.Event() if cuda else None for _ in range(2)]
-    tile_buf = torch.empty(min(tile_rows, chunk_size) * min(col_block, m), device=device)
+    # CPU returns low-precision products in their own dtype; CUDA is asked for float32 (out_dtype)
+    buf_dtype = precision if low is not None and not cuda else torch.float32
+    tile_buf = torch.empty(min(tile_rows, chunk_size) * min(col_block, m), device=device, dtype=buf_dtype)
+    plan = (resident, reducer, bias, transform, tile_rows, col_block, tile_buf, low, progress)
     if not prefetch:
         for a, b in bounds:
-            yield from _reduce_chunk(rows.load(a, b, staging[0]).to(device), a, b, rows, resident, reducer, bias, transform,
-                                     tile_rows, col_block, tile_buf, progress)
+            yield from _reduce_chunk(rows.load(a, b, staging[0]).to(device), a, b, rows, *plan)
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="alsel-read") as reader:
         pending = reader.submit(rows.load, *bounds[0], staging[0])
@@ -167,23 +188,42 @@ def sweep(rows: Rows, resident: torch.Tensor, reducer: Reducer, *, device: torch
                 nxt = (k + 1) % 2
                 copied[nxt].synchronize()  # its previous copy to the device is done before reuse
                 pending = reader.submit(rows.load, *bounds[k + 1], staging[nxt])
-            yield from _reduce_chunk(x, a, b, rows, resident, reducer, bias, transform, tile_rows, col_block,
-                                     tile_buf, progress)
+            yield from _reduce_chunk(x, a, b, rows, *plan)
 
 
-def _reduce_chunk(x, a, b, rows, resident, reducer, bias, transform, tile_rows, col_block, tile_buf, progress):
+def _reduce_chunk(x, a, b, rows, resident, reducer, bias, transform, tile_rows, col_block, tile_buf, low, progress):
     """The compute tiles of one chunk against the resident column blocks; yields (a, b, results)."""
     if transform is not None:
         x = transform(x)
     m = resident.shape[0]
+    if low is not None:
+        x_low, err = low.rows(x)
     outs: list[tuple[torch.Tensor, ...]] = []
     for t0 in range(0, b - a, tile_rows):
         xt = x[t0:t0 + tile_rows]
         r0 = a + t0
-        state = reducer.init(xt.shape[0], r0)
+        n = xt.shape[0]
+        state = reducer.init_low(n, r0) if low is not None else reducer.init(n, r0)
+        if low is not None and low.bias is not None:  # sign form: one shifted bias per row tile
+            shifted = low.shifted_bias(float(err[t0:t0 + tile_rows].max()), tile_buf.dtype)
         for c0 in range(0, m, col_block):
             block = resident[c0:c0 + col_block]
-            s = tile_buf[:xt.shape[0] * block.shape[0]].view(xt.shape[0], block.shape[0])
+            s = tile_buf[:n * block.shape[0]].view(n, block.shape[0])
+            if low is not None:
+                lhs, rhs = x_low[t0:t0 + tile_rows], low.matrix[c0:c0 + col_block].T
+                if s.dtype == lhs.dtype:  # CPU: float32 accumulation (and bias), rounded once to the output
+                    if low.bias is None:
+                        torch.mm(lhs, rhs, out=s)
+                    else:
+                        torch.addmm(shifted[c0:c0 + col_block], lhs, rhs, out=s)
+                else:  # CUDA: float32 accumulation and output
+                    s = torch.mm(lhs, rhs, out_dtype=torch.float32)
+                    if low.bias is not None:
+                        s += shifted[c0:c0 + col_block]
+                tile = LowTile(s, xt, block, None if bias is None else bias[c0:c0 + col_block],
+                               err[t0:t0 + tile_rows], out_rel(s.dtype))
+                state = reducer.update_low(state, tile, r0, c0)
+                continue
             if bias is None:
                 torch.mm(xt, block.T, out=s)
             else:

@@ -85,7 +85,34 @@ class RunningTopK:
         both = torch.cat([state, s], dim=1)
         return both.topk(self.k, dim=1).values
 
+    def init_low(self, n, r0=0):
+        inf = torch.full((n, self.k), -torch.inf, device=self.row_owner.device)
+        return inf, inf.clone()
+
+    def update_low(self, state, tile, r0, c0):
+        """Value-form tile. theta: running top-k of the approximations; the true k-th largest value h
+        is at least least_value(theta_k) (one of the k entries behind theta_k has exact value <= h),
+        so an entry can be in the top k only if its approx reaches value_floor of that: those few are
+        recomputed in float32 and kept in a running top-k of exact values, the answer."""
+        theta, exact = state
+        v = tile.approx
+        v.masked_fill_(own_columns(self.row_owner, self.col_owner, r0, c0, v.shape), -torch.inf)
+        k = min(self.k, v.shape[1])
+        top = v.topk(k, dim=1).values.float() if k > 1 else v.amax(dim=1, keepdim=True).float()
+        theta = torch.cat([theta, top], dim=1).topk(self.k, dim=1).values if self.k > 1 else torch.maximum(theta, top)
+        floor = tile.value_floor(tile.least_value(theta[:, -1]))
+        rowmax = top[:, 0]
+        rows = ((rowmax >= floor) & (rowmax > -torch.inf)).nonzero().squeeze(1)
+        if len(rows):
+            vr = v[rows].float()
+            vals = tile.exact(rows, (vr >= floor[rows, None]) & (vr > -torch.inf))
+            merged = torch.cat([exact[rows], vals], dim=1)
+            exact[rows] = merged.topk(self.k, dim=1).values if self.k > 1 else merged.amax(dim=1, keepdim=True)
+        return theta, exact
+
     def finish(self, state):
+        if isinstance(state, tuple):  # low-precision state: (theta, exact)
+            state = state[1]
         return (state[:, -1],)
 
 
@@ -102,22 +129,23 @@ def positives(paired: Paired, device: torch.device) -> np.ndarray:
     return out
 
 
-def hardest_full(paired: Paired, params: ThresholdParams, device, chunk_size=None, progress=None) -> np.ndarray:
-    """h_j over the whole paired set, tiled over both sides with a running top-k."""
+def hardest_full(paired: Paired, params: ThresholdParams, device, chunk_size=None, progress=None,
+                 precision: torch.dtype = torch.float32) -> np.ndarray:
+    """h_j over the whole paired set, tiled over both sides with a running top-k (exact at any precision)."""
     ti = torch.from_numpy(paired.text_image).to(device)
     if params.select == "images":
         # queries: texts t_j; columns: images x; own column: x == i(j)
         rows = ArrayRows(paired.texts)
         reducer = RunningTopK(params.top_k, ti, torch.arange(len(paired.images), device=device))
         (h,) = collect(sweep(rows, to_device(paired.images, device), reducer, device=device,
-                             chunk_size=chunk_size, progress=progress))
+                             chunk_size=chunk_size, progress=progress, precision=precision))
         return h
     # texts: the value depends on j only through its image, so compute per image x:
     # queries: images x; columns: texts l; own column: i(l) == x
     rows = ArrayRows(paired.images)
     reducer = RunningTopK(params.top_k, torch.arange(len(paired.images), device=device), ti)
     (h_image,) = collect(sweep(rows, to_device(paired.texts, device), reducer, device=device,
-                               chunk_size=chunk_size, progress=progress))
+                               chunk_size=chunk_size, progress=progress, precision=precision))
     return h_image[paired.text_image]
 
 
@@ -168,7 +196,7 @@ def hardest_mini(paired: Paired, params: ThresholdParams, device, progress=None)
 
 
 def compute_xi(paired: Paired, params: ThresholdParams, device: torch.device, chunk_size: int | None = None,
-               progress: Callable[[int], None] | None = None) -> np.ndarray:
+               progress: Callable[[int], None] | None = None, precision: torch.dtype = torch.float32) -> np.ndarray:
     """ξ (N_t,) float32 for the paired set."""
     p = positives(paired, device)
     if params.form == "margin":
@@ -176,7 +204,7 @@ def compute_xi(paired: Paired, params: ThresholdParams, device: torch.device, ch
             progress(len(p))
         return (p - np.float32(params.margin)).astype(np.float32)
     if params.batch == "full":
-        h = hardest_full(paired, params, device, chunk_size, progress)
+        h = hardest_full(paired, params, device, chunk_size, progress, precision)
     else:
         h = hardest_mini(paired, params, device, progress)
     if params.form == "rank":
@@ -214,8 +242,9 @@ class Thresholds:
     path: str | None = None
 
 
-def make_thresholds(paired: Paired, params: ThresholdParams, device, chunk_size=None, progress=None) -> Thresholds:
-    xi = compute_xi(paired, params, device, chunk_size, progress)
+def make_thresholds(paired: Paired, params: ThresholdParams, device, chunk_size=None, progress=None,
+                    precision: torch.dtype = torch.float32) -> Thresholds:
+    xi = compute_xi(paired, params, device, chunk_size, progress, precision)
     fp = xi_fingerprint(xi, params, paired.fingerprint, paired.head)
     return Thresholds(xi, params, paired.fingerprint, fp, paired.head)
 

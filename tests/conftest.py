@@ -53,6 +53,7 @@ def small_tiles(monkeypatch):
     """Force tiny compute tiles so row tiling and column blocking are exercised on small data."""
     monkeypatch.setattr(stream, "CPU_TILE_ROWS", 3)
     monkeypatch.setattr(stream, "CPU_COL_BLOCK", 5)
+    monkeypatch.setattr(stream, "CPU_LOW_COL_BLOCK", 5)
 
 
 @pytest.fixture

@@ -68,6 +68,24 @@ def test_score_without_thresholds_equals_with(world, run_cli):
         assert a.attrs["thresholds_fingerprint"] == b.attrs["thresholds_fingerprint"]
 
 
+def test_precisions_agree_and_are_recorded(world, run_cli):
+    d = world["dir"]
+    for name in ("fp32", "bf16", "fp16", "auto"):
+        code, _, err = run_cli(*score_args(world, d / f"{name}.h5"), "--precision", name, "--device", "cpu")
+        assert code == 0, err
+    with h5py.File(d / "fp32.h5", "r") as f:
+        ref_count, ref_score = f["count"][:], f["score"][:]
+        assert f.attrs["precision"] == "fp32"
+    for name in ("bf16", "fp16", "auto"):
+        with h5py.File(d / f"{name}.h5", "r") as f:
+            assert f.attrs["precision"] in (name, "bf16", "fp32")
+            assert np.array_equal(f["count"][:], ref_count)
+            assert np.allclose(f["score"][:], ref_score, rtol=1e-5, atol=1e-6)
+    assert_bad_input(run_cli(*score_args(world, d / "x.h5"), "--precision", "int8"), "--precision", out=d / "x.h5")
+    assert_bad_input(run_cli("threshold", "--paired", world["paired"], "--out", d / "xi.h5", "--precision", "fp8"),
+                     "--precision", out=d / "xi.h5")
+
+
 def test_flag_contradicting_thresholds_file(world, run_cli):
     d = world["dir"]
     run_cli("threshold", "--paired", world["paired"], "--out", d / "xi.h5")
@@ -281,7 +299,7 @@ def test_sigterm_stops_after_a_chunk_and_resume_is_identical(tmp_path, run_cli):
     out = tmp_path / "s.h5"
     partial = str(out) + ".partial"
     args = ["score", "--paired", paired, "--unpaired", pool, "--out", str(out), "--device", "cpu",
-            "--chunk-size", "16", "--weight", "surplus"]
+            "--precision", "bf16", "--chunk-size", "16", "--weight", "surplus"]
     code = "import sys, cli; sys.exit(cli.main(sys.argv[1:]))"
     proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -306,13 +324,17 @@ def test_sigterm_stops_after_a_chunk_and_resume_is_identical(tmp_path, run_cli):
     # resuming with another chunk size would change the tiles: refused
     assert_bad_input(run_cli(*args[:-4], "--chunk-size", "32", "--weight", "surplus", "--resume"),
                      "s.h5.partial", "layout", out=out)
+    # and so would another precision
+    assert_bad_input(run_cli(*[a if a != "bf16" else "fp32" for a in args], "--resume"),
+                     "s.h5.partial", "precision", out=out)
     code, _, err = run_cli(*args, "--resume")
     assert code == 0, err
     assert not os.path.exists(partial)
+    cpu, bf16 = torch.device("cpu"), torch.bfloat16
     with open_store(paired, need="paired") as st, open_store(pool, need="images") as u:
         p = load_paired(st)
-        ref = score_pool(u, p, make_thresholds(p, ThresholdParams(), torch.device("cpu")), "surplus",
-                         torch.device("cpu"), chunk_size=16)
+        ref = score_pool(u, p, make_thresholds(p, ThresholdParams(), cpu, precision=bf16), "surplus", cpu,
+                         chunk_size=16, precision=bf16)
     with h5py.File(out) as f:
         assert np.array_equal(f["score"][:], ref.score) and np.array_equal(f["count"][:], ref.count)
         assert np.array_equal(f["row"][:], np.arange(100_000))

@@ -13,6 +13,7 @@ from conftest import random_paired, stored, unit, write_paired, write_pool
 from reference import assert_scores_match, ref_c, ref_xi
 
 CPU = torch.device("cpu")
+PRECISIONS = [torch.float32, torch.bfloat16, torch.float16]
 COMBOS = list(itertools.product(["images", "texts"], [1, 3], ["full", "mini"], ["loss", "rank", "margin"],
                                 ["counting", "surplus"]))
 
@@ -31,9 +32,11 @@ def files(request, tmp_path_factory):
     return {"paired": paired, "images": pool_i, "texts": pool_t, "ti": ti, "dir": d}
 
 
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("select,top_k,batch,form,weight", COMBOS)
-def test_streamed_scores_match_bruteforce(files, small_tiles, select, top_k, batch, form, weight):
-    """Every variant, chunk sizes that do not divide the pool, 1..3 shards merged from files."""
+def test_streamed_scores_match_bruteforce(files, small_tiles, select, top_k, batch, form, weight, precision):
+    """Every variant, chunk sizes that do not divide the pool, 1..3 shards merged from files, in float32
+    and on the exact low-precision paths."""
     params = ThresholdParams(select=select, top_k=top_k, batch=batch, batch_size=5, form=form, seed=2)
     ref_x = ref_xi(stored(files["paired"], "images"), stored(files["paired"], "texts"), files["ti"], select, top_k,
                    batch, 5, 0.2, form, 2)
@@ -41,14 +44,14 @@ def test_streamed_scores_match_bruteforce(files, small_tiles, select, top_k, bat
               files["ti"], ref_x, select)
     with open_store(files["paired"], need="paired") as st, open_store(files[select], need=select) as pool:
         paired = load_paired(st)
-        th = make_thresholds(paired, params, CPU, chunk_size=4)
+        th = make_thresholds(paired, params, CPU, chunk_size=4, precision=precision)
         for n_shards, chunk in [(1, 37), (1, 7), (2, 5), (3, 4)]:
             paths = []
             for i in range(n_shards):
-                res = score_pool(pool, paired, th, weight, CPU, (i, n_shards), chunk_size=chunk)
+                res = score_pool(pool, paired, th, weight, CPU, (i, n_shards), chunk_size=chunk, precision=precision)
                 a, b = shard_range(i, n_shards, 37)
                 assert list(res.rows) == list(range(a, b))
-                paths.append(str(files["dir"] / f"s_{select}_{top_k}_{batch}_{form}_{weight}_{i}.h5"))
+                paths.append(str(files["dir"] / f"s_{select}_{top_k}_{batch}_{form}_{weight}_{precision}_{i}.h5"))
                 save_scores(paths[-1], res)
             merged = load_scores(paths[::-1])  # order of files does not matter
             assert list(merged.rows) == list(range(37))
@@ -59,7 +62,8 @@ def test_streamed_scores_match_bruteforce(files, small_tiles, select, top_k, bat
             assert list(sel.rows) == list(order)
 
 
-def test_scores_against_float64_on_many_texts(tmp_path):
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_scores_against_float64_on_many_texts(tmp_path, precision):
     """Default tiles (1024 x 512), a pool crossing chunk and tile borders, thousands of texts."""
     rng = np.random.default_rng(0)
     images, texts, ti = random_paired(rng, n_images=400, max_captions=5, d=32)
@@ -70,8 +74,8 @@ def test_scores_against_float64_on_many_texts(tmp_path):
     c = ref_c(stored(pool, "images"), stored(paired, "images"), stored(paired, "texts"), ti, ref_x, "images")
     with open_store(paired, need="paired") as st, open_store(pool, need="images") as u:
         p = load_paired(st)
-        th = make_thresholds(p, ThresholdParams(), CPU)
-        res = score_pool(u, p, th, "surplus", CPU, chunk_size=1100)
+        th = make_thresholds(p, ThresholdParams(), CPU, precision=precision)
+        res = score_pool(u, p, th, "surplus", CPU, chunk_size=1100, precision=precision)
     assert len(texts) > 1000
     assert_scores_match(res.count, res.score, c, "surplus")
     assert (res.count > 0).sum() > 100
@@ -122,7 +126,8 @@ def test_pool_is_read_in_chunks(files):
     assert np.array_equal(count, full_count) and np.allclose(score, full_score, rtol=1e-5, atol=1e-6)
 
 
-def test_whole_tile_chunk_sizes_give_identical_bits(tmp_path):
+@pytest.mark.parametrize("precision", [torch.float32, torch.bfloat16])
+def test_whole_tile_chunk_sizes_give_identical_bits(tmp_path, precision):
     """Automatic chunk sizes are whole compute tiles, so the result does not depend on free memory."""
     from alsel.stream import CPU_TILE_ROWS, auto_chunk_size
 
@@ -133,7 +138,7 @@ def test_whole_tile_chunk_sizes_give_identical_bits(tmp_path):
     pool = write_pool(tmp_path / "u.h5", unit(rng.standard_normal((9000, 16))), dtype="float16")
     with open_store(paired, need="paired") as st, open_store(pool, need="images") as u:
         p = load_paired(st)
-        th = make_thresholds(p, ThresholdParams(), CPU)
-        runs = [score_pool(u, p, th, "surplus", CPU, chunk_size=c) for c in (1024, 4096, None)]
+        th = make_thresholds(p, ThresholdParams(), CPU, precision=precision)
+        runs = [score_pool(u, p, th, "surplus", CPU, chunk_size=c, precision=precision) for c in (1024, 4096, None)]
     for r in runs[1:]:
         assert np.array_equal(r.score, runs[0].score) and np.array_equal(r.count, runs[0].count)

@@ -20,13 +20,14 @@ def paired_file(request, tmp_path):
     return write_paired(tmp_path / "p.h5", images, texts, ti, dtype=request.param)
 
 
+@pytest.mark.parametrize("precision", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("select,top_k,batch,form", COMBOS)
-def test_xi_matches_bruteforce(paired_file, small_tiles, select, top_k, batch, form):
+def test_xi_matches_bruteforce(paired_file, small_tiles, select, top_k, batch, form, precision):
     params = ThresholdParams(select=select, top_k=top_k, batch=batch, batch_size=5, margin=0.2, form=form, seed=3)
     with open_store(paired_file, need="paired") as st:
         paired = load_paired(st)
         ti = st.text_image.copy()
-    xi = compute_xi(paired, params, torch.device("cpu"), chunk_size=4)
+    xi = compute_xi(paired, params, torch.device("cpu"), chunk_size=4, precision=precision)
     ref = ref_xi(stored(paired_file, "images"), stored(paired_file, "texts"), ti, select, top_k, batch, 5,
                  0.2, form, 3)
     assert xi.dtype == np.float32

@@ -1,0 +1,172 @@
+"""Exact answers from low-precision products: a rounding-error bound per similarity.
+
+The float32 rows x (pool tile) and a (resident) are rounded to x_b, a_b in bfloat16 (CPU) or float16
+(CUDA) and multiplied with float32 accumulation. Writing r_x = x - x_b, r_a = a - a_b (exact in
+float32), for every entry
+
+    |x·a - acc(x_b·a_b)| <= ||x_b|| ||r_a|| + ||r_x|| ||a|| + γ_K Σ|x_b,k a_b,k|,     γ_K = K u₃₂ / (1 - K u₃₂)
+
+(the products of two bfloat16/float16 numbers are exact in float32; the sum of K terms in any order
+loses at most γ_K of their absolute sum). Measured residual norms, not the worst case u·||x||, make
+the bound about half as wide. Reducers use it to decide most entries from the cheap product and to
+recompute in float32 only the few that fall within the bound of what they compare against.
+
+Two forms of tile (`LowTile`):
+- *sign* (a bias b is given, e.g. b = -ξ for scoring): approx = acc(x_b·a_b) + (b + E) with E at least
+  the bound of every row of the chunk, b + E rounded up, the addition in float32 inside the matmul
+  (CPU addmm) or after it (CUDA, float32 output). Then x·a + b > 0  ⇒  approx >= 0, whatever the
+  rounding of the output (rounding keeps the sign), so `approx < 0` certifies "not positive".
+- *value* (no bias, e.g. thresholds' running top-k): |approx - x·a| <= err_i + out_rel·|approx|, where
+  out_rel is the unit roundoff of approx's dtype when the product is returned rounded to it (CPU).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import AlselError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+LOW_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+UNIT_ROUNDOFF = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11, torch.float32: 2.0 ** -24}
+SLACK = 2.0 ** -20  # covers the float32 arithmetic of the bound itself (|values| <= ~2)
+
+
+def cpu_has_fast_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype:
+    """auto: float16 on CUDA (tensor cores), bfloat16 on CPUs with native bfloat16 dot products
+    (AVX512-BF16/AMX), float32 elsewhere. The result does not depend on it (within SPEC §3)."""
+    if name not in PRECISIONS:
+        raise AlselError(f"--precision {name!r}: expected auto, fp32, bf16 or fp16")
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+    return LOW_DTYPES.get(name, torch.float32)
+
+
+def precision_name(dtype: torch.dtype) -> str:
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+
+
+def gamma(k: int) -> float:
+    u = UNIT_ROUNDOFF[torch.float32]
+    return k * u / (1 - k * u)
+
+
+def round_up(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The low-precision numbers >= v (float32) nearest to v."""
+    low = v.to(dtype)
+    return torch.where(low.float() < v, torch.nextafter(low, torch.full_like(low, torch.inf)), low)
+
+
+class LowResident:
+    """The resident side in low precision and what the rounding bound needs of it."""
+
+    def __init__(self, resident: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype):
+        self.dtype = dtype
+        self.resident = resident
+        low = resident.to(dtype)
+        low32 = low.float()
+        empty = len(resident) == 0
+        self.norm_max = 0.0 if empty else float(resident.norm(dim=1).max())
+        self.low_norm_max = 0.0 if empty else float(low32.norm(dim=1).max())
+        self.residual_max = 0.0 if empty else float((resident - low32).norm(dim=1).max())
+        self.k = resident.shape[1]
+        self.matrix = low.contiguous()
+        self.bias = None
+        self.bias_term = 0.0
+        if bias is not None:
+            # an infinite bias (ξ = -inf under --form rank with fewer than k negatives) stands as ±4, beyond
+            # any |x·a| <= 1.01, so its entries keep their sign; their exact values are recomputed as ±inf
+            self.bias = torch.where(torch.isfinite(bias), bias, torch.sign(bias) * 4)
+            self.bias_term = float(self.bias.abs().max()) + 1 if len(bias) else 1.0  # >= |b + E| in the sum
+
+    def rows(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_b, err): the rows in low precision and the bound of each: for every resident a,
+        |x·a - acc(x_b·a_b)| <= err_i."""
+        low = x.to(self.dtype)
+        low32 = low.float()
+        low_norm = low32.norm(dim=1)
+        residual = (x - low32).norm(dim=1)
+        err = low_norm * self.residual_max + residual * self.norm_max
+        return low, err + gamma(self.k + 1) * (low_norm * self.low_norm_max + self.bias_term) + SLACK
+
+    def shifted_bias(self, err_max: float, dtype: torch.dtype) -> torch.Tensor:
+        """Sign form: b + E in `dtype`, rounded up, E >= err_i of every row of the chunk. Then
+        x·a + b > 0  ⇒  acc(x_b·a_b) + (b + E) > 0, and rounding the sum keeps its sign."""
+        shifted = self.bias + err_max
+        return shifted if dtype == torch.float32 else round_up(shifted, dtype)
+
+
+@dataclass
+class LowTile:
+    """One compute tile of a low-precision sweep, and the float32 data to recompute any entry exactly.
+
+    approx: (n, m) low-precision (or float32) products, sign or value form (module docstring);
+    x: (n, D) float32 rows; cols: (m, D) float32 resident block; bias: (m,) or None;
+    err: (n,) bound of each row (value form); out_rel: unit roundoff of approx's dtype (value form).
+    """
+
+    approx: torch.Tensor
+    x: torch.Tensor
+    cols: torch.Tensor
+    bias: torch.Tensor | None
+    err: torch.Tensor
+    out_rel: float
+
+    GATHER_MAX = 4096  # more candidate entries than this: recompute their whole rows with one matmul
+
+    def values(self, rows: torch.Tensor, r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Float32 values x·a + b of the entries (rows[r], c): candidate rows `rows` (tile-local)
+        and, per entry, its index r into them and its column c."""
+        if len(r) > self.GATHER_MAX:  # dense: one matmul over the candidate rows
+            x = self.x[rows]
+            dense = x @ self.cols.T if self.bias is None else torch.addmm(self.bias, x, self.cols.T)
+            return dense[r, c]
+        vals = torch.linalg.vecdot(self.x[rows[r]], self.cols[c])
+        return vals if self.bias is None else vals + self.bias[c]
+
+    def sign_candidates(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sign form: (rows, r, c) of the entries with approx >= 0 — the only ones that may be positive."""
+        a = self.approx
+        if a.device.type == "cpu" and a.dtype != torch.float32:
+            # the sign bit decides: an int16 view is >= 0 exactly for +0 and positive numbers (and an
+            # int16 row max and numpy's compare run several times faster than bfloat16 ones here)
+            keys = a.view(torch.int16)
+            rows = torch.from_numpy(np.flatnonzero(keys.amax(dim=1).numpy() >= 0))
+            flat = np.flatnonzero(keys.numpy()[rows.numpy()] >= 0)
+            m = a.shape[1]
+            return rows, torch.from_numpy(flat // m), torch.from_numpy(flat % m)
+        rows = (a.amax(dim=1) >= 0).nonzero().squeeze(1)
+        r, c = (a[rows] >= 0).nonzero(as_tuple=True)
+        return rows, r, c
+
+    def exact(self, rows: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+        """Float32 values (x·a + b) of the tile's rows `rows`, where `cand` (len(rows) × m bool) is
+        true; -inf elsewhere: a len(rows) × m float32 tile."""
+        r, c = cand.nonzero(as_tuple=True)
+        out = torch.full(cand.shape, -torch.inf, device=cand.device)
+        out[r, c] = self.values(rows, r, c)
+        return out
+
+    def value_floor(self, threshold: torch.Tensor) -> torch.Tensor:
+        """Value form: per row, the least approx that may belong to an entry whose value is at least
+        `threshold` (n,) — i.e. approx + err + out_rel·|approx| >= threshold, solved for approx."""
+        u = self.out_rel
+        t = threshold - self.err
+        return torch.where(t >= 0, t / (1 + u), t / (1 - u)) - SLACK * (1 + t.abs())
+
+    def least_value(self, approx_value: torch.Tensor) -> torch.Tensor:
+        """Value form: per row, a value that an entry whose approx is `approx_value` (n,) certainly
+        reaches: approx - err - out_rel·|approx|."""
+        return approx_value - self.err - self.out_rel * approx_value.abs() - SLACK * (1 + approx_value.abs())

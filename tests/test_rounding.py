@@ -1,0 +1,157 @@
+"""The exact low-precision path: the rounding bound holds, and answers equal float32 on near-ties."""
+
+import numpy as np
+import pytest
+import torch
+
+from alsel import rounding
+from alsel.rounding import LowResident, resolve_precision
+from alsel.scoring import HingeSum
+from alsel.stream import ArrayRows, collect, out_rel, sweep
+from alsel.thresholds import RunningTopK
+from conftest import unit
+from reference import assert_scores_match
+
+CPU = torch.device("cpu")
+LOW = [torch.bfloat16, torch.float16]
+
+
+def near_tie_world(rng, n_texts=60, n_pool=400, d=64, spread=1e-3):
+    """Texts in 3 tight clusters with thresholds ξ_j, and pool rows u built so that s(u, t_j) = ξ_j + δ for
+    one j with δ down to 1e-7 — and, the clusters being tight, within ~1e-3 of ξ_l for the other texts
+    of that cluster: far inside the bfloat16 rounding band, where the cheap product cannot decide."""
+    centers = unit(rng.standard_normal((3, d)))
+    owner = rng.integers(0, 3, n_texts)
+    texts = unit(centers[owner] + spread * rng.standard_normal((n_texts, d)))
+    xi = rng.uniform(0.2, 0.4, 3)[owner] + rng.uniform(-1e-3, 1e-3, n_texts)
+    j = rng.integers(0, n_texts, n_pool)
+    delta = rng.choice([-1e-2, -3e-3, -1e-3, -1e-4, -1e-5, 0, 1e-5, 1e-4, 1e-3, 3e-3, 1e-2], n_pool)
+    delta = delta * rng.uniform(0.5, 1.0, n_pool)
+    target = xi[j] + delta
+    w = rng.standard_normal((n_pool, d))
+    t = texts[j].astype(np.float64)
+    w -= (w * t).sum(1, keepdims=True) * t  # w ⟂ t_j
+    w /= np.linalg.norm(w, axis=1, keepdims=True)
+    pool = unit(target[:, None] * t + np.sqrt(1 - target[:, None] ** 2) * w)
+    return texts, xi.astype(np.float32), pool
+
+
+def c64(pool, anchors, xi):
+    return pool.astype(np.float64) @ anchors.astype(np.float64).T - xi.astype(np.float64)[None, :]
+
+
+def scores(pool, anchors, xi, precision, **kw):
+    return collect(sweep(ArrayRows(pool), torch.from_numpy(anchors), HingeSum(), device=CPU,
+                         bias=torch.from_numpy(-xi), precision=precision, **kw))
+
+
+@pytest.mark.parametrize("dtype", LOW)
+def test_value_bound_holds_on_every_entry(dtype):
+    """|approx - x·a| <= err_i + out_rel |approx|, against float64, on rows with spread-out magnitudes."""
+    rng = np.random.default_rng(0)
+    x = unit(rng.standard_normal((300, 128)) * rng.uniform(0.01, 3, 128))  # uneven coordinates
+    a = unit(rng.standard_normal((500, 128)) * rng.uniform(0.01, 3, 128))
+    low = LowResident(torch.from_numpy(a), None, dtype)
+    xl, err = low.rows(torch.from_numpy(x))
+    approx = (xl @ low.matrix.T).float().double().numpy()  # the product CPU returns, in its dtype
+    exact = x.astype(np.float64) @ a.astype(np.float64).T
+    u = out_rel(dtype)
+    slack = err.double().numpy()[:, None] + u * np.abs(approx)
+    assert np.all(np.abs(approx - exact) <= slack)
+    # and the bound is not vacuous: about the measured error, well under the worst case 2u
+    assert float(err.max()) < rounding.UNIT_ROUNDOFF[dtype] * 1.5
+
+
+@pytest.mark.parametrize("dtype", LOW)
+def test_sign_form_never_misses_a_positive(dtype):
+    rng = np.random.default_rng(1)
+    texts, xi, pool = near_tie_world(rng)
+    low = LowResident(torch.from_numpy(texts), torch.from_numpy(-xi), dtype)
+    xl, err = low.rows(torch.from_numpy(pool))
+    approx = torch.addmm(low.shifted_bias(float(err.max()), dtype), xl, low.matrix.T).float().numpy()
+    c = c64(pool, texts, xi)
+    assert (c > 0).sum() > 1000 and (np.abs(c) < 3e-3).sum() > 1000  # many entries inside the band
+    assert np.all(approx[c > 0] >= 0)
+    assert (approx < 0).mean() > 0.3  # most negatives are certified by the cheap product alone
+
+
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("tiles", ["default", "small"])
+def test_scores_equal_float32_on_near_ties(dtype, tiles, monkeypatch):
+    if tiles == "small":
+        monkeypatch.setattr("alsel.stream.CPU_TILE_ROWS", 7)
+        monkeypatch.setattr("alsel.stream.CPU_COL_BLOCK", 11)
+        monkeypatch.setattr("alsel.stream.CPU_LOW_COL_BLOCK", 11)
+    rng = np.random.default_rng(2)
+    texts, xi, pool = near_tie_world(rng)
+    c = c64(pool, texts, xi)
+    count32, surplus32 = scores(pool, texts, xi, torch.float32)
+    count, surplus = scores(pool, texts, xi, dtype, chunk_size=50)
+    for weight, score in (("counting", count.astype(np.float32)), ("surplus", surplus.astype(np.float32))):
+        assert_scores_match(count, score, c, weight)
+    tie = (np.abs(c) < 1e-5).any(axis=1)
+    assert np.array_equal(count[~tie], count32[~tie])
+    assert np.allclose(surplus, surplus32, rtol=1e-5, atol=1e-6)
+
+
+def test_infinite_thresholds_keep_their_sign():
+    """ξ = -inf (--form rank, fewer than k negatives): every pool item counts, surplus +inf."""
+    rng = np.random.default_rng(3)
+    texts, xi, pool = near_tie_world(rng, n_texts=10, n_pool=30)
+    xi[[2, 5]] = -np.inf
+    count, surplus = scores(pool, texts, xi, torch.bfloat16)
+    count32, surplus32 = scores(pool, texts, xi, torch.float32)
+    assert np.array_equal(count, count32) and np.all(np.isinf(surplus)) and np.all(count >= 2)
+
+
+def test_a_bound_too_narrow_is_caught(monkeypatch):
+    """The near-tie data has teeth: dropping the rounding bound makes the low-precision path wrong."""
+    rng = np.random.default_rng(2)
+    texts, xi, pool = near_tie_world(rng)
+    c = c64(pool, texts, xi)
+    real_shift = LowResident.shifted_bias
+    monkeypatch.setattr(LowResident, "shifted_bias", lambda self, err_max, dtype: real_shift(self, 0.0, dtype))
+    count, surplus = scores(pool, texts, xi, torch.bfloat16)
+    with pytest.raises(AssertionError):
+        assert_scores_match(count, count.astype(np.float32), c, "counting")
+
+
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("spread", [0.5, 0.1])
+def test_running_top_k_exact_on_near_ties(dtype, k, spread, monkeypatch):
+    """k-th largest per row, own column excluded, when many values lie within the rounding band."""
+    monkeypatch.setattr("alsel.stream.CPU_COL_BLOCK", 64)
+    monkeypatch.setattr("alsel.stream.CPU_LOW_COL_BLOCK", 64)
+    rng = np.random.default_rng(4)
+    center = unit(rng.standard_normal((1, 64)))
+    band = rounding.UNIT_ROUNDOFF[dtype]
+    cols = unit(center + band * spread * rng.standard_normal((700, 64)))  # spread within the rounding band
+    rows = unit(center + 0.3 * rng.standard_normal((90, 64)))
+    own = torch.from_numpy(rng.integers(0, 700, 90))
+    red = RunningTopK(k, own, torch.arange(700))
+    (h,) = collect(sweep(ArrayRows(rows), torch.from_numpy(cols), red, device=CPU, precision=dtype, chunk_size=40))
+    s = rows.astype(np.float64) @ cols.astype(np.float64).T
+    s[np.arange(90), own.numpy()] = -np.inf
+    ref = np.sort(s, axis=1)[:, -k]
+    assert np.allclose(h, ref, atol=1e-6, rtol=0)
+    assert np.median((s > ref[:, None] - band).sum(axis=1)) > 20 * spread  # many contenders inside the band
+
+
+def test_resolve_precision():
+    assert resolve_precision("fp32", CPU) == torch.float32
+    assert resolve_precision("bf16", CPU) == torch.bfloat16
+    assert resolve_precision("fp16", torch.device("cuda")) == torch.float16
+    assert resolve_precision("auto", torch.device("cuda")) == torch.float16
+    assert resolve_precision("auto", CPU) in (torch.float32, torch.bfloat16)
+    with pytest.raises(Exception, match="--precision"):
+        resolve_precision("int8", CPU)
+
+
+def test_top_k_data_has_teeth(monkeypatch):
+    """Without the bound (err = 0, output rounding ignored) the near-tie top-k goes wrong."""
+    real_rows = LowResident.rows
+    monkeypatch.setattr(LowResident, "rows", lambda self, x: (real_rows(self, x)[0], torch.zeros(len(x))))
+    monkeypatch.setattr("alsel.stream.out_rel", lambda dtype: 0.0)
+    with pytest.raises(AssertionError):
+        test_running_top_k_exact_on_near_ties(torch.bfloat16, 1, 0.1, monkeypatch)
