@@ -135,7 +135,7 @@ def select_random(pool_store: Store, select: str, budget: int, seed: int) -> Sel
     rows = np.random.default_rng(seed).choice(pool.n, size=budget, replace=False).astype(np.int64)
     attrs = dict(strategy="random", budget=budget, seed=seed, select=select, pool_size=pool.n,
                  pool_fingerprint=pool_fingerprint(pool, pool_store.model), model=pool_store.model)
-    return Selection(rows, pool_store.ids(select)[rows], np.full(budget, np.nan, np.float32), attrs)
+    return Selection(rows, pool_store.ids_at(select, rows), np.full(budget, np.nan, np.float32), attrs)
 
 
 class MaxSim:
@@ -202,7 +202,7 @@ def select_coreset(pool_store: Store, paired_side: np.ndarray, select: str, budg
     attrs = dict(strategy="coreset", budget=budget, seed=0, select=select, pool_size=pool.n,
                  pool_fingerprint=pool_fingerprint(pool, pool_store.model), model=pool_store.model,
                  head=head.fingerprint() if head is not None else "none")
-    return Selection(rows, pool_store.ids(select)[rows], dist, attrs)
+    return Selection(rows, pool_store.ids_at(select, rows), dist, attrs)
 
 
 # --------------------------------------------------------------------------- file

@@ -131,6 +131,56 @@ def read_ids(ds: h5py.Dataset, path: str, start: int = 0, stop: int | None = Non
     return np.array([x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in raw], dtype=object)
 
 
+ID_CHUNK = 1 << 20
+
+
+def id_hashes(raw: np.ndarray) -> np.ndarray:
+    """64-bit FNV-1a of each fixed-length byte string (trailing NULs are not part of an id), vectorised."""
+    width = raw.dtype.itemsize
+    b = np.frombuffer(np.ascontiguousarray(raw).tobytes(), dtype=np.uint8).reshape(len(raw), width)
+    h = np.full(len(raw), 0xCBF29CE484222325, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(width):
+            h = (h ^ b[:, k].astype(np.uint64)) * np.uint64(0x100000001B3)
+    return h
+
+
+def read_ids_at(ds: h5py.Dataset, path: str, rows: np.ndarray) -> np.ndarray:
+    """Ids of increasing `rows`, read in row ranges (h5py point selection is slow for many points)."""
+    out = np.empty(len(rows), dtype=object)
+    for a in range(0, len(rows), 4096):
+        part = rows[a:a + 4096]
+        block = ds[int(part[0]):int(part[-1]) + 1] if part[-1] - part[0] < 65536 else ds[part]
+        raw = block[part - part[0]] if part[-1] - part[0] < 65536 else block
+        out[a:a + len(part)] = [x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in raw]
+    return out
+
+
+def check_unique_streamed(ds: h5py.Dataset, path: str, name: str) -> None:
+    """Unique ids in bounded memory (8 bytes per row, not a Python string each): hash in chunks, sort,
+    and compare the actual ids only where two hashes collide."""
+    n = len(ds)
+    if n == 0:
+        return
+    if ds.dtype.kind != "S":  # variable-length strings: no fixed layout to hash
+        check_unique(read_ids(ds, path), path, name)
+        return
+    hashes = np.empty(n, dtype=np.uint64)
+    for a in range(0, n, ID_CHUNK):
+        hashes[a:a + ID_CHUNK] = id_hashes(ds[a:a + ID_CHUNK])
+    order = np.argsort(hashes, kind="stable")
+    same = np.flatnonzero(hashes[order][1:] == hashes[order][:-1])
+    if len(same) == 0:
+        return
+    rows = np.unique(np.concatenate([order[same], order[same + 1]]))
+    seen: dict[str, int] = {}
+    for r in rows:  # few rows: hash collisions or true duplicates
+        x = read_ids(ds, path, int(r), int(r) + 1)[0]
+        j = seen.setdefault(x, int(r))
+        if j != r:
+            raise AlselError(f"{path}: duplicate id {x!r} in {name} (rows {j} and {r})")
+
+
 def check_unique(ids: np.ndarray, path: str, name: str) -> None:
     if len(ids) == 0:
         return
@@ -270,14 +320,33 @@ class Store:
         return self.images is not None and self.texts is not None and self.text_image is not None \
             and self.texts.n > 0 and bool((self.text_image >= 0).all())
 
-    def ids(self, group: str) -> np.ndarray:
+    def ids(self, group: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Ids of rows [start, stop); a slice is read on its own (a shard of a huge pool), the whole
+        list is read once, checked for duplicates and cached."""
+        if (start, stop) != (0, None) and group not in self._ids:
+            ds = dataset(self.file, f"/{group}/id", self.path, ndim=1, kind="S", length=getattr(self, group).n)
+            return read_ids(ds, self.path, start, stop)
         if group not in self._ids:
             ds = dataset(self.file, f"/{group}/id", self.path, ndim=1, kind="S",
                          length=getattr(self, group).n)
             ids = read_ids(ds, self.path)
             check_unique(ids, self.path, f"/{group}/id")
             self._ids[group] = ids
-        return self._ids[group]
+        return self._ids[group][start:stop]
+
+    def ids_at(self, group: str, rows: np.ndarray) -> np.ndarray:
+        """Ids of the given rows (any order), reading only those rows."""
+        if group in self._ids or len(rows) == 0:
+            return self.ids(group)[rows] if len(rows) else np.array([], dtype=object)
+        ds = dataset(self.file, f"/{group}/id", self.path, ndim=1, kind="S", length=getattr(self, group).n)
+        uniq, inverse = np.unique(np.asarray(rows, dtype=np.int64), return_inverse=True)
+        return read_ids_at(ds, self.path, uniq)[inverse]
+
+    def check_ids(self, group: str) -> None:
+        """Duplicate ids are bad input; checked at open in bounded memory."""
+        if group not in self._ids:
+            ds = dataset(self.file, f"/{group}/id", self.path, ndim=1, kind="S", length=getattr(self, group).n)
+            check_unique_streamed(ds, self.path, f"/{group}/id")
 
     def side(self, group: str) -> Embeddings:
         emb = getattr(self, group)
@@ -348,7 +417,7 @@ def open_store(path: str | os.PathLike, need: str | None = None) -> Store:
             emb = st.side(need)
             if emb.n == 0:
                 raise AlselError(f"{path}: the pool is empty (/{need}/emb has 0 rows)")
-            st.ids(need)
+            st.check_ids(need)
         return st
     except BaseException:
         f.close()

@@ -100,3 +100,30 @@ def test_outputs_get_umask_permissions(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(os.stat(tmp_path / "x.h5").st_mode) == 0o644
+
+
+def _pool_with_ids(path, ids):
+    rows = unit(np.random.default_rng(0).standard_normal((len(ids), 4)))
+    write_pool(path, rows)
+    with h5py.File(path, "r+") as f:
+        del f["images/id"]
+        f["images/id"] = np.array([x.encode() for x in ids], dtype=f"S{max(map(len, ids))}")
+    return str(path)
+
+
+@pytest.mark.parametrize("collide", [False, True])
+def test_duplicate_ids_found_in_bounded_memory(tmp_path, monkeypatch, collide):
+    """Streamed check across hash chunks; with every hash colliding, the actual ids still decide."""
+    from alsel import store
+
+    monkeypatch.setattr(store, "ID_CHUNK", 7)
+    if collide:
+        monkeypatch.setattr(store, "id_hashes", lambda raw: np.zeros(len(raw), np.uint64))
+    ids = [f"u{i}" for i in range(40)]
+    with open_store(_pool_with_ids(tmp_path / "ok.h5", ids), need="images") as st:
+        assert list(st.ids("images", 5, 9)) == ids[5:9]
+        assert list(st.ids_at("images", np.array([30, 2, 30, 17]))) == ["u30", "u2", "u30", "u17"]
+        assert list(st.ids("images")) == ids
+    ids[33] = "u3"
+    with pytest.raises(AlselError, match="duplicate id 'u3' in /images/id \\(rows 3 and 33\\)"):
+        open_store(_pool_with_ids(tmp_path / "dup.h5", ids), need="images")
