@@ -11,7 +11,7 @@ import torch
 
 from .errors import AlselError
 from .store import (Store, atomic_path, attrs_dict, dataset, open_h5, pool_fingerprint,
-                    read_ids, write_h5)
+                    read_ids, read_ids_at, write_h5)
 from .stream import ArrayRows, Rows, collect, sweep, to_device
 
 STRATEGIES = ("score", "random", "coreset")
@@ -42,10 +42,30 @@ def check_budget(budget: int, pool_size: int, where: str) -> None:
 @dataclass
 class MergedScores:
     rows: np.ndarray
-    ids: np.ndarray
     score: np.ndarray
     count: np.ndarray
     attrs: dict
+    paths: list[str]
+    owner: np.ndarray  # per merged row: which file holds it
+    local: np.ndarray  # and at which index of that file
+
+    def ids_at(self, pick: np.ndarray) -> np.ndarray:
+        """Ids of the merged rows `pick`, read from their shard files (only those rows: a selection
+        from a pool of millions does not load millions of ids)."""
+        out = np.empty(len(pick), dtype=object)
+        for i, p in enumerate(self.paths):
+            mine = np.flatnonzero(self.owner[pick] == i)
+            if len(mine):
+                with open_h5(p, "scores") as f:
+                    ds = dataset(f, "/id", p, ndim=1, kind="S", length=len(f["row"]))
+                    out[mine] = read_ids_at(ds, p, self.local[pick[mine]])
+        return out
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.ids_at(np.arange(len(self.rows)))
+
+
 
 
 def load_scores(paths: list[str]) -> MergedScores:
@@ -65,7 +85,7 @@ def load_scores(paths: list[str]) -> MergedScores:
             n = len(rows)
             score = np.asarray(dataset(f, "/score", p, ndim=1, kind="f", length=n)[:], dtype=np.float32)
             count = np.asarray(dataset(f, "/count", p, ndim=1, kind="i", length=n)[:], dtype=np.int64)
-            ids = read_ids(dataset(f, "/id", p, ndim=1, kind="S", length=n), p)
+            dataset(f, "/id", p, ndim=1, kind="S", length=n)  # checked here, read for the chosen rows only
         if np.isnan(score).any():
             raise AlselError(f"{p}: /score holds NaN values")
         if first_attrs is None:
@@ -78,7 +98,7 @@ def load_scores(paths: list[str]) -> MergedScores:
         pool_size = int(attrs["pool_size"])
         if n and (rows.min() < 0 or rows.max() >= pool_size):
             raise AlselError(f"{p}: /row values outside 0..{pool_size - 1}")
-        parts.append((p, rows, ids, score, count))
+        parts.append((p, rows, None, score, count))
     pool_size = int(first_attrs["pool_size"])
     rows = np.concatenate([x[1] for x in parts])
     owner = np.concatenate([np.full(len(x[1]), i) for i, x in enumerate(parts)])
@@ -99,10 +119,10 @@ def load_scores(paths: list[str]) -> MergedScores:
             hi += 1
         raise AlselError(f"{paths[0]}: shards leave a gap: pool rows {lo}..{hi} are scored by no file "
                          f"({len(missing)} of {pool_size} rows missing)")
-    ids = np.concatenate([x[2] for x in parts])[order]
+    local = np.concatenate([np.arange(len(x[1])) for x in parts])[order]
     score = np.concatenate([x[3] for x in parts])[order]
     count = np.concatenate([x[4] for x in parts])[order]
-    return MergedScores(rows_sorted, ids, score, count, first_attrs)
+    return MergedScores(rows_sorted, score, count, first_attrs, [x[0] for x in parts], owner[order], local)
 
 
 def top_b(score: np.ndarray, budget: int) -> np.ndarray:
@@ -123,7 +143,7 @@ def select_by_score(paths: list[str], budget: int) -> Selection:
                                           "pool_size", "pool_fingerprint", "paired_fingerprint",
                                           "thresholds_fingerprint", "model", "head") if k in merged.attrs}
     attrs = dict(keep, strategy="score", budget=budget, seed=int(merged.attrs["seed"]))
-    return Selection(merged.rows[pick], merged.ids[pick], merged.score[pick], attrs)
+    return Selection(merged.rows[pick], merged.ids_at(pick), merged.score[pick], attrs)
 
 
 # --------------------------------------------------------------------------- baselines

@@ -131,29 +131,21 @@ def read_ids(ds: h5py.Dataset, path: str, start: int = 0, stop: int | None = Non
     return np.array([x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in raw], dtype=object)
 
 
-ID_CHUNK = 1 << 20
+ID_CHUNK = 1 << 16  # rows per read: larger variable-length reads left h5py holding ~100 MiB each
 
 
 def id_hashes(raw: np.ndarray) -> np.ndarray:
-    """64-bit FNV-1a of each fixed-length byte string (trailing NULs are not part of an id), vectorised."""
+    """64-bit FNV-1a of each id's bytes (trailing NULs are padding, not part of the id), vectorised."""
+    raw = np.asarray(raw, dtype="S") if raw.dtype.kind != "S" else raw  # variable-length: to fixed width
     width = raw.dtype.itemsize
     b = np.frombuffer(np.ascontiguousarray(raw).tobytes(), dtype=np.uint8).reshape(len(raw), width)
+    length = np.char.str_len(raw)
     h = np.full(len(raw), 0xCBF29CE484222325, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for k in range(width):
-            h = (h ^ b[:, k].astype(np.uint64)) * np.uint64(0x100000001B3)
+            step = (h ^ b[:, k].astype(np.uint64)) * np.uint64(0x100000001B3)
+            h = np.where(k < length, step, h)
     return h
-
-
-def read_ids_at(ds: h5py.Dataset, path: str, rows: np.ndarray) -> np.ndarray:
-    """Ids of increasing `rows`, read in row ranges (h5py point selection is slow for many points)."""
-    out = np.empty(len(rows), dtype=object)
-    for a in range(0, len(rows), 4096):
-        part = rows[a:a + 4096]
-        block = ds[int(part[0]):int(part[-1]) + 1] if part[-1] - part[0] < 65536 else ds[part]
-        raw = block[part - part[0]] if part[-1] - part[0] < 65536 else block
-        out[a:a + len(part)] = [x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in raw]
-    return out
 
 
 def check_unique_streamed(ds: h5py.Dataset, path: str, name: str) -> None:
@@ -162,14 +154,13 @@ def check_unique_streamed(ds: h5py.Dataset, path: str, name: str) -> None:
     n = len(ds)
     if n == 0:
         return
-    if ds.dtype.kind != "S":  # variable-length strings: no fixed layout to hash
-        check_unique(read_ids(ds, path), path, name)
-        return
     hashes = np.empty(n, dtype=np.uint64)
     for a in range(0, n, ID_CHUNK):
         hashes[a:a + ID_CHUNK] = id_hashes(ds[a:a + ID_CHUNK])
     order = np.argsort(hashes, kind="stable")
-    same = np.flatnonzero(hashes[order][1:] == hashes[order][:-1])
+    hashes = hashes[order]
+    same = np.flatnonzero(hashes[1:] == hashes[:-1])
+    del hashes
     if len(same) == 0:
         return
     rows = np.unique(np.concatenate([order[same], order[same + 1]]))
@@ -179,6 +170,27 @@ def check_unique_streamed(ds: h5py.Dataset, path: str, name: str) -> None:
         j = seen.setdefault(x, int(r))
         if j != r:
             raise AlselError(f"{path}: duplicate id {x!r} in {name} (rows {j} and {r})")
+
+
+def read_ids_at(ds: h5py.Dataset, path: str, rows: np.ndarray) -> np.ndarray:
+    """Ids of `rows` (any order, repeats allowed), reading only near those rows."""
+    if len(rows) == 0:
+        return np.array([], dtype=object)
+    uniq, inverse = np.unique(np.asarray(rows, dtype=np.int64), return_inverse=True)
+    return _read_increasing(ds, uniq)[inverse]
+
+
+def _read_increasing(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+    """Ids of strictly increasing rows, in blocks of row ranges (h5py point selection is slow)."""
+    out = np.empty(len(rows), dtype=object)
+    for a in range(0, len(rows), 4096):
+        part = rows[a:a + 4096]
+        if part[-1] - part[0] < 65536:  # close together: one range read
+            raw = ds[int(part[0]):int(part[-1]) + 1][part - part[0]]
+        else:
+            raw = ds[part]
+        out[a:a + len(part)] = [x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in raw]
+    return out
 
 
 def check_unique(ids: np.ndarray, path: str, name: str) -> None:
@@ -336,11 +348,10 @@ class Store:
 
     def ids_at(self, group: str, rows: np.ndarray) -> np.ndarray:
         """Ids of the given rows (any order), reading only those rows."""
-        if group in self._ids or len(rows) == 0:
-            return self.ids(group)[rows] if len(rows) else np.array([], dtype=object)
+        if group in self._ids:
+            return self.ids(group)[rows]
         ds = dataset(self.file, f"/{group}/id", self.path, ndim=1, kind="S", length=getattr(self, group).n)
-        uniq, inverse = np.unique(np.asarray(rows, dtype=np.int64), return_inverse=True)
-        return read_ids_at(ds, self.path, uniq)[inverse]
+        return read_ids_at(ds, self.path, rows)
 
     def check_ids(self, group: str) -> None:
         """Duplicate ids are bad input; checked at open in bounded memory."""

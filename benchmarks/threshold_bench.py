@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from alsel.rounding import resolve_precision  # noqa: E402
 from alsel.store import Paired  # noqa: E402
 from alsel.thresholds import ThresholdParams, compute_xi  # noqa: E402
 from train_eval_bench import reset_peak_rss, rss_gib, world  # noqa: E402
@@ -31,6 +32,7 @@ def main():
     ap.add_argument("--captions", type=int, default=5)
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--precision", default="fp32,bf16", help="comma-separated: fp32, bf16, fp16 (exact paths)")
     args = ap.parse_args()
     device = torch.device(args.device)
     rng = np.random.default_rng(0)
@@ -53,17 +55,27 @@ def main():
           "can beat it (ratios above 1)")
     print(f"{n_i} images x {n_t} captions, D {args.dim}, device {args.device}, torch threads {torch.get_num_threads()}; "
           f"bare float32 matmul of that shape ≈ {bare:.1f} s; the full matrix would be {full:.1f} GiB")
-    for params in (ThresholdParams(select="images", top_k=1), ThresholdParams(select="images", top_k=3),
-                   ThresholdParams(select="texts", top_k=1), ThresholdParams(batch="mini")):
-        reset_peak_rss()
-        before = rss_gib("VmRSS")
-        t = time.perf_counter()
-        xi = compute_xi(paired, params, device)
-        dt = time.perf_counter() - t
-        grew = rss_gib("VmHWM") - before
-        ratio = f"{bare / dt:.2f}" if params.batch == "full" else "-"
-        print(f"{params.select:6s} top-{params.top_k} {params.batch:4s}: {dt:7.1f} s, {n_t / dt:9,.0f} pairs/s, "
-              f"ratio to bare mm {ratio}, peak RSS +{grew * 1024:.0f} MiB, ξ mean {float(np.mean(xi)):.4f}")
+    variants = [ThresholdParams(select="images", top_k=1), ThresholdParams(select="images", top_k=3),
+                ThresholdParams(select="texts", top_k=1)]
+    reference = {}
+    for name in args.precision.split(","):
+        precision = resolve_precision(name, device)
+        for params in variants + ([ThresholdParams(batch="mini")] if name == "fp32" else []):
+            reset_peak_rss()
+            before = rss_gib("VmRSS")
+            t = time.perf_counter()
+            xi = compute_xi(paired, params, device, precision=precision)
+            dt = time.perf_counter() - t
+            grew = rss_gib("VmHWM") - before
+            ratio = f"{bare / dt:.2f}" if params.batch == "full" else "-"
+            same = ""
+            if params in reference:  # the low-precision path must give the float32 answer
+                same = f", max |Δξ| vs fp32 {float(np.max(np.abs(xi - reference[params]))):.1e}"
+            elif name == "fp32":
+                reference[params] = xi
+            print(f"{name:4s} {params.select:6s} top-{params.top_k} {params.batch:4s}: {dt:7.1f} s, "
+                  f"{n_t / dt:9,.0f} pairs/s, ratio to bare fp32 mm {ratio}, peak RSS +{grew * 1024:.0f} MiB, "
+                  f"ξ mean {float(np.mean(xi)):.4f}{same}")
 
 
 if __name__ == "__main__":
