@@ -76,11 +76,12 @@ class LowResident:
         self.dtype = dtype
         self.resident = resident
         low = resident.to(dtype)
-        low32 = low.float()
-        empty = len(resident) == 0
-        self.norm_max = 0.0 if empty else float(resident.norm(dim=1).max())
-        self.low_norm_max = 0.0 if empty else float(low32.norm(dim=1).max())
-        self.residual_max = 0.0 if empty else float((resident - low32).norm(dim=1).max())
+        self.norm_max = self.low_norm_max = self.residual_max = 0.0
+        for a in range(0, len(resident), 65536):  # in row blocks: no float32 copies of the whole side
+            r, r_low = resident[a:a + 65536], low[a:a + 65536].float()
+            self.norm_max = max(self.norm_max, float(r.norm(dim=1).max()))
+            self.low_norm_max = max(self.low_norm_max, float(r_low.norm(dim=1).max()))
+            self.residual_max = max(self.residual_max, float((r - r_low).norm(dim=1).max()))
         self.k = resident.shape[1]
         self.matrix = low.contiguous()
         self.bias = None
