@@ -130,16 +130,34 @@ def faiss_rate(texts, xi, pool_path, rows, chunk=4096):
     return rows / (time.perf_counter() - t), hits / rows
 
 
+PEAK_RSS = """
+import atexit, sys
+def _peak():
+    with open(sys.argv[1], "w") as out:
+        out.write(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")))
+atexit.register(_peak)
+import cli
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
 def run_alsel(args):
-    """Run an alsel command; (stdout, peak RSS GiB, wall s). Exits on failure."""
-    t = time.perf_counter()
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t
-    stdout, stderr = proc.stdout.read(), proc.stderr.read()
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"{' '.join(args)} failed:\n{stderr}")
-    return stdout, usage.ru_maxrss / 2**20, wall
+    """Run an alsel command; (stdout, peak RSS GiB, wall s). Exits on failure.
+
+    The peak is the child's own VmHWM, written at exit: getrusage/wait4 would report at least this
+    (large) process's RSS, which Linux carries into ru_maxrss of a forked and exec'd child."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as peak:
+        cmd = [sys.executable, "-c", PEAK_RSS, peak.name, *args[1:]]
+        t = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        wall = time.perf_counter() - t
+        if proc.returncode != 0:
+            sys.exit(f"{' '.join(args)} failed:\n{proc.stderr}")
+        kib = int(peak.read().split()[1])
+    return proc.stdout, kib / 2**20, wall
 
 
 def reported_rate(stdout):
