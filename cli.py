@@ -150,6 +150,8 @@ def synth(
     paired: Annotated[float, typer.Option(help="Fraction of images in the paired store.")] = 0.1,
     test: Annotated[float, typer.Option(help="Fraction of images in the test store.")] = 0.2,
     dtype: Annotated[str, typer.Option(help="Storage dtype: float16 or float32.")] = "float16",
+    labels: Annotated[bool, typer.Option("--labels", help="Multi-hot class labels (/images/labels, /texts/labels): "
+                                                          "the coarse classes, 30% of images with a second one.")] = False,
 ):
     """Generate a finely categorized synthetic world as stores.
 
@@ -163,7 +165,8 @@ def synth(
     if os.path.exists(out) and not os.path.isdir(out):
         raise AlselError(f"{out}: exists and is not a folder")
     paths = alsel.synth_stores(out, images=images, captions=captions, classes=classes, fine_per_class=fine, dim=dim,
-                        seed=seed, paired=paired, test=test, dtype=dtype, created_by=CREATED_BY)
+                        seed=seed, paired=paired, test=test, dtype=dtype, created_by=CREATED_BY,
+                        multi_label=labels)
     table = Table("file", "images", "texts", title=f"synthetic world in {out}")
     for p in paths.values():
         with store.open_store(p) as st:
@@ -183,6 +186,10 @@ def import_(
                                                      help="Ids, one per line (or .npy). Default <file stem>:<row>.")] = None,
     text_ids: Annotated[Optional[str], typer.Option("--text-ids", show_default=False,
                                                     help="Ids, one per line (or .npy). Default <file stem>:<row>.")] = None,
+    image_labels: Annotated[Optional[str], typer.Option("--image-labels", show_default=False,
+                                                        help="Multi-hot .npy (N_i, C) of 0/1: class labels.")] = None,
+    text_labels: Annotated[Optional[str], typer.Option("--text-labels", show_default=False,
+                                                       help="Multi-hot .npy (N_t, C) of 0/1: class labels.")] = None,
     clip_retrieval: Annotated[Optional[str], typer.Option("--clip-retrieval", show_default=False,
                                                           help="A clip-retrieval inference output folder.")] = None,
     model: Annotated[str, typer.Option(help="Model name recorded in the store (must match stores used with it).")] = "imported",
@@ -200,14 +207,15 @@ def import_(
     if dtype is not None and dtype not in ("float16", "float32"):
         raise AlselError(f"--dtype {dtype!r}: expected float16 or float32")
     if clip_retrieval is not None:
-        if images or texts:
-            raise AlselError("import: give either --clip-retrieval or --images/--texts, not both")
+        if images or texts or image_labels or text_labels:
+            raise AlselError("import: give either --clip-retrieval or --images/--texts (and labels), not both")
         ingest.import_clip_retrieval(out, clip_retrieval, model=model, normalize=normalize, dtype=dtype,
                                      created_by=CREATED_BY)
     else:
         ingest.import_arrays(out, images=images, texts=texts, text_image=text_image, aligned=aligned,
                              image_ids=image_ids, text_ids=text_ids, model=model, normalize=normalize,
-                             dtype=dtype, created_by=CREATED_BY)
+                             dtype=dtype, created_by=CREATED_BY, image_labels=image_labels,
+                             text_labels=text_labels)
     info(out, as_json=False)
 
 

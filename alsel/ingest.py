@@ -17,7 +17,7 @@ import re
 import numpy as np
 
 from .errors import AlselError
-from .store import StoreWriter, normalize_rows
+from .store import StoreWriter, check_labels, normalize_rows
 
 WRITE_ROWS = 65536
 
@@ -88,11 +88,20 @@ def _copy_rows(w: StoreWriter, group: str, sources: list[tuple[str, np.ndarray]]
 def import_arrays(out: str, *, images: str | None = None, texts: str | None = None,
                   text_image: str | None = None, aligned: bool = False, image_ids: str | None = None,
                   text_ids: str | None = None, model: str = "imported", normalize: bool = False,
-                  dtype: str | None = None, created_by: str | None = None) -> None:
+                  dtype: str | None = None, created_by: str | None = None, image_labels: str | None = None,
+                  text_labels: str | None = None) -> None:
+    """Labels: optional multi-hot .npy arrays (N, C) for either side (SPEC §1 /images/labels, /texts/labels)."""
     if images is None and texts is None:
         raise AlselError("import: give --images and/or --texts (or --clip-retrieval DIR)")
     img = load_npy(images, "emb") if images else None
     txt = load_npy(texts, "emb") if texts else None
+    labels = {}
+    for group, rows, lab_path, flag in (("images", img, image_labels, "--image-labels"),
+                                        ("texts", txt, text_labels, "--text-labels")):
+        if lab_path is not None:
+            if rows is None:
+                raise AlselError(f"{lab_path}: {flag} given without the {group} it labels")
+            labels[group] = check_labels(np.asarray(load_npy(lab_path, "labels")), lab_path, "labels", len(rows))
     if img is not None and txt is not None and img.shape[1] != txt.shape[1]:
         raise AlselError(f"{texts}: D = {txt.shape[1]} does not match {images} (D = {img.shape[1]})")
     ti = None
@@ -114,8 +123,8 @@ def import_arrays(out: str, *, images: str | None = None, texts: str | None = No
                 raise AlselError(f"{text_image}: entry {r} = {ti[r]} is out of range (0..{n_i - 1}, or -1)")
         else:
             ti = np.full(len(txt), -1, dtype=np.int64)
-    with StoreWriter(out, model=model, pretrained="imported", inputs=(images, texts, text_image),
-                     created_by=created_by) as w:
+    with StoreWriter(out, model=model, pretrained="imported",
+                     inputs=(images, texts, text_image, image_labels, text_labels), created_by=created_by) as w:
         if img is not None:
             dt = np.dtype(dtype or (img.dtype if img.dtype in (np.float16, np.float32) else np.float32))
             ids = load_ids(image_ids, len(img), os.path.splitext(os.path.basename(images))[0])
@@ -126,6 +135,8 @@ def import_arrays(out: str, *, images: str | None = None, texts: str | None = No
             ids = load_ids(text_ids, len(txt), os.path.splitext(os.path.basename(texts))[0])
             w.add_group("texts", len(txt), txt.shape[1], dt, text_image=ti)
             _copy_rows(w, "texts", [(texts, txt)], ids, normalize, dt)
+        for group, lab in labels.items():
+            w.add_labels(group, lab)
 
 
 def _shards(folder: str, sub: str, prefix: str, ext: str) -> dict[int, str]:

@@ -69,6 +69,9 @@ def merge(paired_path: str, pool_path: str, selection_path: str, annotations_pat
             for s in range(0, len(keep), COPY_ROWS):
                 part = keep[s:s + COPY_ROWS]
                 wp.write(group, s, _gather(side, part), pool_ids[part])
+            pool_labels = pool.labels(group)
+            if pool_labels is not None:
+                wp.add_labels(group, pool_labels[keep])
             with StoreWriter(out_paired, model=paired.model, pretrained=str(paired.attrs.get("pretrained", "")),
                              inputs=inputs, created_by=created_by) as w:
                 w.add_group("images", len(img_ids), paired.d, dtype)
@@ -76,8 +79,24 @@ def merge(paired_path: str, pool_path: str, selection_path: str, annotations_pat
                 w.add_group("texts", len(txt_ids), paired.d, dtype,
                             text_image=np.concatenate([paired.text_image, new_ti]))
                 w.write("texts", 0, np.concatenate([old_txt, new_txt.astype(dtype)]), txt_ids)
+                for group, ids in (("images", new_img_ids), ("texts", new_txt_ids)):
+                    old = paired.labels(group)
+                    if old is not None:  # a labelled paired set stays labelled: the new items need labels
+                        new = _labels_of(ann, group, ids, old.shape[1], annotations_path)
+                        w.add_labels(group, np.concatenate([old, new]))
     return {"paired_images": len(img_ids), "paired_texts": len(txt_ids), "new_images": len(new_img_ids),
             "new_texts": len(new_txt_ids), "pool": len(keep)}
+
+
+def _labels_of(ann: Store, group: str, ids, n_classes: int, path: str) -> np.ndarray:
+    """Labels of the new items, by id, from the annotations store (same classes as the paired store)."""
+    labels = ann.labels(group)
+    if labels is None:
+        raise AlselError(f"{path}: the paired store has /{group}/labels, so the annotations need them too")
+    if labels.shape[1] != n_classes:
+        raise AlselError(f"{path}: /{group}/labels has {labels.shape[1]} classes, the paired store {n_classes}")
+    row = {x: r for r, x in enumerate(ann.ids(group))}
+    return labels[np.array([row[str(x)] for x in ids], dtype=np.int64)].reshape(len(ids), n_classes)
 
 
 def _gather(emb, rows: np.ndarray) -> np.ndarray:

@@ -156,6 +156,7 @@ class Oracle:
             self.image_ids = st.ids("images")
             self.text_ids = st.ids("texts")
             self.text_image = st.text_image.copy()
+            self.image_labels, self.text_labels = st.labels("images"), st.labels("texts")
             self.model, self.pretrained = st.model, str(st.attrs.get("pretrained", ""))
         self.image_row = {x: r for r, x in enumerate(self.image_ids)}
         self.text_row = {x: r for r, x in enumerate(self.text_ids)}
@@ -173,8 +174,12 @@ class Oracle:
         kw = {}
         if images:
             kw.update(images=self.images[image_rows], image_ids=self.image_ids[image_rows])
+            if self.image_labels is not None:
+                kw.update(image_labels=self.image_labels[image_rows])
         if texts:
             kw.update(texts=self.texts[text_rows], text_ids=self.text_ids[text_rows], text_image=ti)
+            if self.text_labels is not None:
+                kw.update(text_labels=self.text_labels[text_rows])
         write_store(out, model=self.model, pretrained=self.pretrained, created_by="alsel simulate", **kw)
 
     def annotations(self, out: str, select: str, ids: np.ndarray) -> None:

@@ -193,6 +193,15 @@ def _read_increasing(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
     return out
 
 
+def check_labels(labels: np.ndarray, path: str, name: str, n: int) -> np.ndarray:
+    """Multi-hot labels: (n, C) with C >= 1 and every value 0 or 1; returned as uint8."""
+    if labels.ndim != 2 or labels.shape[0] != n or labels.shape[1] < 1:
+        raise AlselError(f"{path}: {name} must have shape ({n}, C) with C >= 1, got {labels.shape}")
+    if labels.dtype.kind not in "biuf" or not np.isin(labels, (0, 1)).all():
+        raise AlselError(f"{path}: {name} must be multi-hot (only 0 and 1)")
+    return labels.astype(np.uint8)
+
+
 def check_unique(ids: np.ndarray, path: str, name: str) -> None:
     if len(ids) == 0:
         return
@@ -345,6 +354,14 @@ class Store:
             check_unique(ids, self.path, f"/{group}/id")
             self._ids[group] = ids
         return self._ids[group][start:stop]
+
+    def labels(self, group: str) -> np.ndarray | None:
+        """/{group}/labels as uint8 (N, C), or None when the store has none (checked: multi-hot)."""
+        emb = getattr(self, group)
+        if emb is None or "labels" not in self.file[group]:
+            return None
+        ds = dataset(self.file, f"/{group}/labels", self.path, ndim=2, length=emb.n)
+        return check_labels(ds[:], self.path, f"/{group}/labels", emb.n)
 
     def ids_at(self, group: str, rows: np.ndarray) -> np.ndarray:
         """Ids of the given rows (any order), reading only those rows."""
@@ -582,6 +599,7 @@ def write_h5(out: str | os.PathLike, kind: str, datasets: dict, attrs: dict | No
 
 def write_store(out: str | os.PathLike, *, images: np.ndarray | None = None, image_ids=None,
                 texts: np.ndarray | None = None, text_ids=None, text_image: np.ndarray | None = None,
+                image_labels: np.ndarray | None = None, text_labels: np.ndarray | None = None,
                 model: str, pretrained: str, dtype: str | np.dtype | None = None,
                 extra: dict | None = None, inputs: tuple = (), created_by: str | None = None) -> None:
     """Write an embedding store atomically from in-memory arrays (rows must already be unit length).
@@ -596,6 +614,9 @@ def write_store(out: str | os.PathLike, *, images: np.ndarray | None = None, ima
             w.add_group("texts", len(texts), texts.shape[1], dtype or texts.dtype,
                         text_image=text_image if text_image is not None else np.full(len(texts), -1))
             w.write("texts", 0, texts, text_ids)
+        for group, labels in (("images", image_labels), ("texts", text_labels)):
+            if labels is not None:
+                w.add_labels(group, labels)
         for name, arr in (extra or {}).items():
             w.put(name, arr)
 
@@ -643,6 +664,11 @@ class StoreWriter:
             raise AlselError(f"{self.out}: {len(ids)} ids for {len(rows)} rows of /{group}")
         g["id"][start:start + len(rows)] = np.asarray(ids, dtype=object)
 
+    def add_labels(self, group: str, labels) -> None:
+        """Optional multi-hot class labels (SPEC §1): uint8 (N, C) of 0/1."""
+        labels = check_labels(np.asarray(labels), self.out, f"/{group}/labels", self.f[group]["emb"].shape[0])
+        self.f[group].create_dataset("labels", data=labels)
+
     def put(self, name: str, arr) -> None:
         arr = np.asarray(arr)
         if arr.dtype == object or arr.dtype.kind == "U":
@@ -654,7 +680,7 @@ class StoreWriter:
         f = self.f
         for group in ("images", "texts"):
             if group in f:
-                check_unique(read_ids(f[group]["id"], self.out), self.out, f"/{group}/id")
+                check_unique_streamed(f[group]["id"], self.out, f"/{group}/id")
         if "texts" in f and "image" in f["texts"]:
             ti = f["texts/image"][:]
             n_i = f["images/emb"].shape[0] if "images" in f else 0

@@ -45,10 +45,18 @@ class World:
     captions: np.ndarray  # (N * C, D) float32 unit, caption c of image i at row i * C + c
     coarse: np.ndarray  # (N,) coarse class of each image
     fine: np.ndarray  # (N,) fine class (global index)
+    labels: np.ndarray | None = None  # (N, classes) uint8 multi-hot, with multi_label
+
+
+EXTRA_LABEL_P = 0.3  # multi-label worlds: chance that an image also shows a second coarse class
+EXTRA_LABEL_WEIGHT = 0.5  # share of that class's direction in the latent
 
 
 def make_world(images: int = 2000, captions: int = 5, classes: int = 50, fine_per_class: int = 4,
-               dim: int = 64, seed: int = 0) -> World:
+               dim: int = 64, seed: int = 0, multi_label: bool = False) -> World:
+    """multi_label: labels are the coarse classes, multi-hot; an image also shows a second class with
+    probability EXTRA_LABEL_P (its direction mixed into the latent). Drawn from a separate stream, so
+    the world without labels is unchanged."""
     if images < 1 or captions < 1 or classes < 1 or fine_per_class < 1 or dim < 2:
         raise AlselError("synth: --images, --captions, --classes and --fine must be >= 1 and --dim >= 2")
     rng = np.random.default_rng(seed)
@@ -58,6 +66,15 @@ def make_world(images: int = 2000, captions: int = 5, classes: int = 50, fine_pe
     coarse = fine // fine_per_class
     own = _unit(rng.standard_normal((images, dim)))
     z = np.sqrt(COARSE) * coarse_dir[coarse] + np.sqrt(FINE) * fine_dir[fine] + np.sqrt(OWN) * own
+    labels = None
+    if multi_label:
+        lrng = np.random.default_rng([seed, 1])
+        labels = np.zeros((images, classes), dtype=np.uint8)
+        labels[np.arange(images), coarse] = 1
+        extra = (coarse + lrng.integers(1, classes, size=images)) % classes if classes > 1 else coarse
+        has = (lrng.random(images) < EXTRA_LABEL_P) & (classes > 1)
+        labels[np.flatnonzero(has), extra[has]] = 1
+        z = z + has[:, None] * np.sqrt(EXTRA_LABEL_WEIGHT) * coarse_dir[extra]
     z = _unit(z)
     offset_img = _unit(rng.standard_normal(dim)) * MODALITY_OFFSET
     offset_txt = _unit(rng.standard_normal(dim)) * MODALITY_OFFSET
@@ -65,7 +82,7 @@ def make_world(images: int = 2000, captions: int = 5, classes: int = 50, fine_pe
     img = _unit(z + offset_img + IMAGE_NOISE * rng.standard_normal((images, dim)) / np.sqrt(dim))
     zt = np.repeat(z @ rot.T, captions, axis=0)
     cap = _unit(zt + offset_txt + CAPTION_NOISE * rng.standard_normal((images * captions, dim)) / np.sqrt(dim))
-    return World(img.astype(np.float32), cap.astype(np.float32), coarse, fine)
+    return World(img.astype(np.float32), cap.astype(np.float32), coarse, fine, labels)
 
 
 def split_sizes(n: int, paired: float, test: float) -> tuple[int, int, int]:
@@ -81,9 +98,10 @@ def split_sizes(n: int, paired: float, test: float) -> tuple[int, int, int]:
 
 def synth_stores(out_dir: str, images: int = 2000, captions: int = 5, classes: int = 50, fine_per_class: int = 4,
           dim: int = 64, seed: int = 0, paired: float = 0.1, test: float = 0.2,
-          dtype: str = "float16", created_by: str | None = None) -> dict[str, str]:
-    """Generate the world and write its five stores into out_dir (created if missing)."""
-    world = make_world(images, captions, classes, fine_per_class, dim, seed)
+          dtype: str = "float16", created_by: str | None = None, multi_label: bool = False) -> dict[str, str]:
+    """Generate the world and write its five stores into out_dir (created if missing); with
+    multi_label, every store carries /images/labels and /texts/labels (a caption has its image's)."""
+    world = make_world(images, captions, classes, fine_per_class, dim, seed, multi_label)
     n_paired, n_pool, n_test = split_sizes(images, paired, test)
     order = np.random.default_rng(seed + 1).permutation(images)
     split = {"paired": order[:n_paired], "pool": order[n_paired:n_paired + n_pool],
@@ -99,6 +117,11 @@ def synth_stores(out_dir: str, images: int = 2000, captions: int = 5, classes: i
         text_image = np.repeat(np.arange(len(idx)), captions)
         return img_ids, cap_rows, txt_ids, text_image
 
+    def labels_of(idx):
+        if world.labels is None:
+            return {}
+        return {"image_labels": world.labels[idx], "text_labels": np.repeat(world.labels[idx], captions, axis=0)}
+
     paths = {}
     for name, idx in (("paired", split["paired"]), ("test", split["test"]), ("oracle", split["pool"])):
         if len(idx) == 0:
@@ -106,10 +129,13 @@ def synth_stores(out_dir: str, images: int = 2000, captions: int = 5, classes: i
         img_ids, cap_rows, txt_ids, text_image = pairs(idx)
         paths[name] = os.path.join(out_dir, f"{name}.h5")
         write_store(paths[name], images=world.images[idx], image_ids=img_ids, texts=world.captions[cap_rows],
-                    text_ids=txt_ids, text_image=text_image, **common)
+                    text_ids=txt_ids, text_image=text_image, **labels_of(idx), **common)
     img_ids, cap_rows, txt_ids, _ = pairs(split["pool"])
+    pool_labels = labels_of(split["pool"])
     paths["pool_images"] = os.path.join(out_dir, "pool_images.h5")
-    write_store(paths["pool_images"], images=world.images[split["pool"]], image_ids=img_ids, **common)
+    write_store(paths["pool_images"], images=world.images[split["pool"]], image_ids=img_ids,
+                image_labels=pool_labels.get("image_labels"), **common)
     paths["pool_texts"] = os.path.join(out_dir, "pool_texts.h5")
-    write_store(paths["pool_texts"], texts=world.captions[cap_rows], text_ids=txt_ids, **common)
+    write_store(paths["pool_texts"], texts=world.captions[cap_rows], text_ids=txt_ids,
+                text_labels=pool_labels.get("text_labels"), **common)
     return paths

@@ -88,3 +88,25 @@ def test_import_clip_retrieval_images_only_without_metadata(tmp_path):
         assert st.texts is None and list(st.ids("images")[[0, 4]]) == ["cr:0:0", "cr:1:0"]
     with pytest.raises(AlselError, match="no img_emb"):
         import_clip_retrieval(out, str(tmp_path))
+
+
+def test_import_labels(tmp_path, run_cli):
+    rng = np.random.default_rng(0)
+    img = unit(rng.standard_normal((6, 4)))
+    np.save(tmp_path / "img.npy", img)
+    labels = (rng.random((6, 3)) < 0.5).astype(np.int64)
+    np.save(tmp_path / "lab.npy", labels)
+    np.save(tmp_path / "bad.npy", labels * 2)
+    np.save(tmp_path / "short.npy", labels[:5])
+    out = str(tmp_path / "s.h5")
+    import_arrays(out, images=str(tmp_path / "img.npy"), image_labels=str(tmp_path / "lab.npy"))
+    with open_store(out, need="images") as st:
+        assert np.array_equal(st.labels("images"), labels) and st.labels("images").dtype == np.uint8
+    for bad, needle in (("bad.npy", "multi-hot"), ("short.npy", "shape")):
+        code, _, err = run_cli("import", "--images", tmp_path / "img.npy", "--image-labels", tmp_path / bad,
+                               "--out", tmp_path / "x.h5")
+        assert code == 2 and err.count("\n") == 1 and bad in err and needle in err, err
+        assert not (tmp_path / "x.h5").exists()
+    code, _, err = run_cli("import", "--images", tmp_path / "img.npy", "--text-labels", tmp_path / "lab.npy",
+                           "--out", tmp_path / "x.h5")
+    assert code == 2 and "--text-labels given without the texts" in err

@@ -131,3 +131,29 @@ def test_merge_errors(world, tmp_path, run_cli):
     with pytest.raises(AlselError, match="already in"):
         merge(str(tmp_path / "p3.h5"), world["pool_images"], sel_path, ann, str(tmp_path / "p5.h5"),
               str(tmp_path / "u5.h5"))
+
+
+@pytest.mark.parametrize("side", ["images", "texts"])
+def test_merge_carries_labels(tmp_path, side):
+    """A labelled world stays labelled: each moved item keeps its own labels, by id."""
+    w = synth_stores(str(tmp_path / "w"), images=200, captions=2, classes=6, dim=16, seed=1, multi_label=True)
+    pool = w["pool_images" if side == "images" else "pool_texts"]
+    sel_path, sel = select({"pool_images": w["pool_images"], "pool_texts": w["pool_texts"]}, tmp_path, side, 9)
+    ann = str(tmp_path / "ann.h5")
+    Oracle(w["oracle"]).annotations(ann, side, sel.ids)
+    merge(w["paired"], pool, sel_path, ann, str(tmp_path / "p2.h5"), str(tmp_path / "u2.h5"))
+
+    def labels_by_id(path):
+        with open_store(path) as st:
+            return {g: dict(zip(st.ids(g), map(tuple, st.labels(g)))) for g in ("images", "texts")
+                    if getattr(st, g) is not None}
+
+    truth = labels_by_id(w["oracle"])
+    for g, got in labels_by_id(w["paired"]).items():
+        truth[g].update(got)
+    for path in (tmp_path / "p2.h5", tmp_path / "u2.h5"):
+        for g, got in labels_by_id(path).items():
+            for i, lab in got.items():
+                assert lab == truth[g][i], (path, g, i)
+    with open_store(tmp_path / "p2.h5", need="paired") as st:
+        assert len(st.labels("texts")) == st.texts.n

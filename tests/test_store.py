@@ -127,3 +127,23 @@ def test_duplicate_ids_found_in_bounded_memory(tmp_path, monkeypatch, collide):
     ids[33] = "u3"
     with pytest.raises(AlselError, match="duplicate id 'u3' in /images/id \\(rows 3 and 33\\)"):
         open_store(_pool_with_ids(tmp_path / "dup.h5", ids), need="images")
+
+
+def test_labels_are_checked_multi_hot(tmp_path):
+    rows = unit(np.random.default_rng(0).standard_normal((4, 3)))
+    good = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
+    write_store(tmp_path / "ok.h5", images=rows, image_ids=list("abcd"), image_labels=good, model=MODEL,
+                pretrained="t")
+    with open_store(tmp_path / "ok.h5", need="images") as st:
+        assert st.labels("images").dtype == np.uint8 and np.array_equal(st.labels("images"), good)
+        assert st.labels("texts") is None
+    for bad, needle in ((good * 2, "multi-hot"), (good[:3], "shape")):
+        with pytest.raises(AlselError, match=needle):
+            write_store(tmp_path / "bad.h5", images=rows, image_ids=list("abcd"), image_labels=bad, model=MODEL,
+                        pretrained="t")
+        assert not (tmp_path / "bad.h5").exists()
+    with h5py.File(tmp_path / "ok.h5", "r+") as f:
+        f["images/labels"][0, 0] = 3
+    with open_store(tmp_path / "ok.h5", need="images") as st:
+        with pytest.raises(AlselError, match="ok.h5: /images/labels must be multi-hot"):
+            st.labels("images")

@@ -41,3 +41,29 @@ def test_synth_is_reproducible(tmp_path):
     b = synth_stores(str(tmp_path / "b"), images=60, dim=8, seed=3)
     with open_store(a["pool_images"]) as x, open_store(b["pool_images"]) as y:
         assert np.array_equal(x.images.raw(0, x.images.n), y.images.raw(0, y.images.n))
+
+
+def test_multi_label_world(tmp_path):
+    """--labels: every store carries multi-hot labels, captions share their image's, and the world
+    without labels is unchanged."""
+    from alsel import synth_stores
+    from alsel.store import open_store
+    from alsel.synth import make_world
+
+    plain, labelled = make_world(300, seed=4), make_world(300, seed=4, multi_label=True)
+    assert plain.labels is None and labelled.labels.shape == (300, 50)
+    assert np.array_equal(plain.coarse, labelled.coarse)
+    assert np.all(labelled.labels[np.arange(300), labelled.coarse] == 1)
+    extra = labelled.labels.sum(axis=1) - 1
+    assert set(np.unique(extra)) == {0, 1} and 0.2 < extra.mean() < 0.4
+    paths = synth_stores(str(tmp_path / "w"), images=300, seed=4, multi_label=True)
+    for name, p in paths.items():
+        with open_store(p) as st:
+            for group in ("images", "texts"):
+                if getattr(st, group) is not None:
+                    lab = st.labels(group)
+                    assert lab.dtype == np.uint8 and lab.shape == (getattr(st, group).n, 50), (name, group)
+            if st.images is not None and st.texts is not None:
+                assert np.array_equal(st.labels("texts"), st.labels("images")[st.text_image])
+    with open_store(synth_stores(str(tmp_path / "p"), images=300, seed=4)["paired"]) as st:
+        assert st.labels("images") is None
