@@ -503,6 +503,8 @@ def eval_cmd(
     head: HeadOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     device: Device = DeviceName.auto, chunk_size: ChunkSize = None,
+    labels: Annotated[bool, typer.Option("--labels", help="Also mAP@all both ways: relevant = shares a class "
+                                                          "label (/images/labels, /texts/labels).")] = False,
 ):
     """Recall@1/5/10 image→text and text→image, R-sum and R@1-sum, in percent (ties count against the query).
 
@@ -511,10 +513,11 @@ def eval_cmd(
     dev = resolve_device(device.value)
     with store.open_store(test, need="paired") as st:
         head_model = heads.load_head(head, st) if head else None
-        result = metrics.evaluate(st, dev, head_model, chunk_size)
+        result = metrics.evaluate(st, dev, head_model, chunk_size, labels=labels)
         n_i, n_t = st.images.n, st.texts.n
+    keys = metrics.KEYS + (metrics.MAP_KEYS if labels else ())
     if as_json:
-        out_console.print_json(json.dumps({k: result[k] for k in metrics.KEYS}))
+        out_console.print_json(json.dumps({k: result[k] for k in keys}))
         return
     table = Table("direction", "R@1", "R@5", "R@10", title=f"{test}: {n_i} images, {n_t} captions"
                   + (f", head {head}" if head else ", raw embeddings"))
@@ -522,6 +525,8 @@ def eval_cmd(
         table.add_row(name, *(f"{result[f'{d}_r{k}']:.1f}" for k in metrics.KS))
     out_console.print(table)
     out_console.print(f"R-sum {result['rsum']:.1f}   R@1-sum {result['r1sum']:.1f}")
+    if labels:
+        out_console.print(f"mAP@all image→text {result['i2t_map']:.4f}   text→image {result['t2i_map']:.4f}")
 
 
 @app.command("merge")

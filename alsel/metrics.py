@@ -92,15 +92,62 @@ def recall(images: np.ndarray, texts: np.ndarray, text_image: np.ndarray, device
     return out
 
 
+MAP_QUERY_CHUNK = 256  # queries per block: a block holds its full similarity rows (chunk x N_gallery)
+MAP_KEYS = ("i2t_map", "t2i_map")
+
+
+def average_precision(queries: np.ndarray, q_labels: np.ndarray, gallery: np.ndarray, g_labels: np.ndarray,
+                      device: torch.device, chunk: int = MAP_QUERY_CHUNK) -> np.ndarray:
+    """AP over the whole ranked gallery (mAP@all) of each query; a gallery item is relevant when it shares
+    a label with the query; ties in similarity rank the lower gallery row first. NaN for a query with
+    no relevant item. AP = Σ_k rel_k · P@k / #relevant."""
+    g = to_device(gallery, device)
+    g_lab = to_device(g_labels, device)
+    ranks = torch.arange(1, len(gallery) + 1, device=device, dtype=torch.float64)
+    out = np.empty(len(queries), dtype=np.float64)
+    for a in range(0, len(queries), chunk):
+        s = to_device(queries[a:a + chunk], device) @ g.T
+        order = torch.sort(-s, dim=1, stable=True).indices
+        rel = (to_device(q_labels[a:a + chunk], device) @ g_lab.T > 0).gather(1, order).double()
+        n_rel = rel.sum(dim=1)
+        ap = (rel * rel.cumsum(dim=1) / ranks).sum(dim=1) / n_rel
+        out[a:a + len(s)] = torch.where(n_rel > 0, ap, torch.nan).cpu().numpy()
+    return out
+
+
+def label_map(images: np.ndarray, image_labels: np.ndarray, texts: np.ndarray, text_labels: np.ndarray,
+              device: torch.device) -> dict[str, float]:
+    """mAP@all image→text (gallery: all texts) and text→image (gallery: all images), as fractions;
+    queries without any relevant item are left out."""
+    i2t = average_precision(images, image_labels, texts, text_labels, device)
+    t2i = average_precision(texts, text_labels, images, image_labels, device)
+    if np.isnan(i2t).all() or np.isnan(t2i).all():
+        raise AlselError("mAP: no query shares a label with any gallery item")
+    return {"i2t_map": float(np.nanmean(i2t)), "t2i_map": float(np.nanmean(t2i))}
+
+
+def store_labels(store, group: str) -> np.ndarray:
+    """A test store's labels; captions without their own take their image's."""
+    labels = store.labels(group)
+    if labels is None and group == "texts" and store.labels("images") is not None:
+        labels = store.labels("images")[store.text_image]
+    if labels is None:
+        raise AlselError(f"{store.path}: --labels needs /{group}/labels (multi-hot class labels)")
+    return labels
+
+
 def evaluate(store, device: torch.device, head=None, chunk_size: int | None = None,
-             progress: Callable[[int], None] | None = None) -> dict[str, float]:
-    """Metrics of a paired test store (alsel.store.Store), raw or through `head` (alsel.head.Head)."""
+             progress: Callable[[int], None] | None = None, labels: bool = False) -> dict[str, float]:
+    """Metrics of a paired test store (alsel.store.Store), raw or through `head` (alsel.head.Head);
+    with `labels`, also mAP@all both ways (supervised cross-modal retrieval)."""
     images = store.images.read()
     texts = store.texts.read()
     if head is not None:
         images = head.encode(images, "image", device)
         texts = head.encode(texts, "text", device)
     result = recall(images, texts, store.text_image, device, chunk_size)
+    if labels:
+        result.update(label_map(images, store_labels(store, "images"), texts, store_labels(store, "texts"), device))
     if progress is not None:
         progress(1)
     return result

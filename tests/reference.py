@@ -95,3 +95,19 @@ def ref_recall(images, texts, text_image):
     out["rsum"] = sum(out[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10))
     out["r1sum"] = out["i2t_r1"] + out["t2i_r1"]
     return out
+
+
+def ref_average_precision(queries, q_labels, gallery, g_labels):
+    """Per-query AP over the whole ranking (ties: lower gallery row first), NaN without relevant items."""
+    Q, G = unit64(queries), unit64(gallery)
+    out = []
+    for q, ql in zip(Q, q_labels):
+        s = G @ q
+        order = sorted(range(len(G)), key=lambda g: (-s[g], g))
+        hits, total = 0, 0.0
+        for k, g in enumerate(order, start=1):
+            if (np.asarray(ql) & np.asarray(g_labels[g])).any():
+                hits += 1
+                total += hits / k
+        out.append(total / hits if hits else np.nan)
+    return np.array(out)

@@ -60,3 +60,38 @@ def test_coco500_zero_shot_figures(coco500, run_cli):
     assert [round(m[k], 1) for k in ("i2t_r1", "i2t_r5", "i2t_r10")] == [55.2, 80.8, 89.2]
     assert [round(m[k], 1) for k in ("t2i_r1", "t2i_r5", "t2i_r10")] == [50.6, 76.6, 86.2]
     assert m["rsum"] == pytest.approx(438.6) and m["r1sum"] == pytest.approx(105.8)
+
+
+def test_label_map_matches_bruteforce_with_ties():
+    from alsel.metrics import average_precision, label_map
+    from reference import ref_average_precision
+
+    rng = np.random.default_rng(7)
+    images = unit(rng.standard_normal((40, 6)))
+    texts = unit(np.concatenate([images[:10], rng.standard_normal((50, 6))]))  # exact ties with images
+    texts[20:25] = texts[15]  # exact ties among gallery rows
+    img_lab = (rng.random((40, 4)) < 0.3).astype(np.uint8)
+    txt_lab = (rng.random((60, 4)) < 0.3).astype(np.uint8)
+    img_lab[3] = 0  # a query with no relevant item
+    ap = average_precision(images, img_lab, texts, txt_lab, torch.device("cpu"), chunk=7)
+    ref = ref_average_precision(images, img_lab, texts, txt_lab)
+    assert np.array_equal(np.isnan(ap), np.isnan(ref)) and np.isnan(ap[3])
+    assert np.allclose(ap[~np.isnan(ap)], ref[~np.isnan(ref)], atol=1e-12)
+    m = label_map(images, img_lab, texts, txt_lab, torch.device("cpu"))
+    assert m["i2t_map"] == pytest.approx(np.nanmean(ref))
+    assert m["t2i_map"] == pytest.approx(np.nanmean(ref_average_precision(texts, txt_lab, images, img_lab)))
+
+
+def test_eval_labels_cli(tmp_path, run_cli):
+    import json
+
+    from alsel import synth_stores
+
+    w = synth_stores(str(tmp_path / "w"), images=200, captions=2, classes=5, dim=16, seed=2, multi_label=True)
+    code, out, err = run_cli("eval", "--test", w["test"], "--labels", "--json", "--device", "cpu")
+    assert code == 0, err
+    res = json.loads(out)
+    assert 0.2 < res["t2i_map"] <= 1 and 0.2 < res["i2t_map"] <= 1 and "rsum" in res
+    plain = synth_stores(str(tmp_path / "p"), images=200, captions=2, classes=5, dim=16, seed=2)
+    code, _, err = run_cli("eval", "--test", plain["test"], "--labels")
+    assert code == 2 and err.startswith("error: ") and "labels" in err and err.count("\n") == 1
