@@ -89,3 +89,60 @@ def test_density_term_spreads_the_budget():
         allocate(gains, shares, 151, 1.0)
     with pytest.raises(AlselError):
         target_shares([1, 2], 1.5)
+
+
+# --------------------------------------------------------------------------- probabilistic head
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    from alsel import synth_stores
+    from alsel.store import open_store
+
+    w = synth_stores(str(tmp_path_factory.mktemp("lab") / "w"), images=600, captions=2, classes=6, dim=32,
+                     seed=3, multi_label=True, paired=0.5, test=0.3)
+
+    def load(name):
+        with open_store(w[name], need="paired") as st:
+            return (st.images.read(), st.texts.read(), st.text_image.copy(), st.labels("images"),
+                    st.labels("texts"))
+    return load("paired"), load("test")
+
+
+def test_prob_head_learns_labels_and_is_reproducible(labelled, tmp_path):
+    import torch
+
+    from alsel.probhead import ProbConfig, load_prob_head, save_prob_head, train_prob_head
+
+    (img, txt, ti, yi, yt), (timg, _, _, tyi, _) = labelled
+    cfg = ProbConfig(dim=16, samples=4, epochs=40, lr=1e-2, seed=1)
+    cpu = torch.device("cpu")
+    head, losses = train_prob_head(img, txt, ti, yi, yt, cfg, cpu)
+    assert losses[-1] < 0.8 * losses[0]
+    with torch.no_grad():
+        mu, lv = head.gaussian(torch.from_numpy(timg), "image")
+        p = head.label_probs(mu, lv, torch.zeros(1, *mu.shape))[0].numpy()
+    # held-out images: the true labels rank above the others far more often than chance
+    top = np.argmax(p, axis=1)
+    assert tyi[np.arange(len(top)), top].mean() > 0.8  # chance: ~1.3 labels of 6
+    again, _ = train_prob_head(img, txt, ti, yi, yt, cfg, cpu)
+    for k, v in head.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k])
+    save_prob_head(str(tmp_path / "ph.pt"), head)
+    back = load_prob_head(str(tmp_path / "ph.pt"))
+    for k, v in head.state_dict().items():
+        assert torch.equal(v, back.state_dict()[k])
+    with pytest.raises(AlselError, match="not a probabilistic head"):
+        torch.save({"format": "x"}, tmp_path / "bad.pt")
+        load_prob_head(str(tmp_path / "bad.pt"))
+
+
+def test_kl_term_direct():
+    import torch
+
+    from alsel.probhead import kl_standard_normal
+
+    mu, lv = torch.tensor([[0.5, -1.0]]), torch.tensor([[0.2, -0.3]])
+    direct = np.mean([0.5 * (m ** 2 + np.exp(v) - 1 - v) for m, v in zip([0.5, -1.0], [0.2, -0.3])])
+    assert float(kl_standard_normal(mu, lv)) == pytest.approx(direct, rel=1e-6)
+    assert float(kl_standard_normal(torch.zeros(3, 4), torch.zeros(3, 4))) == 0.0
