@@ -84,3 +84,57 @@ def allocate(gains: list[np.ndarray], shares: np.ndarray, budget: int, lam: floa
 def objective(gains: list[np.ndarray], shares: np.ndarray, counts, budget: int, lam: float) -> float:
     return sum(float(np.sum(g[:b])) for g, b in zip(gains, counts)) - lam * sum(
         (b / budget - t) ** 2 for b, t in zip(counts, shares))
+
+
+# --------------------------------------------------------------------------- informativeness of pool pairs
+
+INFO_ROWS = 4096  # pool images per block
+
+
+def informativeness(head, images: np.ndarray, texts: np.ndarray, text_image: np.ndarray, device, samples: int = 8,
+                    seed: int = 0, rows: int = INFO_ROWS) -> dict[str, np.ndarray]:
+    """Per pool image (a pool pair = an image and its captions), in blocks of `rows` images:
+      intra = (BALD of the image's samples + BALD of the captions' samples) / 2
+      inter = JS(mean label prediction of the image, mean label prediction of its captions)
+      mu, logvar = the fused (product-of-Gaussians) representation, used for clustering.
+    choice: an image's caption side is the mean of its captions' (μ, σ²); an image without captions has
+    inter = 0 and uses its own Gaussian as the fused one. The samples of each block come from a generator
+    seeded by `seed` and the block's first row: the same pool, seed and `rows` give the same values."""
+    import torch
+
+    text_image = np.asarray(text_image, dtype=np.int64)
+    n = len(images)
+    order = np.argsort(text_image, kind="stable")
+    starts = np.searchsorted(text_image[order], np.arange(n + 1))
+    out = {"intra": np.zeros(n), "inter": np.zeros(n), "mu": None, "logvar": None}
+    mus, lvs = [], []
+    with torch.no_grad():
+        for a in range(0, n, rows):
+            b = min(n, a + rows)
+            gen = torch.Generator(device=device).manual_seed(int(seed) * 1_000_003 + a)
+            x = torch.from_numpy(np.asarray(images[a:b], np.float32)).to(device)
+            mu_i, lv_i = head.gaussian(x, "image")
+            cap = order[starts[a]:starts[b]]
+            owner = torch.from_numpy(text_image[cap] - a).to(device)
+            mu_c, lv_c = head.gaussian(torch.from_numpy(np.asarray(texts[cap], np.float32)).to(device), "text")
+            count = torch.zeros(b - a, device=device).index_add_(0, owner, torch.ones(len(cap), device=device))
+            has = count > 0
+            denom = count.clamp(min=1)[:, None]
+            mu_t = torch.zeros_like(mu_i).index_add_(0, owner, mu_c) / denom
+            var_t = torch.zeros_like(mu_i).index_add_(0, owner, lv_c.exp()) / denom
+            lv_t = torch.where(has[:, None], var_t.clamp(min=1e-12).log(), lv_i)
+            mu_t = torch.where(has[:, None], mu_t, mu_i)
+            eps = torch.randn((2, samples, b - a, mu_i.shape[1]), generator=gen, device=device)
+            p_i = head.label_probs(mu_i, lv_i, eps[0]).double().cpu().numpy()
+            p_t = head.label_probs(mu_t, lv_t, eps[1]).double().cpu().numpy()
+            hv = has.cpu().numpy()
+            out["intra"][a:b] = np.where(hv, (bald(p_i) + bald(p_t)) / 2, bald(p_i))
+            out["inter"][a:b] = np.where(hv, js_bernoulli(p_i.mean(axis=0), p_t.mean(axis=0)), 0.0)
+            mu_f, lv_f = fuse_gaussians(mu_i.double().cpu().numpy(), lv_i.double().cpu().numpy(),
+                                        mu_t.double().cpu().numpy(), lv_t.double().cpu().numpy())
+            mu_f = np.where(hv[:, None], mu_f, mu_i.double().cpu().numpy())
+            lv_f = np.where(hv[:, None], lv_f, lv_i.double().cpu().numpy())
+            mus.append(mu_f.astype(np.float32))
+            lvs.append(lv_f.astype(np.float32))
+    out["mu"], out["logvar"] = np.concatenate(mus), np.concatenate(lvs)
+    return out
