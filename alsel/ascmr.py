@@ -138,3 +138,63 @@ def informativeness(head, images: np.ndarray, texts: np.ndarray, text_image: np.
             lvs.append(lv_f.astype(np.float32))
     out["mu"], out["logvar"] = np.concatenate(mus), np.concatenate(lvs)
     return out
+
+
+# --------------------------------------------------------------------------- clustering and selection
+
+KMEANS_SAMPLE = 65536  # k-means++ seeding and Lloyd steps run on a sample this large at most
+KMEANS_ITERS = 25
+
+
+def kmeans(x: np.ndarray, k: int, seed: int = 0, sample: int = KMEANS_SAMPLE, iters: int = KMEANS_ITERS,
+           rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """(centers (k, d), assignment (N,)): k-means++ seeding and Lloyd iterations on a seeded sample of
+    at most `sample` rows, then every row assigned to its nearest center in blocks (no N × N, no N × k
+    beyond a block). Empty clusters keep their center."""
+    rng = np.random.default_rng(seed)
+    n = len(x)
+    if not 1 <= k <= n:
+        raise AlselError(f"--clusters {k}: expected 1..{n} (the pool size)")
+    s = x[np.sort(rng.choice(n, size=min(n, sample), replace=False))].astype(np.float64)
+    centers = [s[rng.integers(len(s))]]
+    d2 = ((s - centers[0]) ** 2).sum(axis=1)
+    for _ in range(1, k):
+        total = d2.sum()
+        nxt = s[rng.choice(len(s), p=d2 / total)] if total > 0 else s[rng.integers(len(s))]
+        centers.append(nxt)
+        d2 = np.minimum(d2, ((s - nxt) ** 2).sum(axis=1))
+    c = np.array(centers)
+    for _ in range(iters):
+        a = nearest(s, c)
+        new = c.copy()
+        for j in range(k):
+            members = s[a == j]
+            if len(members):
+                new[j] = members.mean(axis=0)
+        if np.allclose(new, c, rtol=0, atol=1e-10):
+            break
+        c = new
+    assign = np.concatenate([nearest(x[r:r + rows].astype(np.float64), c) for r in range(0, n, rows)])
+    return c, assign
+
+
+def nearest(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Index of the nearest center (squared Euclidean; ties: the lower index)."""
+    d = (x ** 2).sum(axis=1)[:, None] - 2 * x @ centers.T + (centers ** 2).sum(axis=1)[None, :]
+    return np.argmin(d, axis=1)
+
+
+def select_ascmr(gain: np.ndarray, rep: np.ndarray, budget: int, clusters: int, lam: float, mix: float,
+                 seed: int) -> np.ndarray:
+    """Pool rows to annotate: k-means on the fused representation `rep`, per-cluster budgets by the
+    exact greedy allocation, the most informative rows of each cluster; ordered by gain (highest
+    first, ties: lower row). λ = 0 is the ablation without the density term."""
+    gain = np.asarray(gain, dtype=np.float64)
+    _, assign = kmeans(rep, min(clusters, len(rep)), seed)
+    k = int(assign.max()) + 1
+    members = [np.flatnonzero(assign == c) for c in range(k)]
+    ranked = [m[np.lexsort((m, -gain[m]))] for m in members]  # per cluster: gain descending, then row
+    shares = target_shares(np.array([len(m) for m in members]), mix)
+    counts = allocate([gain[r] for r in ranked], shares, budget, lam)
+    chosen = np.concatenate([r[:b] for r, b in zip(ranked, counts)]).astype(np.int64)
+    return chosen[np.lexsort((chosen, -gain[chosen]))]

@@ -183,3 +183,30 @@ def test_informativeness_against_direct_computation(labelled):
                 assert np.allclose(full["mu"][i], mu_f[0], rtol=1e-5, atol=1e-6)
             else:
                 assert full["inter"][i] == 0 and full["intra"][i] == pytest.approx(bald(p_i)[0], rel=1e-5)
+
+
+def test_kmeans_finds_separated_clusters_and_is_seeded():
+    from alsel.ascmr import kmeans
+
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((4, 3)) * 10
+    x = np.concatenate([c + rng.standard_normal((50, 3)) * 0.1 for c in centers])
+    _, a = kmeans(x, 4, seed=1, sample=120, rows=37)
+    for g in range(4):
+        assert len(set(a[g * 50:(g + 1) * 50])) == 1
+    assert len(set(a)) == 4
+    assert np.array_equal(a, kmeans(x, 4, seed=1, sample=120, rows=37)[1])
+
+
+def test_select_ascmr_spreads_over_clusters():
+    from alsel.ascmr import select_ascmr
+
+    rng = np.random.default_rng(1)
+    rep = np.concatenate([rng.standard_normal((100, 2)) * 0.1 + c for c in ([0, 0], [10, 0], [0, 10])])
+    gain = np.concatenate([np.full(100, 1.0), np.full(100, 0.5), np.full(100, 0.4)]) + rng.uniform(0, 1e-3, 300)
+    greedy = select_ascmr(gain, rep, 30, clusters=3, lam=0.0, mix=1.0, seed=0)
+    assert np.all(greedy < 100) and len(set(greedy)) == 30  # informativeness only: one dense region
+    spread = select_ascmr(gain, rep, 30, clusters=3, lam=1000.0, mix=1.0, seed=0)
+    assert np.bincount(spread // 100, minlength=3).tolist() == [10, 10, 10]
+    assert np.all(np.diff(gain[spread]) <= 0)  # most informative first
+    assert np.array_equal(spread, select_ascmr(gain, rep, 30, clusters=3, lam=1000.0, mix=1.0, seed=0))
