@@ -468,12 +468,22 @@ def train(
                                                help="Paired validation store: keep the best R-sum, stop early.")] = None,
     patience: Annotated[int, typer.Option(help="Epochs without a better validation R-sum before stopping.")] = 5,
     device: Device = DeviceName.auto,
+    objective: Annotated[str, typer.Option(help="retrieval: the SPEC §4 head; labels: the ASCMR probabilistic "
+                                                "head (needs /images/labels and /texts/labels).")] = "retrieval",
+    samples: Annotated[int, typer.Option(help="--objective labels: samples J of each Gaussian embedding.")] = 8,
+    kl: Annotated[float, typer.Option(help="--objective labels: weight β of the KL term.")] = 1e-3,
 ):
-    """Fit a retrieval head (one linear map per modality, VSE++ loss) on a paired store.
+    """Fit a retrieval head (one linear map per modality, VSE++ loss) on a paired store, or with
+    --objective labels the ASCMR probabilistic head (Gaussian embeddings + multi-label classifier).
 
     Example: alsel train --paired paired.h5 --out head.pt --init random --dim 256 --epochs 30 --val val.h5
     """
     dev = resolve_device(device.value)
+    if objective not in ("retrieval", "labels"):
+        raise AlselError(f"--objective {objective!r}: expected retrieval or labels")
+    if objective == "labels":
+        train_labels(paired, out, dim, margin, epochs, batch_size, lr, seed, samples, kl, dev)
+        return
     config = heads.TrainConfig(init=init, dim=dim, margin=margin, epochs=epochs, batch_size=batch_size, lr=lr,
                                seed=seed, patience=patience)
     with contextlib.ExitStack() as stack:
@@ -495,6 +505,23 @@ def train(
     if val:
         msg += f", best validation R-sum {max(hist.val_rsum):.1f} at epoch {hist.best_epoch}"
     out_console.print(msg)
+
+
+def train_labels(paired, out, dim, margin, epochs, batch_size, lr, seed, samples, kl, dev) -> None:
+    from alsel import probhead
+
+    config = probhead.ProbConfig(dim=dim or 64, samples=samples, epochs=epochs, batch_size=batch_size, lr=lr,
+                                 margin=margin, kl=kl, seed=seed).check()
+    with store.open_store(paired, need="paired") as st:
+        yi, yt = metrics.store_labels(st, "images"), metrics.store_labels(st, "texts")
+        p = store.load_paired(st)
+    t0 = time.perf_counter()
+    with progress_bar("training (labels)", config.epochs) as advance:
+        head, losses = probhead.train_prob_head(p.images, p.texts, p.text_image, yi, yt, config, dev, advance)
+    probhead.save_prob_head(out, head, inputs=(paired,))
+    final = f", final loss {losses[-1]:.4f}" if losses else ""
+    out_console.print(f"wrote {out}: probabilistic head {head.d_in} -> {config.dim}, {yi.shape[1]} classes, "
+                      f"{config.epochs} epochs in {time.perf_counter() - t0:.1f} s{final}")
 
 
 @app.command("eval")

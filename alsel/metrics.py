@@ -132,7 +132,7 @@ def store_labels(store, group: str) -> np.ndarray:
     if labels is None and group == "texts" and store.labels("images") is not None:
         labels = store.labels("images")[store.text_image]
     if labels is None:
-        raise AlselError(f"{store.path}: --labels needs /{group}/labels (multi-hot class labels)")
+        raise AlselError(f"{store.path}: has no /{group}/labels (multi-hot class labels), which this needs")
     return labels
 
 

@@ -210,3 +210,19 @@ def test_select_ascmr_spreads_over_clusters():
     assert np.bincount(spread // 100, minlength=3).tolist() == [10, 10, 10]
     assert np.all(np.diff(gain[spread]) <= 0)  # most informative first
     assert np.array_equal(spread, select_ascmr(gain, rep, 30, clusters=3, lam=1000.0, mix=1.0, seed=0))
+
+
+def test_train_objective_labels_cli(tmp_path, run_cli):
+    from alsel import synth_stores
+    from alsel.probhead import load_prob_head
+
+    w = synth_stores(str(tmp_path / "w"), images=200, captions=2, classes=5, dim=16, seed=2, multi_label=True)
+    code, out, err = run_cli("train", "--paired", w["paired"], "--out", tmp_path / "ph.pt", "--objective", "labels",
+                             "--epochs", "2", "--dim", "8", "--device", "cpu")
+    assert code == 0, err
+    head = load_prob_head(str(tmp_path / "ph.pt"))
+    assert head.n_classes == 5 and head.config.dim == 8
+    plain = synth_stores(str(tmp_path / "p"), images=100, captions=2, classes=5, dim=16, seed=2)
+    code, _, err = run_cli("train", "--paired", plain["paired"], "--out", tmp_path / "x.pt", "--objective", "labels")
+    assert code == 2 and "has no /images/labels" in err and err.count("\n") == 1
+    assert not (tmp_path / "x.pt").exists()
