@@ -51,7 +51,9 @@ Select = choices("Select", thresholds.SELECT)
 Batch = choices("Batch", thresholds.BATCH)
 Form = choices("Form", thresholds.FORMS)
 Weight = choices("Weight", scoring.WEIGHTS)
-Strategy = choices("Strategy", selection.STRATEGIES)
+from alsel.ascmr import ASCMR_STRATEGIES  # noqa: E402
+
+Strategy = choices("Strategy", selection.STRATEGIES + ASCMR_STRATEGIES)
 DeviceName = choices("DeviceName", DEVICES)
 
 
@@ -407,8 +409,16 @@ def select_cmd(
     csv: Annotated[Optional[str], typer.Option("--csv", show_default=False,
                                                help="Also write rank,id,row,score as CSV.")] = None,
     device: Device = DeviceName.auto, chunk_size: ChunkSize = None, head: HeadOpt = None,
+    clusters: Annotated[int, typer.Option(help="ascmr: k-means clusters of the fused representation.")] = 20,
+    lam: Annotated[float, typer.Option("--lambda", help="ascmr: weight of the density term (unitless: times the "
+                                                        "sum of the B largest gains).")] = 1.0,
+    density_mix: Annotated[float, typer.Option(help="ascmr: target shares, 0 = proportional to cluster size, "
+                                                    "1 = uniform.")] = 0.5,
+    samples: Annotated[int, typer.Option(help="ascmr, bald: samples J of each Gaussian embedding.")] = 8,
 ):
-    """Choose B pool items: top scores (merging shards), random, or core-set.
+    """Choose B pool items: top scores (merging shards), random, core-set, or the ASCMR strategies
+    (ascmr and its ablations ascmr-no-inter, ascmr-no-density; bald and entropy baselines), which take
+    a pool of pairs (images with captions) and --head from `alsel train --objective labels`.
 
     Examples: alsel select --scores s0.h5 s1.h5 s2.h5 --budget 100 --out sel.h5 --csv sel.csv
               alsel select --strategy coreset --paired p.h5 --unpaired u.h5 --budget 100 --out sel.h5
@@ -431,6 +441,21 @@ def select_cmd(
             raise AlselError(f"select --strategy {strategy.value} needs --unpaired POOL.h5")
         if budget <= 0:
             raise AlselError(f"--budget must be at least 1, got {budget}")
+        if strategy.value in ASCMR_STRATEGIES:
+            from alsel import ascmr, probhead
+
+            if head is None:
+                raise AlselError(f"select --strategy {strategy.value} needs --head PH.pt "
+                                 f"(from `alsel train --objective labels`)")
+            config = ascmr.AscmrConfig(clusters=clusters, lam=lam, mix=density_mix, samples=samples, seed=seed)
+            if clusters < 1 or samples < 1 or not (lam >= 0 and np.isfinite(lam)):
+                raise AlselError("--clusters and --samples must be at least 1 and --lambda a number >= 0")
+            ph = probhead.load_prob_head(head)
+            with store.open_store(unpaired, need="paired") as pool:
+                sel = ascmr.select_labels(pool, ph, strategy.value, budget, config, resolve_device(device.value))
+            selection.save_selection(out, sel, csv, inputs=(unpaired, head), created_by=CREATED_BY)
+            show_selection(out, sel)
+            return
         if head is not None and strategy is not Strategy.coreset:
             raise AlselError(f"select --strategy {strategy.value} does not compare embeddings; --head is for coreset")
         if strategy is Strategy.coreset and paired is None:
@@ -450,6 +475,10 @@ def select_cmd(
                                                    dev, chunk_size, advance, head=head_model)
         inputs = (paired, unpaired, head)
     selection.save_selection(out, sel, csv, inputs=inputs, created_by=CREATED_BY)
+    show_selection(out, sel)
+
+
+def show_selection(out: str, sel) -> None:
     show = min(len(sel.rows), 10)
     table = Table("rank", "id", "row", "score", title=f"{out}: {len(sel.rows)} selected ({sel.attrs['strategy']}), top {show}")
     for r in range(show):

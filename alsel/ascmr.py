@@ -19,6 +19,7 @@ goes beyond it is marked "choice:".
 from __future__ import annotations
 
 import heapq
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -198,3 +199,73 @@ def select_ascmr(gain: np.ndarray, rep: np.ndarray, budget: int, clusters: int, 
     counts = allocate([gain[r] for r in ranked], shares, budget, lam)
     chosen = np.concatenate([r[:b] for r, b in zip(ranked, counts)]).astype(np.int64)
     return chosen[np.lexsort((chosen, -gain[chosen]))]
+
+
+# --------------------------------------------------------------------------- strategies
+
+ASCMR_STRATEGIES = ("ascmr", "ascmr-no-inter", "ascmr-no-density", "bald", "entropy")
+
+
+@dataclass
+class AscmrConfig:
+    clusters: int = 20
+    lam: float = 1.0  # unitless: multiplied by the sum of the B largest gains (choice)
+    mix: float = 0.5  # target shares halfway between proportional and uniform (choice)
+    samples: int = 8
+    seed: int = 0
+
+
+def gains_for(strategy: str, info: dict[str, np.ndarray], entropy: np.ndarray) -> np.ndarray:
+    if strategy in ("ascmr", "ascmr-no-density"):
+        return info["intra"] + info["inter"]
+    if strategy in ("ascmr-no-inter", "bald"):
+        return info["intra"]
+    if strategy == "entropy":
+        return entropy
+    raise AlselError(f"--strategy {strategy!r}: expected one of {', '.join(ASCMR_STRATEGIES)}")
+
+
+def select_labels(pool_store, head, strategy: str, budget: int, config: AscmrConfig, device):
+    """A Selection of pool images (pool pairs: images with their captions) by an ASCMR strategy.
+    Density-aware strategies (ascmr, ascmr-no-inter) cluster the fused representation; the others take
+    the B largest gains (ties: lower row)."""
+    from .selection import Selection, check_budget
+
+    if strategy not in ASCMR_STRATEGIES:
+        raise AlselError(f"--strategy {strategy!r}: expected one of {', '.join(ASCMR_STRATEGIES)}")
+    images, texts = pool_store.images, pool_store.texts
+    if images is None or texts is None:
+        raise AlselError(f"{pool_store.path}: {strategy} scores pool pairs: the pool needs /images and /texts")
+    if images.d != head.d_in:
+        raise AlselError(f"{pool_store.path}: D = {images.d} does not match the head's {head.d_in}")
+    check_budget(budget, images.n, pool_store.path)
+    x, t = images.read(), texts.read()
+    info = informativeness(head, x, t, pool_store.text_image, device, config.samples, config.seed)
+    entropy = mean_prediction_entropy(head, x, device)
+    gain = gains_for(strategy, info, entropy)
+    if strategy in ("ascmr", "ascmr-no-inter"):
+        scale = float(np.sort(gain)[::-1][:budget].sum())
+        rows = select_ascmr(gain, info["mu"], budget, config.clusters, config.lam * scale, config.mix, config.seed)
+    else:
+        rows = np.lexsort((np.arange(len(gain)), -gain))[:budget].astype(np.int64)
+    attrs = dict(strategy=strategy, budget=budget, seed=config.seed, select="images", clusters=config.clusters,
+                 lam=config.lam, mix=config.mix, samples=config.samples, model=pool_store.model,
+                 pool_size=images.n)
+    from .store import pool_fingerprint
+
+    attrs["pool_fingerprint"] = pool_fingerprint(images, pool_store.model)
+    return Selection(rows, pool_store.ids_at("images", rows), gain[rows].astype(np.float32), attrs)
+
+
+def mean_prediction_entropy(head, images: np.ndarray, device) -> np.ndarray:
+    """Entropy baseline: Σ_c H(p_c) of the label prediction at the image's mean embedding."""
+    import torch
+
+    out = np.empty(len(images))
+    with torch.no_grad():
+        for a in range(0, len(images), INFO_ROWS):
+            x = torch.from_numpy(np.asarray(images[a:a + INFO_ROWS], np.float32)).to(device)
+            mu, lv = head.gaussian(x, "image")
+            p = head.label_probs(mu, lv, torch.zeros((1, *mu.shape), device=device))[0].double().cpu().numpy()
+            out[a:a + len(x)] = bernoulli_entropy(p).sum(axis=1)
+    return out

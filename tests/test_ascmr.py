@@ -226,3 +226,45 @@ def test_train_objective_labels_cli(tmp_path, run_cli):
     code, _, err = run_cli("train", "--paired", plain["paired"], "--out", tmp_path / "x.pt", "--objective", "labels")
     assert code == 2 and "has no /images/labels" in err and err.count("\n") == 1
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_strategies_on_a_labelled_pool(tmp_path, run_cli):
+    import torch
+
+    from alsel import synth_stores
+    from alsel.ascmr import AscmrConfig, informativeness, kmeans, select_labels
+    from alsel.probhead import ProbConfig, save_prob_head, train_prob_head
+    from alsel.store import open_store
+
+    w = synth_stores(str(tmp_path / "w"), images=400, captions=2, classes=6, dim=16, seed=5, multi_label=True,
+                     paired=0.3)
+    with open_store(w["paired"], need="paired") as st:
+        head, _ = train_prob_head(st.images.read(), st.texts.read(), st.text_image, st.labels("images"),
+                                  st.labels("texts"), ProbConfig(dim=8, epochs=10, lr=1e-2), torch.device("cpu"))
+    cpu, cfg = torch.device("cpu"), AscmrConfig(clusters=6, lam=1.0, mix=1.0, samples=4, seed=2)
+    with open_store(w["oracle"], need="paired") as pool:
+        info = informativeness(head, pool.images.read(), pool.texts.read(), pool.text_image, cpu, 4, 2)
+        sels = {s: select_labels(pool, head, s, 40, cfg, cpu) for s in
+                ("ascmr", "ascmr-no-inter", "ascmr-no-density", "bald", "entropy")}
+        again = select_labels(pool, head, "ascmr", 40, cfg, cpu)
+    total = info["intra"] + info["inter"]
+    top = lambda g: list(np.lexsort((np.arange(len(g)), -g))[:40])  # noqa: E731
+    assert list(sels["ascmr-no-density"].rows) == top(total)
+    assert list(sels["bald"].rows) == top(info["intra"])
+    assert np.array_equal(sels["ascmr"].rows, again.rows) and len(set(sels["ascmr"].rows)) == 40
+    _, assign = kmeans(info["mu"], 6, seed=2)
+    spread = lambda rows: np.bincount(assign[rows], minlength=6).max()  # noqa: E731
+    assert spread(sels["ascmr"].rows) < spread(sels["ascmr-no-density"].rows)
+    assert sels["ascmr"].score.sum() <= sels["ascmr-no-density"].score.sum() + 1e-6
+    # the command line: same selection, bad input exit 2
+    save_prob_head(str(tmp_path / "ph.pt"), head)
+    code, _, err = run_cli("select", "--strategy", "ascmr", "--unpaired", w["oracle"], "--head", tmp_path / "ph.pt",
+                           "--budget", "40", "--out", tmp_path / "s.h5", "--clusters", "6", "--density-mix", "1",
+                           "--samples", "4", "--seed", "2", "--device", "cpu")
+    assert code == 0, err
+    from alsel.selection import read_selection
+
+    assert np.array_equal(read_selection(str(tmp_path / "s.h5")).rows, sels["ascmr"].rows)
+    code, _, err = run_cli("select", "--strategy", "ascmr", "--unpaired", w["pool_images"], "--head",
+                           tmp_path / "ph.pt", "--budget", "4", "--out", tmp_path / "t.h5")
+    assert code == 2 and err.startswith("error: ") and not (tmp_path / "t.h5").exists()
