@@ -239,15 +239,8 @@ def select_labels(pool_store, head, strategy: str, budget: int, config: AscmrCon
     if images.d != head.d_in:
         raise AlselError(f"{pool_store.path}: D = {images.d} does not match the head's {head.d_in}")
     check_budget(budget, images.n, pool_store.path)
-    x, t = images.read(), texts.read()
-    info = informativeness(head, x, t, pool_store.text_image, device, config.samples, config.seed)
-    entropy = mean_prediction_entropy(head, x, device)
-    gain = gains_for(strategy, info, entropy)
-    if strategy in ("ascmr", "ascmr-no-inter"):
-        scale = float(np.sort(gain)[::-1][:budget].sum())
-        rows = select_ascmr(gain, info["mu"], budget, config.clusters, config.lam * scale, config.mix, config.seed)
-    else:
-        rows = np.lexsort((np.arange(len(gain)), -gain))[:budget].astype(np.int64)
+    rows, gain = choose_rows(strategy, head, images.read(), texts.read(), pool_store.text_image, budget, config,
+                             device)
     attrs = dict(strategy=strategy, budget=budget, seed=config.seed, select="images", clusters=config.clusters,
                  lam=config.lam, mix=config.mix, samples=config.samples, model=pool_store.model,
                  pool_size=images.n)
@@ -255,6 +248,19 @@ def select_labels(pool_store, head, strategy: str, budget: int, config: AscmrCon
 
     attrs["pool_fingerprint"] = pool_fingerprint(images, pool_store.model)
     return Selection(rows, pool_store.ids_at("images", rows), gain[rows].astype(np.float32), attrs)
+
+
+def choose_rows(strategy: str, head, images: np.ndarray, texts: np.ndarray, text_image: np.ndarray, budget: int,
+                config: AscmrConfig, device) -> tuple[np.ndarray, np.ndarray]:
+    """(rows chosen, most wanted first; the gain of every row) for arrays of pool pairs."""
+    info = informativeness(head, images, texts, text_image, device, config.samples, config.seed)
+    gain = gains_for(strategy, info, mean_prediction_entropy(head, images, device))
+    if strategy in ("ascmr", "ascmr-no-inter"):
+        scale = float(np.sort(gain)[::-1][:budget].sum())
+        rows = select_ascmr(gain, info["mu"], budget, config.clusters, config.lam * scale, config.mix, config.seed)
+    else:
+        rows = np.lexsort((np.arange(len(gain)), -gain))[:budget].astype(np.int64)
+    return rows, gain
 
 
 def mean_prediction_entropy(head, images: np.ndarray, device) -> np.ndarray:

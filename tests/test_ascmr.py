@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from alsel.ascmr import allocate, bald, fuse_gaussians, js_bernoulli, objective, target_shares
+from alsel.ascmr import AscmrConfig, allocate, bald, fuse_gaussians, js_bernoulli, objective, target_shares
 from alsel.errors import AlselError
 
 
@@ -268,3 +268,31 @@ def test_strategies_on_a_labelled_pool(tmp_path, run_cli):
     code, _, err = run_cli("select", "--strategy", "ascmr", "--unpaired", w["pool_images"], "--head",
                            tmp_path / "ph.pt", "--budget", "4", "--out", tmp_path / "t.h5")
     assert code == 2 and err.startswith("error: ") and not (tmp_path / "t.h5").exists()
+
+
+def test_labels_experiment_is_reproducible_and_measured():
+    import torch
+
+    from alsel import synth_stores
+    from alsel.ascmr_sim import Pairs, fraction_to_reach, run_strategy
+    from alsel.probhead import ProbConfig
+    from alsel.store import open_store
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        w = synth_stores(d, images=300, captions=2, classes=5, dim=16, seed=1, multi_label=True, paired=0.05)
+        with open_store(w["oracle"], need="paired") as st:
+            pool = Pairs.from_store(st)
+        with open_store(w["test"], need="paired") as st:
+            test = Pairs.from_store(st)
+    sub = pool.subset(np.array([3, 1]))
+    assert np.array_equal(sub.images, pool.images[[3, 1]])
+    assert np.array_equal(sub.texts, pool.texts[np.isin(pool.text_image, [1, 3])])
+    assert np.array_equal(sub.images[sub.text_image], pool.images[pool.text_image[np.isin(pool.text_image, [1, 3])]])
+    prob, cpu = ProbConfig(dim=8, samples=2, epochs=3, lr=1e-2), torch.device("cpu")
+    for strategy in ("ascmr", "random", "coreset"):
+        a = run_strategy(pool, test, strategy, 0, 10, 5, 2, prob, AscmrConfig(clusters=3), cpu)
+        assert [n for n, _ in a] == [10, 15, 20] and all(0 < m <= 1 for _, m in a)
+        assert a == run_strategy(pool, test, strategy, 0, 10, 5, 2, prob, AscmrConfig(clusters=3), cpu)
+    assert fraction_to_reach([(10, 0.2), (20, 0.5), (30, 0.6)], 0.45, 100) == 0.2
+    assert fraction_to_reach([(10, 0.2)], 0.45, 100) is None
