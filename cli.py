@@ -78,6 +78,17 @@ HeadMargin = Annotated[float, typer.Option(help="α of the max-of-hinges loss.")
 EpochsOpt = Annotated[int, typer.Option(help="Passes over the paired captions.")]
 HeadBatch = Annotated[int, typer.Option("--batch-size", help="Pairs per training step.")]
 LrOpt = Annotated[float, typer.Option(help="Adam learning rate.")]
+# probabilistic-head flags (train --objective labels, simulate --annotate labels)
+SamplesOpt = Annotated[int, typer.Option(help="--objective labels: samples J of each Gaussian embedding.")]
+KlOpt = Annotated[float, typer.Option(help="--objective labels: weight β of the KL term.")]
+StepsOpt = Annotated[int, typer.Option(help="--objective labels: train for exactly this many steps instead of "
+                                            "--epochs passes (0 = use --epochs).")]
+# ascmr flags (select, simulate)
+ClustersOpt = Annotated[int, typer.Option(help="ascmr: k-means clusters of the fused representation.")]
+LambdaOpt = Annotated[float, typer.Option("--lambda", help="ascmr: weight of the density term (unitless: times the "
+                                                          "sum of the B largest gains).")]
+DensityMixOpt = Annotated[float, typer.Option(help="ascmr: target shares, 0 = proportional to cluster size, "
+                                                   "1 = uniform.")]
 # threshold flags: None = not given (score checks given flags against a --thresholds file)
 SelectOpt = Annotated[Optional[Select], typer.Option("--select", show_default=False,
                                                      help="Pool side to choose from. [default: images]")]
@@ -409,11 +420,7 @@ def select_cmd(
     csv: Annotated[Optional[str], typer.Option("--csv", show_default=False,
                                                help="Also write rank,id,row,score as CSV.")] = None,
     device: Device = DeviceName.auto, chunk_size: ChunkSize = None, head: HeadOpt = None,
-    clusters: Annotated[int, typer.Option(help="ascmr: k-means clusters of the fused representation.")] = 20,
-    lam: Annotated[float, typer.Option("--lambda", help="ascmr: weight of the density term (unitless: times the "
-                                                        "sum of the B largest gains).")] = 1.0,
-    density_mix: Annotated[float, typer.Option(help="ascmr: target shares, 0 = proportional to cluster size, "
-                                                    "1 = uniform.")] = 0.5,
+    clusters: ClustersOpt = 20, lam: LambdaOpt = 1.0, density_mix: DensityMixOpt = 0.5,
     samples: Annotated[int, typer.Option(help="ascmr, bald: samples J of each Gaussian embedding.")] = 8,
 ):
     """Choose B pool items: top scores (merging shards), random, core-set, or the ASCMR strategies
@@ -447,11 +454,10 @@ def select_cmd(
             if head is None:
                 raise AlselError(f"select --strategy {strategy.value} needs --head PH.pt "
                                  f"(from `alsel train --objective labels`)")
-            config = ascmr.AscmrConfig(clusters=clusters, lam=lam, mix=density_mix, samples=samples, seed=seed)
-            if clusters < 1 or samples < 1 or not (lam >= 0 and np.isfinite(lam)):
-                raise AlselError("--clusters and --samples must be at least 1 and --lambda a number >= 0")
-            ph = probhead.load_prob_head(head)
+            config = ascmr.AscmrConfig(clusters=clusters, lam=lam, mix=density_mix, samples=samples,
+                                       seed=seed).check()
             with store.open_store(unpaired, need="paired") as pool:
+                ph = probhead.load_prob_head(head, pool)
                 sel = ascmr.select_labels(pool, ph, strategy.value, budget, config, resolve_device(device.value))
             selection.save_selection(out, sel, csv, inputs=(unpaired, head), created_by=CREATED_BY)
             show_selection(out, sel)
@@ -499,8 +505,7 @@ def train(
     device: Device = DeviceName.auto,
     objective: Annotated[str, typer.Option(help="retrieval: the SPEC §4 head; labels: the ASCMR probabilistic "
                                                 "head (needs /images/labels and /texts/labels).")] = "retrieval",
-    samples: Annotated[int, typer.Option(help="--objective labels: samples J of each Gaussian embedding.")] = 8,
-    kl: Annotated[float, typer.Option(help="--objective labels: weight β of the KL term.")] = 1e-3,
+    samples: SamplesOpt = 8, kl: KlOpt = 1e-3, steps: StepsOpt = 0,
 ):
     """Fit a retrieval head (one linear map per modality, VSE++ loss) on a paired store, or with
     --objective labels the ASCMR probabilistic head (Gaussian embeddings + multi-label classifier).
@@ -511,7 +516,7 @@ def train(
     if objective not in ("retrieval", "labels"):
         raise AlselError(f"--objective {objective!r}: expected retrieval or labels")
     if objective == "labels":
-        train_labels(paired, out, dim, margin, epochs, batch_size, lr, seed, samples, kl, dev)
+        train_labels(paired, out, dim, margin, epochs, batch_size, lr, seed, samples, kl, steps, dev)
         return
     config = heads.TrainConfig(init=init, dim=dim, margin=margin, epochs=epochs, batch_size=batch_size, lr=lr,
                                seed=seed, patience=patience)
@@ -536,21 +541,22 @@ def train(
     out_console.print(msg)
 
 
-def train_labels(paired, out, dim, margin, epochs, batch_size, lr, seed, samples, kl, dev) -> None:
+def train_labels(paired, out, dim, margin, epochs, batch_size, lr, seed, samples, kl, steps, dev) -> None:
     from alsel import probhead
 
-    config = probhead.ProbConfig(dim=dim or 64, samples=samples, epochs=epochs, batch_size=batch_size, lr=lr,
-                                 margin=margin, kl=kl, seed=seed).check()
+    config = probhead.ProbConfig(dim=dim or 64, samples=samples, epochs=epochs, steps=steps, batch_size=batch_size,
+                                 lr=lr, margin=margin, kl=kl, seed=seed).check()
     with store.open_store(paired, need="paired") as st:
         yi, yt = metrics.store_labels(st, "images"), metrics.store_labels(st, "texts")
         p = store.load_paired(st)
     t0 = time.perf_counter()
-    with progress_bar("training (labels)", config.epochs) as advance:
+    epochs = probhead.prob_epochs(config, len(p.texts))
+    with progress_bar("training (labels)", epochs) as advance:
         head, losses = probhead.train_prob_head(p.images, p.texts, p.text_image, yi, yt, config, dev, advance)
     probhead.save_prob_head(out, head, inputs=(paired,))
     final = f", final loss {losses[-1]:.4f}" if losses else ""
     out_console.print(f"wrote {out}: probabilistic head {head.d_in} -> {config.dim}, {yi.shape[1]} classes, "
-                      f"{config.epochs} epochs in {time.perf_counter() - t0:.1f} s{final}")
+                      f"{epochs} epochs in {time.perf_counter() - t0:.1f} s{final}")
 
 
 @app.command("eval")
@@ -568,7 +574,11 @@ def eval_cmd(
     """
     dev = resolve_device(device.value)
     with store.open_store(test, need="paired") as st:
-        head_model = heads.load_head(head, st) if head else None
+        head_model = None
+        if head:
+            from alsel import probhead
+
+            head_model = probhead.load_prob_head(head, st) if probhead.is_prob_head(head) else heads.load_head(head, st)
         result = metrics.evaluate(st, dev, head_model, chunk_size, labels=labels)
         n_i, n_t = st.images.n, st.texts.n
     keys = metrics.KEYS + (metrics.MAP_KEYS if labels else ())
@@ -618,7 +628,9 @@ def simulate(
     budget: Annotated[int, typer.Option(help="Items annotated per round.", show_default=False)],
     rounds: Annotated[int, typer.Option(help="Selection rounds.")] = 5,
     strategies: Annotated[str, typer.Option(help="Comma list: hn[-images|texts][-topK][-full|mini]"
-                                                 "[-surplus|counting], random[-texts], coreset[-texts], or all.")] = "hn,random,coreset",
+                                                 "[-surplus|counting], random[-texts], coreset[-texts], or all; with "
+                                                 "--annotate labels: ascmr, ascmr-no-inter, ascmr-no-density, "
+                                                 "bald, entropy, random, coreset.")] = "hn,random,coreset",
     seeds: Annotated[str, typer.Option(help="Seeds: 0,1,2 or 0-4.")] = "0",
     paired: Annotated[Optional[str], typer.Option("--paired", show_default=False,
                                                   help="Initial paired store (the oracle is then the pool).")] = None,
@@ -626,6 +638,10 @@ def simulate(
     init: InitOpt = "identity", dim: DimOpt = None, margin: HeadMargin = 0.2, epochs: EpochsOpt = 20,
     batch_size: HeadBatch = 128, lr: LrOpt = 1e-3,
     device: Device = DeviceName.auto, chunk_size: ChunkSize = None,
+    annotate: Annotated[str, typer.Option(help="captions: pool images get captions (R-sum); labels: pool pairs get "
+                                               "class labels, the ASCMR setting (probabilistic head, mAP@all).")] = "captions",
+    samples: SamplesOpt = 8, kl: KlOpt = 1e-3, steps: StepsOpt = 0,
+    clusters: ClustersOpt = 20, lam: LambdaOpt = 1.0, density_mix: DensityMixOpt = 0.5,
 ):
     """The active-learning experiment: train, evaluate, select, annotate from the oracle, merge; repeat.
 
@@ -637,22 +653,31 @@ def simulate(
     from alsel import simulate as sim
 
     dev = resolve_device(device.value)
+    from alsel.ascmr import AscmrConfig
+    from alsel.probhead import ProbConfig
+
     head_cfg = heads.TrainConfig(init=init, dim=dim, margin=margin, epochs=epochs, batch_size=batch_size, lr=lr)
     cfg = sim.SimConfig(oracle=oracle, test=test, out=out, budget=budget, rounds=rounds,
                         strategies=sim.parse_strategies(strategies), seeds=sim.parse_seeds(seeds), paired=paired,
-                        initial=initial, head=head_cfg, device=str(dev), chunk_size=chunk_size)
-    with store.open_store(paired or oracle, need="paired") as st:
-        cfg.head = head_cfg.check(st.d)
+                        initial=initial, head=head_cfg, device=str(dev), chunk_size=chunk_size, annotate=annotate,
+                        prob=ProbConfig(dim=dim or 64, samples=samples, epochs=epochs, steps=steps,
+                                        batch_size=batch_size, lr=lr, margin=margin, kl=kl),
+                        ascmr=AscmrConfig(clusters=clusters, lam=lam, mix=density_mix, samples=samples))
+    sim.check_setting(cfg)
+    if not cfg.labels:
+        with store.open_store(paired or oracle, need="paired") as st:
+            cfg.head = head_cfg.check(st.d)
     total = len(cfg.strategies) * len(cfg.seeds) * (rounds + 1)
     with progress_bar("simulating", total, "{task.fields[loss]}") as advance:
         rows = sim.simulate(cfg, lambda msg: advance(1, loss=msg))
     sim.plot_curves(rows, os.path.join(out, "curves.png"), title=os.path.basename(os.path.normpath(out)))
-    for metric, label in (("rsum", "R-sum"), ("r1sum", "R@1-sum")):
+    for metric, label in sim.panels(rows):
         table = Table("strategy", *[f"r{r} ({r * budget})" for r in range(rounds + 1)],
                       title=f"{label}, mean ± std over {len(cfg.seeds)} seed(s); columns: round (annotated items)")
         summary = sim.summarize(rows, metric)
+        fmt = "{:.4f} ± {:.4f}" if metric == "map" else "{:.1f} ± {:.1f}"
         for name in dict.fromkeys(s["strategy"] for s in summary):
-            table.add_row(name, *[f"{s['mean']:.1f} ± {s['std']:.1f}" for s in summary if s["strategy"] == name])
+            table.add_row(name, *[fmt.format(s["mean"], s["std"]) for s in summary if s["strategy"] == name])
         out_console.print(table)
     out_console.print(f"wrote {os.path.join(out, 'results.csv')} and {os.path.join(out, 'curves.png')}")
 

@@ -92,6 +92,23 @@ def objective(gains: list[np.ndarray], shares: np.ndarray, counts, budget: int, 
 INFO_ROWS = 4096  # pool images per block
 
 
+def n_rows(src) -> int:
+    """Rows of an array or of a store's Embeddings reader."""
+    return src.n if hasattr(src, "load") else len(src)
+
+
+def read_rows(src, rows: np.ndarray) -> np.ndarray:
+    """float32 rows of an array or of a store's Embeddings reader (read as runs of consecutive rows, so a
+    block of a store whose captions follow their images costs one read); `rows` sorted ascending."""
+    if not hasattr(src, "load"):
+        return np.asarray(src[rows], np.float32)
+    if len(rows) == 0:
+        return np.zeros((0, src.d), np.float32)
+    cut = np.flatnonzero(np.diff(rows) != 1) + 1
+    runs = zip(np.concatenate([[0], cut]), np.concatenate([cut, [len(rows)]]))
+    return np.concatenate([src.read(int(rows[a]), int(rows[b - 1]) + 1) for a, b in runs])
+
+
 def informativeness(head, images: np.ndarray, texts: np.ndarray, text_image: np.ndarray, device, samples: int = 8,
                     seed: int = 0, rows: int = INFO_ROWS) -> dict[str, np.ndarray]:
     """Per pool image (a pool pair = an image and its captions), in blocks of `rows` images:
@@ -100,11 +117,12 @@ def informativeness(head, images: np.ndarray, texts: np.ndarray, text_image: np.
       mu, logvar = the fused (product-of-Gaussians) representation, used for clustering.
     choice: an image's caption side is the mean of its captions' (μ, σ²); an image without captions has
     inter = 0 and uses its own Gaussian as the fused one. The samples of each block come from a generator
-    seeded by `seed` and the block's first row: the same pool, seed and `rows` give the same values."""
+    seeded by `seed` and the block's first row: the same pool, seed and `rows` give the same values.
+    `images` and `texts` are arrays or a store's readers: only one block is in memory at a time."""
     import torch
 
     text_image = np.asarray(text_image, dtype=np.int64)
-    n = len(images)
+    n = n_rows(images)
     order = np.argsort(text_image, kind="stable")
     starts = np.searchsorted(text_image[order], np.arange(n + 1))
     out = {"intra": np.zeros(n), "inter": np.zeros(n), "mu": None, "logvar": None}
@@ -113,11 +131,11 @@ def informativeness(head, images: np.ndarray, texts: np.ndarray, text_image: np.
         for a in range(0, n, rows):
             b = min(n, a + rows)
             gen = torch.Generator(device=device).manual_seed(int(seed) * 1_000_003 + a)
-            x = torch.from_numpy(np.asarray(images[a:b], np.float32)).to(device)
+            x = torch.from_numpy(read_rows(images, np.arange(a, b))).to(device)
             mu_i, lv_i = head.gaussian(x, "image")
-            cap = order[starts[a]:starts[b]]
+            cap = np.sort(order[starts[a]:starts[b]])
             owner = torch.from_numpy(text_image[cap] - a).to(device)
-            mu_c, lv_c = head.gaussian(torch.from_numpy(np.asarray(texts[cap], np.float32)).to(device), "text")
+            mu_c, lv_c = head.gaussian(torch.from_numpy(read_rows(texts, cap)).to(device), "text")
             count = torch.zeros(b - a, device=device).index_add_(0, owner, torch.ones(len(cap), device=device))
             has = count > 0
             denom = count.clamp(min=1)[:, None]
@@ -214,6 +232,15 @@ class AscmrConfig:
     samples: int = 8
     seed: int = 0
 
+    def check(self) -> "AscmrConfig":
+        if self.clusters < 1 or self.samples < 1:
+            raise AlselError(f"--clusters and --samples must be at least 1, got {self.clusters} and {self.samples}")
+        if not (np.isfinite(self.lam) and self.lam >= 0):
+            raise AlselError(f"--lambda must be a finite number >= 0, got {self.lam}")
+        if not 0 <= self.mix <= 1:
+            raise AlselError(f"--density-mix {self.mix}: expected a number in [0, 1]")
+        return self
+
 
 def gains_for(strategy: str, info: dict[str, np.ndarray], entropy: np.ndarray) -> np.ndarray:
     if strategy in ("ascmr", "ascmr-no-density"):
@@ -239,20 +266,21 @@ def select_labels(pool_store, head, strategy: str, budget: int, config: AscmrCon
     if images.d != head.d_in:
         raise AlselError(f"{pool_store.path}: D = {images.d} does not match the head's {head.d_in}")
     check_budget(budget, images.n, pool_store.path)
-    rows, gain = choose_rows(strategy, head, images.read(), texts.read(), pool_store.text_image, budget, config,
-                             device)
+    rows, gain, info = choose_rows(strategy, head, images, texts, pool_store.text_image, budget, config, device)
     attrs = dict(strategy=strategy, budget=budget, seed=config.seed, select="images", clusters=config.clusters,
                  lam=config.lam, mix=config.mix, samples=config.samples, model=pool_store.model,
                  pool_size=images.n)
     from .store import pool_fingerprint
 
     attrs["pool_fingerprint"] = pool_fingerprint(images, pool_store.model)
-    return Selection(rows, pool_store.ids_at("images", rows), gain[rows].astype(np.float32), attrs)
+    parts = {k: info[k][rows].astype(np.float32) for k in ("intra", "inter")}
+    return Selection(rows, pool_store.ids_at("images", rows), gain[rows].astype(np.float32), attrs, parts)
 
 
 def choose_rows(strategy: str, head, images: np.ndarray, texts: np.ndarray, text_image: np.ndarray, budget: int,
-                config: AscmrConfig, device) -> tuple[np.ndarray, np.ndarray]:
-    """(rows chosen, most wanted first; the gain of every row) for arrays of pool pairs."""
+                config: AscmrConfig, device) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(rows chosen, most wanted first; the gain of every row; the informativeness terms of every row)
+    for pool pairs given as arrays or a store's readers."""
     info = informativeness(head, images, texts, text_image, device, config.samples, config.seed)
     gain = gains_for(strategy, info, mean_prediction_entropy(head, images, device))
     if strategy in ("ascmr", "ascmr-no-inter"):
@@ -260,17 +288,18 @@ def choose_rows(strategy: str, head, images: np.ndarray, texts: np.ndarray, text
         rows = select_ascmr(gain, info["mu"], budget, config.clusters, config.lam * scale, config.mix, config.seed)
     else:
         rows = np.lexsort((np.arange(len(gain)), -gain))[:budget].astype(np.int64)
-    return rows, gain
+    return rows, gain, info
 
 
 def mean_prediction_entropy(head, images: np.ndarray, device) -> np.ndarray:
     """Entropy baseline: Σ_c H(p_c) of the label prediction at the image's mean embedding."""
     import torch
 
-    out = np.empty(len(images))
+    n = n_rows(images)
+    out = np.empty(n)
     with torch.no_grad():
-        for a in range(0, len(images), INFO_ROWS):
-            x = torch.from_numpy(np.asarray(images[a:a + INFO_ROWS], np.float32)).to(device)
+        for a in range(0, n, INFO_ROWS):
+            x = torch.from_numpy(read_rows(images, np.arange(a, min(n, a + INFO_ROWS)))).to(device)
             mu, lv = head.gaussian(x, "image")
             p = head.label_probs(mu, lv, torch.zeros((1, *mu.shape), device=device))[0].double().cpu().numpy()
             out[a:a + len(x)] = bernoulli_entropy(p).sum(axis=1)

@@ -13,6 +13,7 @@ The checkpoint is a plain torch dict {"format", "config", "state_dict"}.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import asdict, dataclass
 
@@ -33,6 +34,7 @@ class ProbConfig:
     dim: int = 64
     samples: int = 8  # J
     epochs: int = 30
+    steps: int = 0  # > 0: train for exactly this many optimiser steps instead of `epochs` passes
     batch_size: int = 128
     lr: float = 1e-3
     margin: float = 0.2
@@ -44,8 +46,9 @@ class ProbConfig:
         for name in ("dim", "samples", "batch_size"):
             if getattr(self, name) < 1:
                 raise AlselError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.epochs < 0:
-            raise AlselError(f"--epochs must be >= 0, got {self.epochs}")
+        for name in ("epochs", "steps"):
+            if getattr(self, name) < 0:
+                raise AlselError(f"--{name} must be >= 0, got {getattr(self, name)}")
         for name in ("lr",):
             if not (getattr(self, name) > 0 and np.isfinite(getattr(self, name))):
                 raise AlselError(f"--{name} must be a positive number, got {getattr(self, name)}")
@@ -67,6 +70,32 @@ class ProbHead(nn.Module):
     def gaussian(self, x: torch.Tensor, side: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(μ, log σ²) of rows x of one modality; log σ² clamped to [-10, 5] for stability."""
         return self.mu[side](x), self.logvar[side](x).clamp(-10, 5)
+
+    def encode(self, rows, side: str, device: torch.device, block: int = 4096) -> np.ndarray:
+        """The retrieval embedding: normalised means μ/||μ|| of unit rows, in blocks; float32 numpy out."""
+        self.to(device)
+        out = np.empty((len(rows), self.config.dim), dtype=np.float32)
+        with torch.no_grad():
+            for s in range(0, len(rows), block):
+                x = torch.from_numpy(np.ascontiguousarray(rows[s:s + block], dtype=np.float32)).to(device)
+                out[s:s + len(x)] = F.normalize(self.gaussian(x, side)[0], dim=1).cpu().numpy()
+        return out
+
+    def transform(self, side: str):
+        """A chunk transform for stream.sweep: unit rows -> normalised means (core-set in this space)."""
+
+        def f(x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return F.normalize(self.gaussian(x, side)[0], dim=1)
+
+        return f
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(f"{FORMAT}:{self.d_in}x{self.config.dim}x{self.n_classes}".encode())
+        for k, v in sorted(self.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:32]
 
     def label_probs(self, mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """Label probabilities of the samples z = μ + σ ε: eps (J, N, dim) -> (J, N, C)."""
@@ -97,7 +126,9 @@ def prob_loss(head: ProbHead, x_img, x_txt, y_img, y_txt, owner, generator) -> t
 def train_prob_head(images: np.ndarray, texts: np.ndarray, text_image: np.ndarray, image_labels: np.ndarray,
                     text_labels: np.ndarray, config: ProbConfig, device: torch.device, progress=None
                     ) -> tuple[ProbHead, list[float]]:
-    """Fit on the paired captions (each with its image); returns the head and the loss of each epoch."""
+    """Fit on the paired captions (each with its image); returns the head and the loss of each epoch.
+    With `config.steps` > 0 the run stops after exactly that many steps (the last epoch may be partial),
+    so heads trained on sets of different sizes get the same number of updates."""
     config.check()
     if len(texts) == 0:
         raise AlselError("the paired set has no captions to train on")
@@ -112,11 +143,14 @@ def train_prob_head(images: np.ndarray, texts: np.ndarray, text_image: np.ndarra
     ti = torch.from_numpy(np.asarray(text_image, np.int64)).to(device)
     order_rng = np.random.default_rng(config.seed)
     losses = []
-    for _ in range(config.epochs):
+    taken = 0
+    for _ in range(prob_epochs(config, len(T))):
         perm = torch.from_numpy(order_rng.permutation(len(T))).to(device)
         total, steps = 0.0, 0
         for s in range(0, len(perm), config.batch_size):
             j = perm[s:s + config.batch_size]
+            if config.steps and taken == config.steps:
+                break
             if len(j) < 2:
                 continue
             owner = ti[j]
@@ -124,11 +158,21 @@ def train_prob_head(images: np.ndarray, texts: np.ndarray, text_image: np.ndarra
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total, steps = total + float(loss.detach()), steps + 1
+            total, steps, taken = total + float(loss.detach()), steps + 1, taken + 1
         losses.append(total / max(steps, 1))
         if progress is not None:
             progress(1)
     return head.eval(), losses
+
+
+def prob_epochs(config: ProbConfig, n_texts: int) -> int:
+    """Passes over the captions: `epochs`, or with `steps` as many as it takes to make that many steps."""
+    if not config.steps:
+        return config.epochs
+    per_epoch = sum(1 for s in range(0, n_texts, config.batch_size) if min(config.batch_size, n_texts - s) >= 2)
+    if per_epoch == 0:
+        raise AlselError(f"--steps {config.steps}: {n_texts} caption(s) make no training batch of two or more")
+    return -(-config.steps // per_epoch)
 
 
 def save_prob_head(out: str, head: ProbHead, inputs: tuple = ()) -> None:
@@ -138,15 +182,30 @@ def save_prob_head(out: str, head: ProbHead, inputs: tuple = ()) -> None:
         torch.save(ckpt, tmp)
 
 
-def load_prob_head(path: str) -> ProbHead:
+def _checkpoint(path: str):
     if not os.path.exists(path):
         raise AlselError(f"{path}: no such file")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is bad input
         raise AlselError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0][:120]})") from None
+
+
+def is_prob_head(path: str) -> bool:
+    ckpt = _checkpoint(path)
+    return isinstance(ckpt, dict) and ckpt.get("format") == FORMAT
+
+
+def load_prob_head(path: str, store=None) -> ProbHead:
+    """Load on the CPU; with `store`, check that its D matches the head's input."""
+    ckpt = _checkpoint(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise AlselError(f"{path}: not a probabilistic head written by `alsel train --objective labels`")
-    head = ProbHead(int(ckpt["d_in"]), int(ckpt["n_classes"]), ProbConfig(**ckpt["config"]))
-    head.load_state_dict(ckpt["state_dict"])
+    try:
+        head = ProbHead(int(ckpt["d_in"]), int(ckpt["n_classes"]), ProbConfig(**ckpt["config"]).check())
+        head.load_state_dict(ckpt["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AlselError) as e:
+        raise AlselError(f"{path}: malformed probabilistic head ({str(e).splitlines()[0][:120]})") from None
+    if store is not None and store.d != head.d_in:
+        raise AlselError(f"{path}: head expects embeddings of D = {head.d_in}, {store.path} has D = {store.d}")
     return head.eval()

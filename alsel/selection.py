@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -18,6 +18,7 @@ STRATEGIES = ("score", "random", "coreset")
 # attributes every shard of one scoring run shares
 SHARD_KEYS = ("weight", "select", "top_k", "batch", "batch_size", "margin", "form", "seed", "pool_size",
               "pool_fingerprint", "paired_fingerprint", "thresholds_fingerprint", "head")
+SCORE_PARTS = ("intra", "inter")  # optional per-row terms of the score (ascmr)
 CORESET_CACHE_BYTES = 1 << 30  # pools up to this size (float32) are held in memory for the B passes
 
 
@@ -27,6 +28,7 @@ class Selection:
     ids: np.ndarray
     score: np.ndarray
     attrs: dict
+    parts: dict = field(default_factory=dict)  # named terms of the score per selected row (ascmr: intra, inter)
 
 
 def check_budget(budget: int, pool_size: int, where: str) -> None:
@@ -230,19 +232,20 @@ def select_coreset(pool_store: Store, paired_side: np.ndarray, select: str, budg
 
 def save_selection(out: str, sel: Selection, csv_path: str | None = None, inputs: tuple = (),
                    created_by: str | None = None) -> None:
-    """Write the selection file and, optionally, `rank,id,row,score` CSV (both atomically)."""
+    """Write the selection file and, optionally, `rank,id,row,score[,parts]` CSV (both atomically)."""
+    datasets = {"row": sel.rows, "id": sel.ids, "score": sel.score, **sel.parts}
     if csv_path is not None:
+        names = list(sel.parts)
         with atomic_path(csv_path, inputs) as tmp_csv:
             with open(tmp_csv, "w", newline="", encoding="utf-8") as fh:
                 w = csv.writer(fh)
-                w.writerow(["rank", "id", "row", "score"])
+                w.writerow(["rank", "id", "row", "score", *names])
                 for r, (i, row, s) in enumerate(zip(sel.ids, sel.rows, sel.score), start=1):
-                    w.writerow([r, i, int(row), "" if np.isnan(s) else repr(float(s))])
-            write_h5(out, "selection", {"row": sel.rows, "id": sel.ids, "score": sel.score}, sel.attrs,
-                     inputs=inputs, created_by=created_by)
+                    w.writerow([r, i, int(row), "" if np.isnan(s) else repr(float(s)),
+                                *(repr(float(sel.parts[k][r - 1])) for k in names)])
+            write_h5(out, "selection", datasets, sel.attrs, inputs=inputs, created_by=created_by)
     else:
-        write_h5(out, "selection", {"row": sel.rows, "id": sel.ids, "score": sel.score}, sel.attrs,
-                 inputs=inputs, created_by=created_by)
+        write_h5(out, "selection", datasets, sel.attrs, inputs=inputs, created_by=created_by)
 
 
 def read_selection(path: str) -> Selection:
@@ -251,7 +254,9 @@ def read_selection(path: str) -> Selection:
         rows = np.asarray(dataset(f, "/row", path, ndim=1, kind="i")[:], dtype=np.int64)
         ids = read_ids(dataset(f, "/id", path, ndim=1, kind="S", length=len(rows)), path)
         score = np.asarray(dataset(f, "/score", path, ndim=1, kind="f", length=len(rows))[:], np.float32)
-    return Selection(rows, ids, score, attrs)
+        parts = {k: np.asarray(dataset(f, f"/{k}", path, ndim=1, kind="f", length=len(rows))[:], np.float32)
+                 for k in SCORE_PARTS if k in f}
+    return Selection(rows, ids, score, attrs, parts)
 
 
 def paired_side(pool_or_paired: Store, select: str) -> np.ndarray:

@@ -9,6 +9,13 @@ select_by_score / select_random / select_coreset, merge) on files in
 OUT/runs/<strategy>/seed<s>/round<r>/, so each round can be inspected with `alsel info` and an
 interrupted simulation resumes: a round whose metrics.json exists (and whose successor's stores
 exist) is not redone. All strategies of one seed start from the same initial split.
+
+`annotate="labels"` is the ASCMR setting (supervised cross-modal retrieval): the pool holds pairs
+(images with their captions) without class labels, annotators return the labels of the chosen
+pairs, the head is the probabilistic head (train_prob_head) and the measure is mAP@all. The
+labelled and pool stores of each round are written from the oracle's rows (choice: `merge` takes
+new captions or images, not label-only annotations); the selection and the annotation store are
+written as in the captions setting.
 """
 
 from __future__ import annotations
@@ -23,10 +30,12 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .ascmr import ASCMR_STRATEGIES, AscmrConfig, select_labels
 from .errors import AlselError
 from .head import TrainConfig, load_head, save_head, through_head, train_head
 from .merge import merge
-from .metrics import KEYS, evaluate
+from .metrics import KEYS, MAP_KEYS, evaluate, store_labels
+from .probhead import ProbConfig, load_prob_head, save_prob_head, train_prob_head
 from .scoring import WEIGHTS, save_scores, score_pool
 from .selection import read_selection, save_selection, select_by_score, select_coreset, select_random
 from .store import check_compatible, load_paired, open_store, write_store
@@ -38,7 +47,7 @@ from .thresholds import BATCH, FORMS, SELECT, ThresholdParams, make_thresholds
 
 @dataclass(frozen=True)
 class Strategy:
-    kind: str  # "hn" (hard negatives), "random", "coreset"
+    kind: str  # "hn" (hard negatives), "random", "coreset", or one of ASCMR_STRATEGIES
     select: str = "images"
     top_k: int = 1
     batch: str = "full"
@@ -54,12 +63,16 @@ class Strategy:
 
 
 def parse_strategy(spec: str) -> Strategy:
-    """`random`, `coreset` (optionally `-texts`), or `hn` with any of: images|texts, top<k>,
-    full|mini, surplus|counting, loss|rank|margin, e.g. `hn-texts-top3-mini-counting`."""
+    """`random`, `coreset` (optionally `-texts`), `hn` with any of: images|texts, top<k>,
+    full|mini, surplus|counting, loss|rank|margin, e.g. `hn-texts-top3-mini-counting`; or one of the
+    label strategies (ascmr, ascmr-no-inter, ascmr-no-density, bald, entropy)."""
+    if spec.strip().lower() in ASCMR_STRATEGIES:
+        return Strategy(spec.strip().lower())
     tokens = spec.strip().lower().split("-")
     kind, rest = tokens[0], tokens[1:]
     if kind not in ("hn", "random", "coreset"):
-        raise AlselError(f"--strategies: unknown strategy {spec!r} (hn[-...], random, coreset)")
+        raise AlselError(f"--strategies: unknown strategy {spec!r} (hn[-...], random, coreset, "
+                         f"{', '.join(ASCMR_STRATEGIES)})")
     fields: dict = {"kind": kind}
     for t in rest:
         if t in SELECT:
@@ -133,12 +146,19 @@ class SimConfig:
     head: TrainConfig = field(default_factory=TrainConfig)
     device: str = "cpu"
     chunk_size: int | None = None
+    annotate: str = "captions"  # or "labels": the ASCMR setting
+    prob: ProbConfig = field(default_factory=ProbConfig)  # the head of the labels setting
+    ascmr: AscmrConfig = field(default_factory=AscmrConfig)
+
+    @property
+    def labels(self) -> bool:
+        return self.annotate == "labels"
 
     def describe(self) -> dict:
         d = asdict(self)
         d["strategies"] = [s.name for s in self.strategies]
-        d.pop("device")
-        d.pop("chunk_size")
+        for k in ("device", "chunk_size") + (("head",) if self.labels else ("annotate", "prob", "ascmr")):
+            d.pop(k)
         return d
 
 
@@ -162,8 +182,9 @@ class Oracle:
         self.text_row = {x: r for r, x in enumerate(self.text_ids)}
 
     def write(self, out: str, image_rows: np.ndarray, text_rows: np.ndarray | None = None, paired: bool = True,
-              images: bool = True, texts: bool = True) -> None:
-        """A store of the given oracle images and texts (texts default: all captions of the images)."""
+              images: bool = True, texts: bool = True, labels: bool = True) -> None:
+        """A store of the given oracle images and texts (texts default: all captions of the images),
+        with their class labels when the oracle has them and `labels`."""
         image_rows = np.asarray(image_rows, dtype=np.int64)
         if text_rows is None:
             text_rows = np.flatnonzero(np.isin(self.text_image, image_rows))
@@ -174,11 +195,11 @@ class Oracle:
         kw = {}
         if images:
             kw.update(images=self.images[image_rows], image_ids=self.image_ids[image_rows])
-            if self.image_labels is not None:
+            if self.image_labels is not None and labels:
                 kw.update(image_labels=self.image_labels[image_rows])
         if texts:
             kw.update(texts=self.texts[text_rows], text_ids=self.text_ids[text_rows], text_image=ti)
-            if self.text_labels is not None:
+            if self.text_labels is not None and labels:
                 kw.update(text_labels=self.text_labels[text_rows])
         write_store(out, model=self.model, pretrained=self.pretrained, created_by="alsel simulate", **kw)
 
@@ -193,9 +214,11 @@ class Oracle:
 
 
 def initial_split(cfg: SimConfig, oracle: Oracle, seed: int, folder: str) -> dict[str, str]:
-    """paired.h5, pool_images.h5, pool_texts.h5 for one seed (shared by all strategies)."""
+    """paired.h5 and pool_images.h5 + pool_texts.h5 (captions) or pool_pairs.h5 (labels: the pool's
+    images with their captions, no labels) for one seed (shared by all strategies)."""
     os.makedirs(folder, exist_ok=True)
-    paths = {k: os.path.join(folder, f"{k}.h5") for k in ("paired", "pool_images", "pool_texts")}
+    pools = ("pool_pairs",) if cfg.labels else ("pool_images", "pool_texts")
+    paths = {k: os.path.join(folder, f"{k}.h5") for k in ("paired", *pools)}
     n = len(oracle.image_ids)
     if cfg.paired is not None:
         paths["paired"] = cfg.paired
@@ -208,6 +231,10 @@ def initial_split(cfg: SimConfig, oracle: Oracle, seed: int, folder: str) -> dic
         init, pool_images = np.sort(order[:n_init]), np.sort(order[n_init:])
         if not os.path.exists(paths["paired"]):
             oracle.write(paths["paired"], init)
+    if cfg.labels:
+        if not os.path.exists(paths["pool_pairs"]):
+            oracle.write(paths["pool_pairs"], pool_images, labels=False)
+        return paths
     if not os.path.exists(paths["pool_images"]):
         oracle.write(paths["pool_images"], pool_images, texts=False)
     if not os.path.exists(paths["pool_texts"]):
@@ -222,7 +249,8 @@ def run_one(cfg: SimConfig, strategy: Strategy, seed: int, start: dict[str, str]
             device: torch.device, progress: Callable[[str], None] | None = None) -> list[dict]:
     base = os.path.join(cfg.out, "runs", strategy.name, f"seed{seed}")
     paired = start["paired"]
-    pool = start["pool_images" if strategy.select == "images" else "pool_texts"]
+    pool = start["pool_pairs" if cfg.labels else "pool_images" if strategy.select == "images" else "pool_texts"]
+    train_and_evaluate = _train_and_evaluate_labels if cfg.labels else _train_and_evaluate
     rows = []
     for r in range(cfg.rounds + 1):
         rd = os.path.join(base, f"round{r}")
@@ -233,17 +261,22 @@ def run_one(cfg: SimConfig, strategy: Strategy, seed: int, start: dict[str, str]
             with open(metrics_path, encoding="utf-8") as fh:
                 row = json.load(fh)
         else:
-            row = _train_and_evaluate(cfg, strategy, seed, r, paired, head_path, test_store, device)
+            row = train_and_evaluate(cfg, strategy, seed, r, paired, head_path, test_store, device)
             _write_json(metrics_path, row)
         rows.append(row)
         if progress is not None:
-            progress(f"{strategy.name} seed {seed} round {r}: R-sum {row['rsum']:.1f}")
+            progress(f"{strategy.name} seed {seed} round {r}: "
+                     + (f"mAP {row['map']:.4f}" if cfg.labels else f"R-sum {row['rsum']:.1f}"))
         if r == cfg.rounds:
             break
         nxt = os.path.join(base, f"round{r + 1}")
         next_paired, next_pool = os.path.join(nxt, "paired.h5"), os.path.join(nxt, "pool.h5")
         if not (os.path.exists(next_paired) and os.path.exists(next_pool)):
             os.makedirs(nxt, exist_ok=True)
+            if cfg.labels:
+                label_round(cfg, strategy, seed, r, paired, pool, head_path, rd, oracle, next_paired, next_pool, device)
+                paired, pool = next_paired, next_pool
+                continue
             sel_path = select_round(cfg, strategy, seed, r, paired, pool, head_path, rd, device)
             ann = os.path.join(rd, "annotations.h5")
             oracle.annotations(ann, strategy.select, read_selection(sel_path).ids)
@@ -261,6 +294,50 @@ def _train_and_evaluate(cfg, strategy, seed, r, paired_path, head_path, test_sto
     m = evaluate(test_store, device, head, cfg.chunk_size)
     return {"strategy": strategy.name, "seed": seed, "round": r, "annotated": r * cfg.budget,
             "paired_images": n_img, "paired_texts": n_txt, **{k: m[k] for k in KEYS}}
+
+
+def _train_and_evaluate_labels(cfg, strategy, seed, r, paired_path, head_path, test_store, device) -> dict:
+    """The probabilistic head on the labelled pairs; R@K and mAP@all of its normalised means."""
+    with open_store(paired_path, need="paired") as st:
+        p = load_paired(st)
+        yi, yt = store_labels(st, "images"), store_labels(st, "texts")
+        n_img, n_txt = st.images.n, st.texts.n
+    head, _ = train_prob_head(p.images, p.texts, p.text_image, yi, yt, ProbConfig(**dict(asdict(cfg.prob), seed=seed)),
+                              device)
+    save_prob_head(head_path, head)
+    m = evaluate(test_store, device, head, cfg.chunk_size, labels=True)
+    return {"strategy": strategy.name, "seed": seed, "round": r, "annotated": r * cfg.budget,
+            "paired_images": n_img, "paired_texts": n_txt, **{k: m[k] for k in KEYS + MAP_KEYS},
+            "map": (m["i2t_map"] + m["t2i_map"]) / 2}
+
+
+def label_round(cfg: SimConfig, strategy: Strategy, seed: int, r: int, paired_path: str, pool_path: str,
+                head_path: str, rd: str, oracle: Oracle, next_paired: str, next_pool: str,
+                device: torch.device) -> None:
+    """Labels setting: choose B pool pairs, write the oracle's labels of them (annotations.h5), then the
+    next labelled store (old pairs first, new ones in selection order) and the remaining pool."""
+    sel_path = os.path.join(rd, "selection.h5")
+    with open_store(paired_path, need="paired") as pst, open_store(pool_path, need="paired") as pool:
+        check_compatible(pst, pool)
+        if pool.images.n < cfg.budget:
+            raise AlselError(f"{pool_path}: the pool ran out: {pool.images.n} pairs left, round {r} needs {cfg.budget}")
+        if strategy.kind == "random":
+            sel = select_random(pool, "images", cfg.budget, seed=seed * 100_003 + r)
+        elif strategy.kind == "coreset":
+            sel = select_coreset(pool, pst.images.read(), "images", cfg.budget, device, cfg.chunk_size,
+                                 head=load_prob_head(head_path, pst))
+        else:
+            sel = select_labels(pool, load_prob_head(head_path, pool), strategy.kind, cfg.budget,
+                                AscmrConfig(**dict(asdict(cfg.ascmr), seed=seed * 1000 + r)), device)
+        have = [oracle.image_row[x] for x in pst.ids("images")]
+        left = pool.ids("images")
+    save_selection(sel_path, sel, os.path.join(rd, "selection.csv"), created_by="alsel simulate")
+    chosen = [oracle.image_row[str(x)] for x in sel.ids]
+    oracle.write(os.path.join(rd, "annotations.h5"), np.array(chosen))
+    taken = set(str(x) for x in sel.ids)
+    oracle.write(next_pool, np.array([oracle.image_row[x] for x in left if x not in taken], dtype=np.int64),
+                 labels=False)
+    oracle.write(next_paired, np.array(have + chosen, dtype=np.int64))
 
 
 def select_round(cfg: SimConfig, strategy: Strategy, seed: int, r: int, paired_path: str, pool_path: str,
@@ -308,11 +385,16 @@ def simulate(cfg: SimConfig, progress: Callable[[str], None] | None = None) -> l
         raise AlselError(f"--budget must be at least 1, got {cfg.budget}")
     if cfg.rounds < 1:
         raise AlselError(f"--rounds must be at least 1, got {cfg.rounds}")
+    check_setting(cfg)
     device = torch.device(cfg.device)
     oracle = Oracle(cfg.oracle)
+    if cfg.labels and oracle.image_labels is None:
+        raise AlselError(f"{cfg.oracle}: --annotate labels needs class labels in the oracle (/images/labels)")
     with open_store(cfg.test, need="paired") as test_store:
         with open_store(cfg.oracle) as ost:
             check_compatible(test_store, ost)
+            if cfg.labels:
+                store_labels(test_store, "images"), store_labels(test_store, "texts")
             if cfg.paired is not None:
                 with open_store(cfg.paired, need="paired") as pst:
                     check_compatible(pst, ost)
@@ -331,6 +413,23 @@ def simulate(cfg: SimConfig, progress: Callable[[str], None] | None = None) -> l
                 rows.extend(run_one(cfg, s, seed, start, oracle, test_store, device, progress))
                 write_results(os.path.join(cfg.out, "results.csv"), rows)
     return rows
+
+
+def check_setting(cfg: SimConfig) -> None:
+    if cfg.annotate not in ANNOTATE:
+        raise AlselError(f"--annotate {cfg.annotate!r}: expected {' or '.join(ANNOTATE)}")
+    for s in cfg.strategies:
+        if cfg.labels and (s.kind == "hn" or s.select != "images"):
+            raise AlselError(f"--strategies {s.name}: --annotate labels takes {', '.join(ASCMR_STRATEGIES)}, "
+                             f"random and coreset (pool pairs)")
+        if not cfg.labels and s.kind in ASCMR_STRATEGIES:
+            raise AlselError(f"--strategies {s.name}: a label strategy; add --annotate labels (pool pairs, "
+                             f"class labels as annotations)")
+    if cfg.labels:
+        if cfg.paired is not None:
+            raise AlselError("--annotate labels splits the oracle with --initial; --paired is not supported")
+        cfg.prob.check()
+        cfg.ascmr.check()
 
 
 def _claim_folder(cfg: SimConfig) -> None:
@@ -354,18 +453,21 @@ def _initial_count(cfg: SimConfig, oracle: Oracle) -> int:
     return int(round(cfg.initial * n)) if cfg.initial < 1 else int(cfg.initial)
 
 
+ANNOTATE = ("captions", "labels")
 COLUMNS = ["strategy", "seed", "round", "annotated", "paired_images", "paired_texts", *KEYS]
+LABEL_COLUMNS = COLUMNS + ["i2t_map", "t2i_map", "map"]
 
 
 def write_results(path: str, rows: list[dict]) -> None:
     from .store import atomic_path
 
+    columns = LABEL_COLUMNS if rows and "map" in rows[0] else COLUMNS
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=COLUMNS)
+            w = csv.DictWriter(fh, fieldnames=columns)
             w.writeheader()
             for row in rows:
-                w.writerow({k: row[k] for k in COLUMNS})
+                w.writerow({k: row[k] for k in columns})
 
 
 def summarize(rows: list[dict], metric: str = "rsum") -> list[dict]:
@@ -382,15 +484,23 @@ def summarize(rows: list[dict], metric: str = "rsum") -> list[dict]:
     return out
 
 
+def panels(rows: list[dict]) -> tuple[tuple[str, str], ...]:
+    """The two measures a run is summarised by: R-sum and R@1-sum, or mAP@all and R-sum (labels)."""
+    if rows and "map" in rows[0]:
+        return ("map", "mAP@all (mean of both directions)"), ("rsum", "R-sum (%)")
+    return ("rsum", "R-sum (%)"), ("r1sum", "R@1-sum (%)")
+
+
 def plot_curves(rows: list[dict], out_png: str, title: str = "") -> None:
-    """R-sum and R@1-sum against annotated items: a line per strategy (mean over seeds), a band of ±1 std."""
+    """The two measures of `panels` against annotated items: a line per strategy (mean over seeds), a
+    band of ±1 std."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, metric, label in zip(axes, ("rsum", "r1sum"), ("R-sum", "R@1-sum")):
+    for ax, (metric, label) in zip(axes, panels(rows)):
         summary = summarize(rows, metric)
         for strategy in dict.fromkeys(s["strategy"] for s in summary):
             pts = [s for s in summary if s["strategy"] == strategy]
@@ -400,7 +510,7 @@ def plot_curves(rows: list[dict], out_png: str, title: str = "") -> None:
             line, = ax.plot(x, m, marker="o", ms=3, label=strategy)
             ax.fill_between(x, m - sd, m + sd, color=line.get_color(), alpha=0.15)
         ax.set_xlabel("annotated pool items")
-        ax.set_ylabel(f"{label} (%)")
+        ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     if title:

@@ -270,29 +270,129 @@ def test_strategies_on_a_labelled_pool(tmp_path, run_cli):
     assert code == 2 and err.startswith("error: ") and not (tmp_path / "t.h5").exists()
 
 
-def test_labels_experiment_is_reproducible_and_measured():
+def test_selection_keeps_the_informativeness_terms(tmp_path):
+    """intra and inter of every selected row are stored beside the score (their sum), in the file and the CSV."""
+    import csv
+
     import torch
 
     from alsel import synth_stores
-    from alsel.ascmr_sim import Pairs, fraction_to_reach, run_strategy
-    from alsel.probhead import ProbConfig
+    from alsel.ascmr import informativeness, select_labels
+    from alsel.probhead import ProbConfig, train_prob_head
+    from alsel.selection import read_selection, save_selection
     from alsel.store import open_store
-    import tempfile
 
-    with tempfile.TemporaryDirectory() as d:
-        w = synth_stores(d, images=300, captions=2, classes=5, dim=16, seed=1, multi_label=True, paired=0.05)
-        with open_store(w["oracle"], need="paired") as st:
-            pool = Pairs.from_store(st)
-        with open_store(w["test"], need="paired") as st:
-            test = Pairs.from_store(st)
-    sub = pool.subset(np.array([3, 1]))
-    assert np.array_equal(sub.images, pool.images[[3, 1]])
-    assert np.array_equal(sub.texts, pool.texts[np.isin(pool.text_image, [1, 3])])
-    assert np.array_equal(sub.images[sub.text_image], pool.images[pool.text_image[np.isin(pool.text_image, [1, 3])]])
-    prob, cpu = ProbConfig(dim=8, samples=2, epochs=3, lr=1e-2), torch.device("cpu")
-    for strategy in ("ascmr", "random", "coreset"):
-        a = run_strategy(pool, test, strategy, 0, 10, 5, 2, prob, AscmrConfig(clusters=3), cpu)
-        assert [n for n, _ in a] == [10, 15, 20] and all(0 < m <= 1 for _, m in a)
-        assert a == run_strategy(pool, test, strategy, 0, 10, 5, 2, prob, AscmrConfig(clusters=3), cpu)
-    assert fraction_to_reach([(10, 0.2), (20, 0.5), (30, 0.6)], 0.45, 100) == 0.2
-    assert fraction_to_reach([(10, 0.2)], 0.45, 100) is None
+    w = synth_stores(str(tmp_path / "w"), images=200, captions=2, classes=4, dim=16, seed=3, multi_label=True,
+                     paired=0.3)
+    cpu = torch.device("cpu")
+    with open_store(w["paired"], need="paired") as st:
+        head, _ = train_prob_head(st.images.read(), st.texts.read(), st.text_image, st.labels("images"),
+                                  st.labels("texts"), ProbConfig(dim=8, epochs=3, lr=1e-2), cpu)
+    with open_store(w["oracle"], need="paired") as pool:
+        sel = select_labels(pool, head, "ascmr", 15, AscmrConfig(clusters=3, samples=4, seed=1), cpu)
+        info = informativeness(head, pool.images, pool.texts, pool.text_image, cpu, 4, 1)
+    save_selection(str(tmp_path / "s.h5"), sel, str(tmp_path / "s.csv"))
+    back = read_selection(str(tmp_path / "s.h5"))
+    assert sorted(back.parts) == ["inter", "intra"]
+    assert np.allclose(back.parts["intra"], info["intra"][sel.rows], rtol=1e-6)
+    assert np.allclose(back.parts["inter"], info["inter"][sel.rows], rtol=1e-6)
+    assert np.allclose(back.parts["intra"] + back.parts["inter"], back.score, rtol=1e-5, atol=1e-7)
+    with open(tmp_path / "s.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["rank", "id", "row", "score", "intra", "inter"]
+    assert [float(r["inter"]) for r in rows] == [float(x) for x in sel.parts["inter"]]
+
+
+def test_informativeness_streams_from_a_store(tmp_path):
+    """Store readers (one block in memory, captions read as runs of rows) give the values of in-memory
+    arrays, also when captions are not stored in their images' order."""
+    import torch
+
+    from alsel.ascmr import informativeness, mean_prediction_entropy, read_rows
+    from alsel.probhead import ProbConfig, ProbHead
+    from alsel.store import open_store, write_store
+
+    rng = np.random.default_rng(4)
+    n, d = 37, 12
+    images = rng.standard_normal((n, d)).astype(np.float32)
+    images /= np.linalg.norm(images, axis=1, keepdims=True)
+    text_image = np.concatenate([rng.permutation(n), rng.integers(0, n, 20)])  # shuffled, some images 2-3 captions
+    texts = images[text_image] + 0.3 * rng.standard_normal((len(text_image), d)).astype(np.float32)
+    texts /= np.linalg.norm(texts, axis=1, keepdims=True)
+    write_store(str(tmp_path / "p.h5"), images=images, image_ids=[f"i{k}" for k in range(n)], texts=texts,
+                text_ids=[f"t{k}" for k in range(len(texts))], text_image=text_image, model="m", pretrained="p",
+                dtype="float32")
+    torch.manual_seed(0)
+    head = ProbHead(d, 5, ProbConfig(dim=6)).eval()
+    cpu = torch.device("cpu")
+    with open_store(str(tmp_path / "p.h5"), need="paired") as st:
+        rows = np.array([0, 1, 2, 5, 6, 9, 30, 31, 32])
+        assert np.array_equal(read_rows(st.texts, rows), st.texts.read()[rows])
+        streamed = informativeness(head, st.images, st.texts, st.text_image, cpu, 3, 7, rows=8)
+        entropy = mean_prediction_entropy(head, st.images, cpu)
+        arrays = informativeness(head, st.images.read(), st.texts.read(), st.text_image, cpu, 3, 7, rows=8)
+        assert np.allclose(entropy, mean_prediction_entropy(head, st.images.read(), cpu), rtol=0, atol=0)
+    for k in ("intra", "inter", "mu", "logvar"):
+        assert np.allclose(streamed[k], arrays[k], rtol=1e-6, atol=1e-7), k
+
+
+def test_steps_fix_the_number_of_updates():
+    """--steps k × (batches per epoch) is bit-identical to k epochs; one step more is not; a partial last
+    epoch stops exactly at the count."""
+    import torch
+
+    from alsel.probhead import ProbConfig, prob_epochs, train_prob_head
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((20, 8)).astype(np.float32)
+    ti = np.repeat(np.arange(20), 2)
+    t = x[ti] + 0.1 * rng.standard_normal((40, 8)).astype(np.float32)
+    y = (rng.random((20, 3)) < 0.4).astype(np.uint8)
+    cfg = dict(dim=4, samples=2, batch_size=16, lr=1e-2)  # 40 captions: batches of 16, 16, 8 -> 3 per epoch
+    assert prob_epochs(ProbConfig(steps=7, **cfg), 40) == 3 and prob_epochs(ProbConfig(epochs=5, **cfg), 40) == 5
+    cpu = torch.device("cpu")
+
+    def params(**kw):
+        head, losses = train_prob_head(x, t, ti, y, y[ti], ProbConfig(**cfg, **kw), cpu)
+        return torch.cat([p.detach().flatten() for p in head.parameters()]), losses
+
+    by_epochs, _ = params(epochs=2)
+    by_steps, losses = params(steps=6)
+    assert torch.equal(by_epochs, by_steps) and len(losses) == 2
+    assert not torch.equal(by_steps, params(steps=7)[0])
+    seven, losses = params(steps=7)
+    assert len(losses) == 3 and not torch.equal(seven, params(epochs=3)[0])
+    with pytest.raises(AlselError, match="--steps"):
+        prob_epochs(ProbConfig(steps=3, **cfg), 1)
+    with pytest.raises(AlselError, match="--steps"):
+        ProbConfig(steps=-1).check()
+
+
+def test_eval_takes_a_probabilistic_head(tmp_path, run_cli):
+    """`alsel eval --head PH.pt --labels` measures the normalised means (the embedding simulate reports)."""
+    import json
+
+    import torch
+
+    from alsel import synth_stores
+    from alsel.metrics import label_map
+    from alsel.probhead import load_prob_head
+    from alsel.store import open_store
+
+    w = synth_stores(str(tmp_path / "w"), images=200, captions=2, classes=4, dim=16, seed=2, multi_label=True)
+    code, _, err = run_cli("train", "--paired", w["paired"], "--out", tmp_path / "ph.pt", "--objective", "labels",
+                           "--steps", "5", "--dim", "8", "--device", "cpu")
+    assert code == 0, err
+    code, out, err = run_cli("eval", "--test", w["test"], "--head", tmp_path / "ph.pt", "--labels", "--json",
+                             "--device", "cpu")
+    assert code == 0, err
+    got = json.loads(out)
+    head = load_prob_head(str(tmp_path / "ph.pt"))
+    with open_store(w["test"], need="paired") as st, torch.no_grad():
+        emb = {s: torch.nn.functional.normalize(head.gaussian(torch.from_numpy(x), s)[0], dim=1).numpy()
+               for s, x in (("image", st.images.read()), ("text", st.texts.read()))}
+        want = label_map(emb["image"], st.labels("images"), emb["text"], st.labels("texts"), torch.device("cpu"))
+    assert abs(got["i2t_map"] - want["i2t_map"]) < 1e-9 and abs(got["t2i_map"] - want["t2i_map"]) < 1e-9
+    other = synth_stores(str(tmp_path / "o"), images=60, captions=2, classes=4, dim=24, seed=2, multi_label=True)
+    code, _, err = run_cli("eval", "--test", other["test"], "--head", tmp_path / "ph.pt", "--labels")
+    assert code == 2 and "D = 16" in err and err.count("\n") == 1

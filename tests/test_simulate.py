@@ -137,3 +137,107 @@ def test_pool_runs_out(world, tmp_path, run_cli):
                      "config.json", "other settings")
     assert_bad_input(run_cli(*sim_args(world, out, "--budget", "10", "--rounds", "1", "--strategies", "hn-sideways")),
                      "--strategies")
+
+
+# --------------------------------------------------------------------------- the labels (ASCMR) setting
+
+PROB = ["--dim", "8", "--steps", "30", "--lr", "0.01", "--samples", "4", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def labelled_world(tmp_path_factory):
+    d = tmp_path_factory.mktemp("labelworld")
+    return synth_stores(str(d / "w"), images=400, captions=2, classes=6, dim=16, seed=2, multi_label=True)
+
+
+def label_args(world, out, *extra):
+    return ["simulate", "--annotate", "labels", "--oracle", world["oracle"], "--test", world["test"], "--out", out,
+            "--initial", "30", "--clusters", "4", *PROB, *extra]
+
+
+def test_labels_setting_round_equals_the_stage_commands(labelled_world, tmp_path, run_cli):
+    """Round 0 of `simulate --annotate labels` is `train --objective labels`, `eval --labels` and
+    `select --strategy ascmr` by hand; the next stores hold old pairs + chosen pairs with the oracle's
+    labels, and the rest of the pool without labels."""
+    w, out = labelled_world, tmp_path / "sim"
+    code, stdout, err = run_cli(*label_args(w, out, "--budget", "20", "--rounds", "1", "--strategies", "ascmr"))
+    assert code == 0, err
+    assert "mAP@all" in stdout
+    run = out / "runs" / "ascmr" / "seed0"
+    r0 = run / "round0"
+    paired0 = out / "init" / "seed0" / "paired.h5"
+    h = tmp_path / "hand"
+    h.mkdir()
+    code, _, err = run_cli("train", "--objective", "labels", "--paired", paired0, "--out", h / "ph.pt", "--seed", "0",
+                           "--epochs", "20", *PROB)
+    assert code == 0, err
+    code, stdout, err = run_cli("eval", "--test", w["test"], "--head", h / "ph.pt", "--labels", "--json",
+                                "--device", "cpu")
+    assert code == 0, err
+    by_hand = json.loads(stdout)
+    simulated = json.loads((r0 / "metrics.json").read_text())
+    assert {k: simulated[k] for k in by_hand} == by_hand
+    assert simulated["map"] == (by_hand["i2t_map"] + by_hand["t2i_map"]) / 2
+    pool0 = out / "init" / "seed0" / "pool_pairs.h5"
+    code, _, err = run_cli("select", "--strategy", "ascmr", "--unpaired", pool0, "--head", h / "ph.pt", "--budget",
+                           "20", "--clusters", "4", "--samples", "4", "--seed", "0", "--out", h / "sel.h5",
+                           "--device", "cpu")
+    assert code == 0, err
+    sel = read_selection(str(r0 / "selection.h5"))
+    assert list(read_selection(str(h / "sel.h5")).ids) == list(sel.ids)
+    with open_store(str(paired0)) as p0, open_store(str(run / "round1" / "paired.h5")) as p1, \
+            open_store(w["oracle"]) as oracle, open_store(str(run / "round1" / "pool.h5")) as pool1, \
+            open_store(str(pool0)) as pool:
+        ids = list(p1.ids("images"))
+        assert ids == list(p0.ids("images")) + list(sel.ids)
+        row = {x: r for r, x in enumerate(oracle.ids("images"))}
+        assert np.array_equal(p1.labels("images"), oracle.labels("images")[[row[x] for x in ids]])
+        assert p1.texts.n == 2 * len(ids) and p1.labels("texts") is not None
+        assert pool1.labels("images") is None and pool1.labels("texts") is None
+        assert list(pool1.ids("images")) == [x for x in pool.ids("images") if x not in set(sel.ids)]
+        assert pool1.texts.n == 2 * pool1.images.n
+
+
+def test_labels_setting_smoke_reproducible_and_resumable(labelled_world, tmp_path, run_cli):
+    args = ["--budget", "15", "--rounds", "2", "--strategies", "ascmr,bald,random,coreset", "--seeds", "0,1"]
+    code, _, err = run_cli(*label_args(labelled_world, tmp_path / "a", *args))
+    assert code == 0, err
+    rows = read_csv(tmp_path / "a" / "results.csv")
+    assert len(rows) == 4 * 2 * 3 and {"map", "i2t_map", "t2i_map", "rsum"} <= set(rows[0])
+    assert all(0 < float(r["map"]) <= 1 and int(r["paired_images"]) == 30 + int(r["annotated"]) for r in rows)
+    assert (tmp_path / "a" / "curves.png").stat().st_size > 10_000
+    for r0 in [r for r in rows if r["round"] == "0"]:  # every strategy of a seed starts from the same head
+        assert r0["map"] == next(x["map"] for x in rows if x["round"] == "0" and x["seed"] == r0["seed"])
+    for strategy in ("ascmr", "bald", "random", "coreset"):
+        picked = []
+        for r in range(2):
+            picked += list(read_selection(str(tmp_path / "a" / "runs" / strategy / "seed1" / f"round{r}" /
+                                              "selection.h5")).ids)
+        with open_store(str(tmp_path / "a" / "init" / "seed1" / "paired.h5")) as st:
+            assert len(set(picked)) == 30 and not set(picked) & set(st.ids("images"))
+    assert run_cli(*label_args(labelled_world, tmp_path / "b", *args))[0] == 0
+    assert read_csv(tmp_path / "b" / "results.csv") == rows
+    run = tmp_path / "b" / "runs" / "ascmr" / "seed1"
+    shutil.rmtree(run / "round2")
+    kept = (run / "round1" / "head.pt").stat().st_mtime_ns
+    assert run_cli(*label_args(labelled_world, tmp_path / "b", *args))[0] == 0
+    assert read_csv(tmp_path / "b" / "results.csv") == rows
+    assert (run / "round1" / "head.pt").stat().st_mtime_ns == kept
+
+
+def test_labels_setting_refusals(labelled_world, world, tmp_path, run_cli):
+    w = labelled_world
+    assert_bad_input(run_cli(*label_args(w, tmp_path / "x", "--budget", "5", "--strategies", "hn")),
+                     "--strategies", "--annotate labels takes")
+    assert_bad_input(run_cli(*sim_args(world, tmp_path / "y", "--budget", "5", "--strategies", "ascmr")),
+                     "--strategies", "add --annotate labels")
+    assert_bad_input(run_cli(*label_args(w, tmp_path / "x", "--budget", "5", "--strategies", "random", "--paired",
+                                         w["paired"])), "--annotate labels", "--paired is not supported")
+    assert_bad_input(run_cli("simulate", "--annotate", "labels", "--oracle", world["oracle"], "--test", world["test"],
+                             "--out", tmp_path / "z", "--budget", "5", "--strategies", "random", *PROB),
+                     "oracle.h5", "needs class labels")
+    assert_bad_input(run_cli(*label_args(w, tmp_path / "x", "--budget", "5", "--strategies", "ascmr", "--lambda",
+                                         "-1")), "--lambda", ">= 0")
+    assert_bad_input(run_cli(*label_args(w, tmp_path / "x", "--budget", "5", "--annotate", "sounds")),
+                     "--annotate", "captions or labels")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "z").exists()
