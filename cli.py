@@ -347,6 +347,7 @@ def threshold(paired: Paired, out: Out, select: SelectOpt = None, top_k: TopK = 
 
     Example: alsel threshold --paired paired.h5 --out xi.h5 --top-k 1 --batch full --form loss
     """
+    store.check_output(out, (paired, head))  # before the work, not after
     params = threshold_params(select, top_k, batch, batch_size, margin, form, seed)
     dev = resolve_device(device.value)
     dtype = resolve_precision(precision, dev)
@@ -433,6 +434,9 @@ def select_cmd(
     strategy = strategy or (Strategy.score if scores else None)
     if strategy is None:
         raise AlselError("select: give --scores FILES, or --strategy random|coreset with --unpaired")
+    for o in (out, csv):
+        if o is not None:
+            store.check_output(o, (*(scores or ()), paired, unpaired, head))
     inputs: tuple = ()
     if strategy is Strategy.score:
         if not scores:
@@ -512,6 +516,7 @@ def train(
 
     Example: alsel train --paired paired.h5 --out head.pt --init random --dim 256 --epochs 30 --val val.h5
     """
+    store.check_output(out, (paired, val))
     dev = resolve_device(device.value)
     if objective not in ("retrieval", "labels"):
         raise AlselError(f"--objective {objective!r}: expected retrieval or labels")
@@ -755,6 +760,47 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{ctx.command_path}: " if ctx is not None else ""
         print(f"error: {where}{msg}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, never a traceback
+        short = " ".join(str(e).split())[:160] or type(e).__name__
+        damaged = _damaged_input(e)
+        failure = store.write_failure(damaged or "output", e)
+        if failure is not None and isinstance(e, OSError):
+            print(f"error: {failure}", file=sys.stderr)
+            return 2
+        if damaged is not None:
+            print(f"error: {damaged}: damaged or malformed HDF5 content ({short})", file=sys.stderr)
+            return 2
+        if os.environ.get("ALSEL_DEBUG"):
+            raise
+        print(f"error: internal error ({type(e).__name__}: {short}); set ALSEL_DEBUG=1 for the traceback and "
+              f"please report it", file=sys.stderr)
+        return 1
+
+
+def _damaged_input(e: BaseException) -> str | None:
+    """The HDF5 file an unexpected failure inside h5py came from (a corrupted or malformed file): the
+    innermost alsel reader or existing .h5 path among the failing frames' locals."""
+    import h5py
+
+    frames = []
+    tb = e.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    if not any(f"{os.sep}h5py{os.sep}" in f.f_code.co_filename for f in frames):
+        return None
+    for frame in reversed(frames):
+        for v in list(frame.f_locals.values()):
+            name = None
+            if isinstance(v, (h5py.File, h5py.Group, h5py.Dataset)):
+                continue  # touching a failed HDF5 object can crash the interpreter
+            if isinstance(getattr(v, "path", None), str) and not isinstance(v, str):
+                name = v.path
+            elif isinstance(v, str) and v.endswith((".h5", ".hdf5")) and os.path.isfile(v):
+                name = v
+            if name:
+                return name
+    return "an input file"
 
 
 def entry() -> None:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import AlselError
-from .store import STR_DTYPE, StoreWriter, open_partial, read_ids
+from .store import STR_DTYPE, StoreWriter, check_output, check_space, open_partial, output_lock, read_ids
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 PATH_COLUMNS = ("path", "image_path", "filepath", "file")
@@ -335,25 +335,27 @@ def embed(out: str, *, images: ImageList | None = None, captions: Captions | Non
         raise AlselError(f"--dtype {dtype!r}: expected float16 or float32")
     if captions is not None and captions.images is not None and images is None:
         raise AlselError("embed: the captions name images (an `image` column) but no --images were given")
-    folder = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(folder):
-        raise AlselError(f"{out}: output folder {folder} does not exist")
+    check_output(out)
     model, preprocess, tokenizer = load_model(spec, device)
     dim = int(model.text_projection.shape[1]) if getattr(model, "text_projection", None) is not None \
         else int(_probe_dim(model, tokenizer, device))
     settings = {"model": spec.identity(), "batch_size": batch_size, "dtype": dtype,
                 "images": _digest(images.paths + images.ids) if images else None,
                 "captions": _digest(captions.ids + captions.texts) if captions else None}
-    part = Partial(out + ".partial", settings, dim, np.dtype(dtype), resume)
-    try:
-        if images is not None:
-            _embed_images(part, images, model, preprocess, spec.precision, device, batch_size, workers, progress)
-        if captions is not None:
-            _embed_texts(part, captions, model, tokenizer, spec.precision, device, batch_size, progress)
-        report = _finish(part, out, images, captions, spec, created_by)
-    finally:
-        part.close()
-    os.unlink(part.path)
+    n_rows = (len(images.paths) if images else 0) + (len(captions.texts) if captions else 0)
+    check_space(out, 2 * n_rows * (dim * np.dtype(dtype).itemsize + 64))  # OUT.partial, then OUT
+    with output_lock(out):  # one writer for OUT and OUT.partial for the whole run
+        part = Partial(out + ".partial", settings, dim, np.dtype(dtype), resume)
+        try:
+            if images is not None:
+                _embed_images(part, images, model, preprocess, spec.precision, device, batch_size, workers,
+                              progress)
+            if captions is not None:
+                _embed_texts(part, captions, model, tokenizer, spec.precision, device, batch_size, progress)
+            report = _finish(part, out, images, captions, spec, created_by)
+        finally:
+            part.close()
+        os.unlink(part.path)
     return report
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
-from .store import KINDS, attrs_dict, open_h5, open_store
+from .store import KINDS, attrs_dict, dataset, open_h5, open_store
 
 
 def _datasets(f: h5py.File) -> dict:
@@ -34,17 +34,20 @@ def describe(path: str) -> dict:
         datasets = _datasets(f)
         summary: dict = {"kind": kind}
         if kind == "thresholds" and "xi" in f:
-            xi = f["xi"][:]
+            xi = dataset(f, "xi", path, ndim=1, kind="f")[:]
             summary.update(pairs=len(xi), xi=_stats(xi))
         elif kind == "scores" and "row" in f:
-            rows = f["row"][:]
+            rows = dataset(f, "row", path, ndim=1, kind="i")[:]
             summary.update(rows=len(rows), shard=attrs.get("shard"), pool_size=attrs.get("pool_size"),
                            weight=attrs.get("weight"))
             if len(rows):
-                summary.update(row_range=f"{rows.min()}..{rows.max()}", score=_stats(f["score"][:]),
-                               hard_negative_rows=int((f["count"][:] > 0).sum()))
+                score = dataset(f, "score", path, ndim=1, kind="f", length=len(rows))[:]
+                count = dataset(f, "count", path, ndim=1, kind="i", length=len(rows))[:]
+                summary.update(row_range=f"{rows.min()}..{rows.max()}", score=_stats(score),
+                               hard_negative_rows=int((count > 0).sum()))
         elif kind == "selection" and "row" in f:
-            summary.update(selected=len(f["row"]), strategy=attrs.get("strategy"), budget=attrs.get("budget"))
+            summary.update(selected=len(dataset(f, "row", path, ndim=1, kind="i")), strategy=attrs.get("strategy"),
+                           budget=attrs.get("budget"))
     if kind == "store":
         with open_store(path) as st:
             summary.update(model=st.model, pretrained=st.attrs.get("pretrained"), D=st.d,

@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import AlselError
 from .selection import Selection, read_selection
-from .store import Store, StoreWriter, check_compatible, open_store, pool_fingerprint
+from .store import Store, StoreWriter, check_compatible, check_output, open_store, pool_fingerprint
 
 COPY_ROWS = 65536
 
@@ -34,6 +34,9 @@ def merge(paired_path: str, pool_path: str, selection_path: str, annotations_pat
     outs = {os.path.abspath(out_paired), os.path.abspath(out_pool)}
     if len(outs) < 2:
         raise AlselError(f"{out_paired}: --out-paired and --out-pool must differ")
+    inputs = (paired_path, pool_path, selection_path, annotations_path)
+    for o in (out_paired, out_pool):
+        check_output(o, inputs)
     sel = read_selection(selection_path)
     select = str(sel.attrs.get("select", "images"))
     with contextlib.ExitStack() as stack:

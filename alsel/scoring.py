@@ -7,6 +7,7 @@ surplus: score = Σ_j max(0, c_j(u)).  One sweep over the pool with bias -ξ fol
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -17,7 +18,8 @@ import torch
 
 from .errors import AlselError
 from .rounding import precision_name
-from .store import Embeddings, Paired, Store, pool_fingerprint, write_h5
+from .store import (Embeddings, Paired, Store, check_output, check_space, output_lock, pool_fingerprint,
+                    write_h5)
 from .stream import collect, sweep, to_device
 from .thresholds import Thresholds
 
@@ -156,6 +158,9 @@ def save_scores(out, res: ScoreResult, inputs: tuple = (), created_by: str | Non
 # --------------------------------------------------------------------------- resumable scoring
 
 
+SCORE_BYTES_PER_ROW = 64  # OUT.partial (count, score) and OUT (row, id, count, score), with room for ids
+
+
 class _PartialScores:
     """OUT.partial: count and score rows of the chunks done so far, and how many rows that is."""
 
@@ -214,30 +219,35 @@ def score_to_file(out: str, pool_store: Store, paired: Paired, th: Thresholds, w
     # what fixes the bits of the results: a resumed run must use the same
     settings = dict(attrs, layout=tile_layout(chunk_size, device))
     settings.pop("pool_path")
-    folder = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(folder):
-        raise AlselError(f"{out}: output folder {folder} does not exist")
-    part = _PartialScores(out + ".partial", settings, resume)
-    try:
-        done = part.done
-        if progress is not None and done:
-            progress(done)
-        if a + done < b:
-            resident = to_device(anchors(paired, select), device)
-            bias = torch.from_numpy(-th.xi.astype(np.float32)).to(device)
-            transform = head.transform("image" if select == "images" else "text") if head is not None else None
-            for _, _, (count, surplus) in sweep(pool, resident, HingeSum(device), device=device, bias=bias,
-                                                transform=transform, start=a + done, stop=b, chunk_size=chunk_size,
-                                                progress=progress, precision=precision):
-                score = count.astype(np.float32) if weight == "counting" else surplus.astype(np.float32)
-                part.append(count.astype(np.int64), score)
-                if should_stop is not None and should_stop() and part.done < b - a:
-                    raise Interrupted(f"{out}: stopped after {part.done} of {b - a} rows; progress is in "
-                                      f"{part.path}, continue with --resume")
-        res = ScoreResult(np.arange(a, b, dtype=np.int64), pool_store.ids(select, a, b), part.f["count"][:],
-                          part.f["score"][:], attrs)
-    finally:
-        part.close()
-    save_scores(out, res, inputs=inputs, created_by=created_by)
-    os.unlink(part.path)
-    return res
+    check_output(out, inputs)
+    check_space(out, (b - a) * SCORE_BYTES_PER_ROW)
+    with output_lock(out):  # one writer for OUT and OUT.partial for the whole run
+        part = _PartialScores(out + ".partial", settings, resume)
+        try:
+            done = part.done
+            if progress is not None and done:
+                progress(done)
+            if a + done < b:
+                resident = to_device(anchors(paired, select), device)
+                bias = torch.from_numpy(-th.xi.astype(np.float32)).to(device)
+                transform = head.transform("image" if select == "images" else "text") if head is not None else None
+                for _, _, (count, surplus) in sweep(pool, resident, HingeSum(device), device=device, bias=bias,
+                                                    transform=transform, start=a + done, stop=b, chunk_size=chunk_size,
+                                                    progress=progress, precision=precision):
+                    score = count.astype(np.float32) if weight == "counting" else surplus.astype(np.float32)
+                    part.append(count.astype(np.int64), score)
+                    if should_stop is not None and should_stop() and part.done < b - a:
+                        raise Interrupted(f"{out}: stopped after {part.done} of {b - a} rows; progress is in "
+                                          f"{part.path}, continue with --resume")
+            res = ScoreResult(np.arange(a, b, dtype=np.int64), pool_store.ids(select, a, b), part.f["count"][:],
+                              part.f["score"][:], attrs)
+        except AlselError:  # bad input: nothing to resume from, nothing left behind
+            part.close()
+            with contextlib.suppress(OSError):
+                os.unlink(part.path)
+            raise
+        finally:
+            part.close()
+        save_scores(out, res, inputs=inputs, created_by=created_by)
+        os.unlink(part.path)
+        return res

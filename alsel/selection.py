@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .errors import AlselError
-from .store import (Store, atomic_path, attrs_dict, dataset, open_h5, pool_fingerprint,
+from .store import (Store, atomic_path, attrs_dict, dataset, int_attr, open_h5, pool_fingerprint,
                     read_ids, read_ids_at, write_h5)
 from .stream import ArrayRows, Rows, collect, sweep, to_device
 
@@ -97,7 +97,8 @@ def load_scores(paths: list[str]) -> MergedScores:
                 if attrs[k] != first_attrs[k]:
                     raise AlselError(f"{p}: {k} = {attrs[k]!r} differs from {first_path} ({first_attrs[k]!r}); "
                                      f"shards must come from one scoring run")
-        pool_size = int(attrs["pool_size"])
+        pool_size = int_attr(attrs, "pool_size", p, minimum=0)
+        int_attr(attrs, "seed", p)
         if n and (rows.min() < 0 or rows.max() >= pool_size):
             raise AlselError(f"{p}: /row values outside 0..{pool_size - 1}")
         parts.append((p, rows, None, score, count))
@@ -256,6 +257,8 @@ def read_selection(path: str) -> Selection:
         score = np.asarray(dataset(f, "/score", path, ndim=1, kind="f", length=len(rows))[:], np.float32)
         parts = {k: np.asarray(dataset(f, f"/{k}", path, ndim=1, kind="f", length=len(rows))[:], np.float32)
                  for k in SCORE_PARTS if k in f}
+    if attrs.get("select", "images") not in ("images", "texts"):
+        raise AlselError(f"{path}: attribute 'select' is {attrs.get('select')!r}, expected 'images' or 'texts'")
     return Selection(rows, ids, score, attrs, parts)
 
 

@@ -385,6 +385,8 @@ def simulate(cfg: SimConfig, progress: Callable[[str], None] | None = None) -> l
         raise AlselError(f"--budget must be at least 1, got {cfg.budget}")
     if cfg.rounds < 1:
         raise AlselError(f"--rounds must be at least 1, got {cfg.rounds}")
+    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+        raise AlselError(f"{cfg.out}: --out is a file, not a folder (simulate writes a folder of results)")
     check_setting(cfg)
     device = torch.device(cfg.device)
     oracle = Oracle(cfg.oracle)

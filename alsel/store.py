@@ -8,11 +8,13 @@ is checked in the same single pass that scores it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import mmap
 import os
 import shlex
+import socket
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -51,12 +53,13 @@ def open_h5(path: str | os.PathLike, kind: str | tuple[str, ...]) -> h5py.File:
     try:
         f = h5py.File(path, "r")
     except OSError as e:
-        raise AlselError(f"{path}: not an HDF5 file or unreadable ({_short(e)})") from None
+        raise AlselError(lock_failure(path, e) or f"{path}: not an HDF5 file or unreadable ({_short(e)})") from None
     try:
         fmt = f.attrs.get("alsel_format")
         if fmt is None:
             raise AlselError(f"{path}: not an alsel file (no alsel_format attribute)")
-        if _scalar(fmt) != FORMAT:
+        v = _scalar(fmt)
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v != FORMAT:
             raise AlselError(f"{path}: alsel_format {fmt!r} is not supported (expected {FORMAT})")
         got = _str_attr(f, "kind", path)
         if got not in kinds:
@@ -66,6 +69,19 @@ def open_h5(path: str | os.PathLike, kind: str | tuple[str, ...]) -> h5py.File:
         f.close()
         raise
     return f
+
+
+def lock_failure(path: str, e: OSError) -> str | None:
+    """HDF5 (>= 1.10) locks files it opens; the two ways that fails, in words. alsel's own outputs are
+    written under private temporary names with locking off, so only reading an input can hit this."""
+    text = str(e)
+    if "unable to lock file" not in text and "lock" not in text.lower():
+        return None
+    if "errno = 11" in text or "Resource temporarily unavailable" in text:
+        return (f"{path}: another process has this file open for writing (HDF5 file lock); wait for it to "
+                f"finish, or set HDF5_USE_FILE_LOCKING=FALSE if you know nothing writes it")
+    return (f"{path}: this file system does not support HDF5 file locking ({_short(e)}); set "
+            f"HDF5_USE_FILE_LOCKING=FALSE (usual on NFS and some Lustre mounts)")
 
 
 def _short(e: Exception) -> str:
@@ -91,6 +107,8 @@ def _str_attr(f: h5py.File, name: str, path: str, default: str | None = None) ->
 
 
 def attrs_dict(f: h5py.File) -> dict:
+    """Root attributes as Python values; text that is not valid UTF-8 is bad input (it would be copied
+    into outputs and printed)."""
     out = {}
     for k, v in f.attrs.items():
         v = _scalar(v)
@@ -100,8 +118,27 @@ def attrs_dict(f: h5py.File) -> dict:
             v = v.item()
         elif isinstance(v, np.ndarray):
             v = v.tolist()
+        if isinstance(v, str) and not _is_utf8(v):
+            raise AlselError(f"{f.filename}: attribute {k!r} is not valid UTF-8 text")
         out[k] = v
     return out
+
+
+def int_attr(attrs: dict, key: str, path: str, minimum: int | None = None) -> int:
+    """An integer attribute, checked (bad input otherwise)."""
+    v = attrs.get(key)
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or (minimum is not None and v < minimum):
+        floor = f" >= {minimum}" if minimum is not None else ""
+        raise AlselError(f"{path}: attribute {key!r} is {v!r}, expected an integer{floor}")
+    return int(v)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def dataset(f: h5py.File, name: str, path: str, *, ndim: int | None = None, kind: str | None = None,
@@ -128,7 +165,13 @@ def dataset(f: h5py.File, name: str, path: str, *, ndim: int | None = None, kind
 def read_ids(ds: h5py.Dataset, path: str, start: int = 0, stop: int | None = None) -> np.ndarray:
     """Ids as a numpy array of Python str (object dtype)."""
     raw = ds[start:stop]
-    return np.array([x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in raw], dtype=object)
+    try:
+        out = np.array([x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in raw], dtype=object)
+    except UnicodeDecodeError:
+        out = None
+    if out is None or not all(_is_utf8(x) for x in out):
+        raise AlselError(f"{path}: {ds.name} holds ids that are not valid UTF-8 text")
+    return out
 
 
 ID_CHUNK = 1 << 16  # rows per read: larger variable-length reads left h5py holding ~100 MiB each
@@ -519,34 +562,181 @@ def _umask() -> int:
     return mask
 
 
+_HELD: dict[str, int] = {}  # outputs whose writer lock this process holds (re-entrant)
+WRITE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                errno.EFBIG: "file too large for this file system or limit", errno.EROFS: "read-only file system",
+                errno.EACCES: "permission denied", errno.EIO: "input/output error"}
+
+
+def _host_pid() -> str:
+    return f"{socket.gethostname()} {os.getpid()}"
+
+
+def _stale(owner: str) -> bool:
+    """A lock is stale when it names this host and a process that no longer exists."""
+    host, _, pid = owner.rpartition(" ")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+@contextlib.contextmanager
+def output_lock(out: str | os.PathLike) -> Iterator[None]:
+    """One writer per output path: `.NAME.lock` beside it names the writer ("host pid"); it is made
+    complete under a private name and hard-linked into place, which fails when it exists. A lock whose
+    process is gone (same host) is taken over, and the dead writer's temporary files are removed; a
+    live one (or one on another host) is an error that names it. Re-entrant within a process."""
+    out = os.path.abspath(os.fspath(out))
+    if _HELD.get(out):
+        _HELD[out] += 1
+        try:
+            yield
+        finally:
+            _HELD[out] -= 1
+        return
+    folder, base = os.path.split(out)
+    lock = os.path.join(folder, f".{base}.lock")
+    me = _host_pid()
+    try:
+        fd, mine = tempfile.mkstemp(prefix=f".{base}.", suffix=".lock-new", dir=folder)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(me)
+        try:
+            for attempt in range(3):
+                try:
+                    os.link(mine, lock)
+                    break
+                except FileExistsError:
+                    owner = _read_text(lock)
+                    if attempt < 2 and owner == "":  # released meanwhile
+                        continue
+                    if attempt < 2 and owner is not None and _stale(owner):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(lock)
+                        continue
+                    raise AlselError(f"{out}: another alsel process ({owner or 'unknown'}) is writing this output; "
+                                     f"if none is running, delete {lock}") from None
+            else:
+                raise AlselError(f"{out}: could not take the writer lock {lock}")
+        finally:
+            os.unlink(mine)
+    except OSError as e:
+        raise AlselError(f"{out}: output folder {folder} is not writable ({e.strerror or _short(e)})") from None
+    _remove_leftovers(folder, base)
+    _HELD[out] = 1
+    try:
+        yield
+    finally:
+        _HELD.pop(out, None)
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read(200).strip() or None
+    except FileNotFoundError:
+        return ""  # released meanwhile: try again
+    except OSError:
+        return None
+
+
+def _remove_leftovers(folder: str, base: str) -> None:
+    """Temporary files of earlier writers of this output (killed before they could clean up): with the
+    lock held, no live process owns them."""
+    for name in os.listdir(folder):
+        if name.startswith(f".{base}.") and (name.endswith(".tmp") or name.endswith(".lock-new")):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, name))
+
+
+def write_failure(out: str, e: BaseException) -> AlselError | None:
+    """The one-line error for an OS-level write failure (full disk, quota, size limit, read-only)."""
+    code = getattr(e, "errno", None)
+    text = str(e)
+    if code not in WRITE_ERRNOS:
+        code = next((c for c in WRITE_ERRNOS if f"errno = {c}," in text or f"[Errno {c}]" in text), None)
+    if code is None and isinstance(e, OSError) and "write" in text.lower():
+        return AlselError(f"{out}: writing failed ({_short(e)}); nothing was written")
+    if code is None:
+        return None
+    return AlselError(f"{out}: writing failed: {WRITE_ERRNOS[code]}; nothing was written (a previous file "
+                      f"at this path is unchanged)")
+
+
 @contextlib.contextmanager
 def atomic_path(out: str | os.PathLike, inputs: tuple = ()) -> Iterator[str]:
     """Yield a temporary path in the target folder; rename it onto `out` only on success.
 
     A failure (or KeyboardInterrupt/SystemExit) removes the temporary file, so `out` holds either
-    the previous file or the complete new one. `out` may not be one of the inputs.
+    the previous file or the complete new one; a process killed outright leaves its temporary file,
+    which the next writer of `out` removes. `out` may not be one of the inputs. The output's writer
+    lock is held throughout (output_lock); OS-level write failures become one-line errors.
     """
     out = os.fspath(out)
+    folder = check_output(out, inputs)
+    with output_lock(out):
+        try:
+            fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(out) + ".", suffix=".tmp", dir=folder)
+        except OSError as e:
+            raise AlselError(f"{out}: output folder {folder} is not writable ({e.strerror or _short(e)})") from None
+        os.close(fd)
+        try:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
+            yield tmp
+            os.replace(tmp, out)
+        except BaseException as e:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            failure = write_failure(out, e) if isinstance(e, (OSError, RuntimeError)) else None
+            if failure is not None:
+                raise failure from None
+            raise
+
+
+def check_output(out: str, inputs: tuple = ()) -> str:
+    """An output path alsel may write: not a folder, its folder exists and is writable, not an input.
+    Returns the folder."""
     folder = os.path.dirname(os.path.abspath(out))
     if os.path.isdir(out):
         raise AlselError(f"{out}: is a directory, expected an output file path")
     if not os.path.isdir(folder):
         raise AlselError(f"{out}: output folder {folder} does not exist")
+    check_not_an_input(out, inputs)
+    if not os.access(folder, os.W_OK):
+        raise AlselError(f"{out}: output folder {folder} is not writable")
+    return folder
+
+
+def check_space(out: str, nbytes: int) -> None:
+    """Refuse up front what cannot fit: HDF5 buffers writes, and a full disk found at flush time surfaces
+    in object destructors (tracebacks on stderr), not as one error. Checks the free space of the output's
+    file system and the process's file-size limit."""
+    import resource
+
+    folder = os.path.dirname(os.path.abspath(out))
+    st = os.statvfs(folder)
+    free = st.f_bavail * st.f_frsize
+    if nbytes > free:
+        raise AlselError(f"{out}: writing failed: no space left on device (needs {nbytes / 2**20:.1f} MiB, "
+                         f"{free / 2**20:.1f} MiB free in {folder}); nothing was written")
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY and nbytes > soft:
+        raise AlselError(f"{out}: writing failed: file too large for this file system or limit (needs "
+                         f"{nbytes / 2**20:.1f} MiB, the file-size limit is {soft / 2**20:.1f} MiB); nothing was written")
+
+
+def check_not_an_input(out: str, inputs: tuple) -> None:
     for p in inputs:
         if p is not None and os.path.exists(p) and os.path.exists(out) and os.path.samefile(p, out):
             raise AlselError(f"{out}: output path is also an input; choose another --out")
-    if not os.access(folder, os.W_OK):
-        raise AlselError(f"{out}: output folder {folder} is not writable")
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(out) + ".", suffix=".tmp", dir=folder)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
-    try:
-        yield tmp
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def open_partial(path: str, settings: dict, resume: bool, create: Callable[[h5py.File], None]
@@ -555,7 +745,7 @@ def open_partial(path: str, settings: dict, resume: bool, create: Callable[[h5py
     `settings`), else made anew by `create` (in a temporary file renamed into place). Returns (file, resumed)."""
     if resume and os.path.exists(path):
         try:
-            f = h5py.File(path, "a")
+            f = h5py.File(path, "a", locking=False)
         except OSError as e:
             raise AlselError(f"{path}: cannot resume, the partial file is damaged ({str(e)[:80]}); "
                              f"delete it and run without --resume") from None
@@ -567,11 +757,11 @@ def open_partial(path: str, settings: dict, resume: bool, create: Callable[[h5py
                              f"{', '.join(diff)}; run without --resume to start again")
         return f, True
     tmp = path + ".new"
-    with h5py.File(tmp, "w") as f:
+    with h5py.File(tmp, "w", locking=False) as f:
         f.attrs["settings"] = json.dumps(settings, sort_keys=True)
         create(f)
     os.replace(tmp, path)
-    return h5py.File(path, "a"), False
+    return h5py.File(path, "a", locking=False), False
 
 
 def set_root_attrs(f: h5py.File, kind: str, attrs: dict | None = None, created_by: str | None = None) -> None:
@@ -587,7 +777,7 @@ def write_h5(out: str | os.PathLike, kind: str, datasets: dict, attrs: dict | No
              inputs: tuple = (), created_by: str | None = None) -> None:
     """Write a small result file (thresholds, scores, selection) atomically. Strings as UTF-8."""
     with atomic_path(out, inputs) as tmp:
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(tmp, "w", locking=False) as f:
             set_root_attrs(f, kind, attrs, created_by)
             for name, arr in datasets.items():
                 arr = np.asarray(arr)
@@ -635,7 +825,7 @@ class StoreWriter:
 
     def __enter__(self):
         self.tmp = self._ctx.__enter__()
-        self.f = h5py.File(self.tmp, "w")
+        self.f = h5py.File(self.tmp, "w", locking=False)
         set_root_attrs(self.f, "store", self._attrs, self._created_by)
         return self
 
@@ -645,6 +835,7 @@ class StoreWriter:
             raise AlselError(f"{self.out}: embeddings must be stored as float16 or float32, not {dtype}")
         if d < 1:
             raise AlselError(f"{self.out}: embeddings have zero length (D = 0)")
+        check_space(self.out, n * d * dtype.itemsize + n * 16)
         g = self.f.create_group(group)
         g.create_dataset("emb", shape=(n, d), dtype=dtype)  # contiguous, uncompressed: memory-mappable
         g.create_dataset("id", shape=(n,), dtype=STR_DTYPE)
@@ -690,12 +881,16 @@ class StoreWriter:
                 raise AlselError(f"{self.out}: text {r} names image {ti[r]}, out of range (0..{n_i - 1})")
 
     def __exit__(self, et, ev, tb):
+        closed = False
         try:
             if et is None:
                 self._finish()
+            closed = True  # a failed close must not be retried: HDF5 crashes on a second one
+            self.f.close()  # flushes: a full disk can fail here
         except BaseException as e:
-            self.f.close()
+            if not closed:
+                with contextlib.suppress(Exception):
+                    self.f.close()
             self._ctx.__exit__(type(e), e, e.__traceback__)
             raise
-        self.f.close()
         return self._ctx.__exit__(et, ev, tb)
