@@ -38,7 +38,7 @@ from .metrics import KEYS, MAP_KEYS, evaluate, store_labels
 from .probhead import ProbConfig, load_prob_head, save_prob_head, train_prob_head
 from .scoring import WEIGHTS, save_scores, score_pool
 from .selection import read_selection, save_selection, select_by_score, select_coreset, select_random
-from .store import check_compatible, load_paired, open_store, write_store
+from .store import check_compatible, load_paired, normalize_rows, open_store, write_store
 from .thresholds import BATCH, FORMS, SELECT, ThresholdParams, make_thresholds
 
 
@@ -173,6 +173,8 @@ class Oracle:
         with open_store(path, need="paired") as st:
             self.images = st.images.raw(0, st.images.n).copy()
             self.texts = st.texts.raw(0, st.texts.n).copy()
+            for name, rows in (("/images/emb", self.images), ("/texts/emb", self.texts)):
+                normalize_rows(np.array(rows, dtype=np.float32), path, name, 0)  # checked here, copied raw later
             self.image_ids = st.ids("images")
             self.text_ids = st.ids("texts")
             self.text_image = st.text_image.copy()
