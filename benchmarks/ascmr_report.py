@@ -88,6 +88,7 @@ def main():
     strategies = [s.name for s in parse_strategies(args.strategies)]
     t0 = time.perf_counter()
     full = {s: full_reference(oracle, test, prob, s, device) for s in seeds}
+    resumed = os.path.exists(os.path.join(args.work, "sim", "results.csv"))
     cfg = SimConfig(oracle=oracle, test=test, out=os.path.join(args.work, "sim"), budget=step, rounds=args.rounds,
                     strategies=parse_strategies(args.strategies), seeds=seeds, initial=initial, device="cpu",
                     annotate="labels", prob=prob, ascmr=config)
@@ -102,7 +103,8 @@ def main():
              f"J = {prob.samples}, {prob.steps} Adam steps (lr {prob.lr}, batch {prob.batch_size}) every round and "
              f"for the reference, so small and large labelled sets get the same number of updates. ASCMR: "
              f"{config.clusters} clusters, λ = {config.lam}, density mix {config.mix}. Core-set: k-center greedy "
-             f"on the head's normalised image means. CPU, {took:.0f} s for the whole run "
+             f"on the head's normalised image means. CPU, {took:.0f} s for the "
+             f"{'run (resumed from an earlier one in --work)' if resumed else 'whole run'} "
              f"(`python benchmarks/ascmr_report.py`; the experiment is `alsel simulate --annotate labels`).\n",
              "Fully supervised mAP (mean of both directions), per seed: "
              + ", ".join(f"{full[s]:.4f}" for s in seeds) + "\n",
@@ -129,36 +131,38 @@ def main():
         lab = curves[(strategies[0], seeds[0])][r][0]
         lines.append(f"| {lab} ({lab / n:.0%}) | " + " | ".join(cells) + " |")
     lines += comparison(strategies, seeds, curves, reach, args.rounds)
+    lines += comparison(strategies, seeds, curves, reach, args.rounds, base="ascmr")
     text = "\n".join(lines) + "\n"
     with open(args.out, "w") as f:
         f.write(text)
     print(text)
 
 
-def comparison(strategies, seeds, curves, reach, rounds) -> list[str]:
-    """Paired differences against random (same seed, same initial set), averaged over rounds 1..R."""
-    if "random" not in strategies:
+def comparison(strategies, seeds, curves, reach, rounds, base="random") -> list[str]:
+    """Paired differences against `base` (same seed, same initial set), averaged over rounds 1..R."""
+    if base not in strategies:
         return []
-    out = ["\n## Against random (paired by seed)\n",
-           "Mean mAP difference to random over rounds 1–{} (mean ± std over seeds), and the pool fraction "
-           "to reach 95% minus random's (seeds where both reached it).\n".format(rounds),
-           "| strategy | Δ mAP vs random | Δ fraction to 95% |", "|---|---|---|"]
+    others = [st for st in strategies if st != base and (base == "random" or st.startswith("ascmr-"))]
+    if not others:
+        return []
+    out = [f"\n## Against {base} (paired by seed)\n",
+           f"Mean mAP difference to {base} over rounds 1–{rounds} (mean ± std over seeds), and the pool fraction "
+           f"to reach 95% minus {base}'s (seeds where both reached it).\n",
+           f"| strategy | Δ mAP vs {base} | Δ fraction to 95% |", "|---|---|---|"]
     summary = {}
-    for st in strategies:
-        if st == "random":
-            continue
-        d = [np.mean([curves[(st, s)][r][1] - curves[("random", s)][r][1] for r in range(1, rounds + 1)])
+    for st in others:
+        d = [np.mean([curves[(st, s)][r][1] - curves[(base, s)][r][1] for r in range(1, rounds + 1)])
              for s in seeds]
-        f = [a - b for a, b in zip(reach[st], reach["random"]) if a is not None and b is not None]
+        f = [a - b for a, b in zip(reach[st], reach[base]) if a is not None and b is not None]
         summary[st] = (float(np.mean(d)), float(np.std(d, ddof=1)) if len(d) > 1 else 0.0)
         fcell = f"{np.mean(f):+.1%} ({len(f)} seeds)" if f else "-"
         out.append(f"| {st} | {summary[st][0]:+.4f} ± {summary[st][1]:.4f} | {fcell} |")
     better = [st for st, (m, sd) in summary.items() if m - sd > 0]
     worse = [st for st, (m, sd) in summary.items() if m + sd < 0]
     level = [st for st in summary if st not in better and st not in worse]
-    out.append("\nIn words (a difference counts when its mean is more than one seed-std from zero): "
-               f"above random: {', '.join(better) or 'none'}; below random: {', '.join(worse) or 'none'}; "
-               f"level with random: {', '.join(level) or 'none'}.")
+    out.append(f"\nIn words (a difference counts when its mean is more than one seed-std from zero): "
+               f"above {base}: {', '.join(better) or 'none'}; below {base}: {', '.join(worse) or 'none'}; "
+               f"level with {base}: {', '.join(level) or 'none'}.")
     return out
 
 
