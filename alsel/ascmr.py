@@ -99,14 +99,19 @@ def n_rows(src) -> int:
 
 def read_rows(src, rows: np.ndarray) -> np.ndarray:
     """float32 rows of an array or of a store's Embeddings reader (read as runs of consecutive rows, so a
-    block of a store whose captions follow their images costs one read); `rows` sorted ascending."""
+    block of a store whose captions follow their images costs one read; mapped pages released after the
+    read); `rows` sorted ascending."""
     if not hasattr(src, "load"):
         return np.asarray(src[rows], np.float32)
     if len(rows) == 0:
         return np.zeros((0, src.d), np.float32)
     cut = np.flatnonzero(np.diff(rows) != 1) + 1
-    runs = zip(np.concatenate([[0], cut]), np.concatenate([cut, [len(rows)]]))
-    return np.concatenate([src.read(int(rows[a]), int(rows[b - 1]) + 1) for a, b in runs])
+    out = []
+    for a, b in zip(np.concatenate([[0], cut]), np.concatenate([cut, [len(rows)]])):
+        lo, hi = int(rows[a]), int(rows[b - 1]) + 1
+        out.append(src.read(lo, hi))
+        src.release(lo, hi)  # read once: drop the mapped pages, as scoring does
+    return np.concatenate(out)
 
 
 def informativeness(head, images: np.ndarray, texts: np.ndarray, text_image: np.ndarray, device, samples: int = 8,
@@ -125,8 +130,8 @@ def informativeness(head, images: np.ndarray, texts: np.ndarray, text_image: np.
     n = n_rows(images)
     order = np.argsort(text_image, kind="stable")
     starts = np.searchsorted(text_image[order], np.arange(n + 1))
-    out = {"intra": np.zeros(n), "inter": np.zeros(n), "mu": None, "logvar": None}
-    mus, lvs = [], []
+    out = {"intra": np.zeros(n), "inter": np.zeros(n), "mu": np.empty((n, head.config.dim), np.float32),
+           "logvar": np.empty((n, head.config.dim), np.float32)}
     with torch.no_grad():
         for a in range(0, n, rows):
             b = min(n, a + rows)
@@ -153,9 +158,7 @@ def informativeness(head, images: np.ndarray, texts: np.ndarray, text_image: np.
                                         mu_t.double().cpu().numpy(), lv_t.double().cpu().numpy())
             mu_f = np.where(hv[:, None], mu_f, mu_i.double().cpu().numpy())
             lv_f = np.where(hv[:, None], lv_f, lv_i.double().cpu().numpy())
-            mus.append(mu_f.astype(np.float32))
-            lvs.append(lv_f.astype(np.float32))
-    out["mu"], out["logvar"] = np.concatenate(mus), np.concatenate(lvs)
+            out["mu"][a:b], out["logvar"][a:b] = mu_f, lv_f
     return out
 
 
