@@ -49,6 +49,9 @@ def merge(paired_path: str, pool_path: str, selection_path: str, annotations_pat
         side = pool.side(select)
         chosen = sel.rows
         chosen_ids = [str(x) for x in sel.ids]
+        if select == "images" and _is_pairs_pool(pool):
+            return _merge_labelled_pairs(paired, pool, ann, chosen, chosen_ids, out_paired, out_pool, inputs,
+                                         annotations_path, ignore_extra, created_by)
         if select == "images":
             new_img, new_img_ids, new_txt, new_txt_ids, new_ti = _images_annotated(
                 paired, pool, ann, chosen, chosen_ids, annotations_path, ignore_extra)
@@ -89,6 +92,86 @@ def merge(paired_path: str, pool_path: str, selection_path: str, annotations_pat
                         w.add_labels(group, np.concatenate([old, new]))
     return {"paired_images": len(img_ids), "paired_texts": len(txt_ids), "new_images": len(new_img_ids),
             "new_texts": len(new_txt_ids), "pool": len(keep)}
+
+
+def _is_pairs_pool(pool: Store) -> bool:
+    """A pool of pairs (images with their captions), as ASCMR selects from."""
+    return pool.images is not None and pool.texts is not None and pool.text_image is not None \
+        and bool((pool.text_image >= 0).any())
+
+
+def _merge_labelled_pairs(paired, pool, ann, chosen, chosen_ids, out_paired, out_pool, inputs, ann_path,
+                          ignore_extra, created_by) -> dict:
+    """Pool of pairs, annotations = class labels of the chosen pairs (the ASCMR setting). New paired
+    store: old pairs, then the chosen images (selection order) with their pool captions and the
+    annotated labels (captions: their own labels from the annotations' /texts/labels by id, else their
+    image's). Remaining pool: the other images with their captions (order kept; captions of no image
+    stay)."""
+    old_img_labels = paired.labels("images")
+    if old_img_labels is None:
+        raise AlselError(f"{paired.path}: label annotations of pool pairs go into a labelled paired store, "
+                         f"and this one has no /images/labels")
+    n_classes = old_img_labels.shape[1]
+    old_txt_labels = paired.labels("texts")
+    if old_txt_labels is None:
+        old_txt_labels = old_img_labels[paired.text_image]
+    if ann.images is None:
+        raise AlselError(f"{ann_path}: label annotations need /images (the selected pool ids) with /images/labels")
+    ann_ids = set(str(x) for x in ann.ids("images"))
+    missing = [x for x in chosen_ids if x not in ann_ids]
+    if missing:
+        raise AlselError(f"{ann_path}: selected image {missing[0]!r} has no annotation (not among its /images/id)")
+    extra = ann_ids - set(chosen_ids)
+    if extra and not ignore_extra:
+        raise AlselError(f"{ann_path}: labels for {len(extra)} images that were not selected (e.g. "
+                         f"{sorted(extra)[0]!r}); pass --ignore-extra to leave them out")
+    new_img_labels = _labels_of(ann, "images", chosen_ids, n_classes, ann_path)
+    ti = np.asarray(pool.text_image, dtype=np.int64)
+    pos = np.full(pool.images.n, -1, dtype=np.int64)
+    pos[chosen] = np.arange(len(chosen))
+    owner_pos = np.where(ti >= 0, pos[np.maximum(ti, 0)], -1)
+    caps = np.flatnonzero(owner_pos >= 0)
+    caps = caps[np.lexsort((caps, owner_pos[caps]))]  # selection order, then caption row
+    cap_ids = pool.ids_at("texts", caps)
+    if ann.texts is not None and ann.labels("texts") is not None:
+        new_txt_labels = _labels_of(ann, "texts", cap_ids, n_classes, ann_path)
+    else:
+        new_txt_labels = new_img_labels[owner_pos[caps]]
+    img_ids = np.concatenate([paired.ids("images"), np.array(chosen_ids, dtype=object)])
+    txt_ids = np.concatenate([paired.ids("texts"), np.asarray(cap_ids, dtype=object)])
+    _no_duplicates(img_ids, paired.path, ann_path, "image")
+    _no_duplicates(txt_ids, paired.path, ann_path, "text")
+    keep = np.setdiff1d(np.arange(pool.images.n), chosen)
+    new_pos = np.full(pool.images.n, -1, dtype=np.int64)
+    new_pos[keep] = np.arange(len(keep))
+    keep_caps = np.flatnonzero((ti < 0) | (owner_pos < 0))
+    keep_ti = np.where(ti[keep_caps] >= 0, new_pos[np.maximum(ti[keep_caps], 0)], -1)
+    dtype = paired.images.dtype
+    with StoreWriter(out_pool, model=pool.model, pretrained=str(pool.attrs.get("pretrained", "")), inputs=inputs,
+                     created_by=created_by) as wp:
+        for group, rows, link in (("images", keep, None), ("texts", keep_caps, keep_ti)):
+            emb = pool.side(group)
+            wp.add_group(group, len(rows), emb.d, emb.dtype, text_image=link)
+            ids = pool.ids(group)
+            for s in range(0, len(rows), COPY_ROWS):
+                part = rows[s:s + COPY_ROWS]
+                wp.write(group, s, _gather(emb, part), ids[part])
+            labels = pool.labels(group)
+            if labels is not None:
+                wp.add_labels(group, labels[rows])
+        with StoreWriter(out_paired, model=paired.model, pretrained=str(paired.attrs.get("pretrained", "")),
+                         inputs=inputs, created_by=created_by) as w:
+            w.add_group("images", len(img_ids), paired.d, dtype)
+            w.write("images", 0, np.concatenate([paired.images.raw(0, paired.images.n),
+                                                 _rows(pool, "images", chosen).astype(dtype)]), img_ids)
+            w.add_group("texts", len(txt_ids), paired.d, dtype,
+                        text_image=np.concatenate([paired.text_image, paired.images.n + owner_pos[caps]]))
+            w.write("texts", 0, np.concatenate([paired.texts.raw(0, paired.texts.n),
+                                                _rows(pool, "texts", caps).astype(dtype)]), txt_ids)
+            w.add_labels("images", np.concatenate([old_img_labels, new_img_labels]))
+            w.add_labels("texts", np.concatenate([old_txt_labels, new_txt_labels]))
+    return {"paired_images": len(img_ids), "paired_texts": len(txt_ids), "new_images": len(chosen_ids),
+            "new_texts": len(caps), "pool": len(keep)}
 
 
 def _labels_of(ann: Store, group: str, ids, n_classes: int, path: str) -> np.ndarray:

@@ -12,10 +12,8 @@ exist) is not redone. All strategies of one seed start from the same initial spl
 
 `annotate="labels"` is the ASCMR setting (supervised cross-modal retrieval): the pool holds pairs
 (images with their captions) without class labels, annotators return the labels of the chosen
-pairs, the head is the probabilistic head (train_prob_head) and the measure is mAP@all. The
-labelled and pool stores of each round are written from the oracle's rows (choice: `merge` takes
-new captions or images, not label-only annotations); the selection and the annotation store are
-written as in the captions setting.
+pairs (the oracle's store of those pairs), `merge` moves them into the labelled store, the head is
+the probabilistic head (train_prob_head) and the measure is mAP@all.
 """
 
 from __future__ import annotations
@@ -316,8 +314,8 @@ def _train_and_evaluate_labels(cfg, strategy, seed, r, paired_path, head_path, t
 def label_round(cfg: SimConfig, strategy: Strategy, seed: int, r: int, paired_path: str, pool_path: str,
                 head_path: str, rd: str, oracle: Oracle, next_paired: str, next_pool: str,
                 device: torch.device) -> None:
-    """Labels setting: choose B pool pairs, write the oracle's labels of them (annotations.h5), then the
-    next labelled store (old pairs first, new ones in selection order) and the remaining pool."""
+    """Labels setting: choose B pool pairs, write the oracle's labels of them (annotations.h5), merge:
+    the next labelled store (old pairs first, new ones in selection order) and the remaining pool."""
     sel_path = os.path.join(rd, "selection.h5")
     with open_store(paired_path, need="paired") as pst, open_store(pool_path, need="paired") as pool:
         check_compatible(pst, pool)
@@ -331,15 +329,10 @@ def label_round(cfg: SimConfig, strategy: Strategy, seed: int, r: int, paired_pa
         else:
             sel = select_labels(pool, load_prob_head(head_path, pool), strategy.kind, cfg.budget,
                                 AscmrConfig(**dict(asdict(cfg.ascmr), seed=seed * 1000 + r)), device)
-        have = [oracle.image_row[x] for x in pst.ids("images")]
-        left = pool.ids("images")
     save_selection(sel_path, sel, os.path.join(rd, "selection.csv"), created_by="alsel simulate")
-    chosen = [oracle.image_row[str(x)] for x in sel.ids]
-    oracle.write(os.path.join(rd, "annotations.h5"), np.array(chosen))
-    taken = set(str(x) for x in sel.ids)
-    oracle.write(next_pool, np.array([oracle.image_row[x] for x in left if x not in taken], dtype=np.int64),
-                 labels=False)
-    oracle.write(next_paired, np.array(have + chosen, dtype=np.int64))
+    ann = os.path.join(rd, "annotations.h5")
+    oracle.write(ann, np.array([oracle.image_row[str(x)] for x in sel.ids], dtype=np.int64))
+    merge(paired_path, pool_path, sel_path, ann, next_paired, next_pool, created_by="alsel simulate")
 
 
 def select_round(cfg: SimConfig, strategy: Strategy, seed: int, r: int, paired_path: str, pool_path: str,

@@ -3,7 +3,7 @@ import pytest
 
 from alsel.errors import AlselError
 from alsel.merge import merge
-from alsel.selection import save_selection, select_random
+from alsel.selection import read_selection, save_selection, select_random
 from alsel.simulate import Oracle
 from alsel.store import open_store
 from alsel.synth import synth_stores
@@ -157,3 +157,65 @@ def test_merge_carries_labels(tmp_path, side):
                 assert lab == truth[g][i], (path, g, i)
     with open_store(tmp_path / "p2.h5", need="paired") as st:
         assert len(st.labels("texts")) == st.texts.n
+
+
+def test_merge_label_annotations_of_pool_pairs(tmp_path, run_cli):
+    """ASCMR rounds by hand: select on a pool of pairs, annotators return labels, merge moves the chosen
+    images with their pool captions and the labels into the paired store; the rest of the pool keeps
+    its captions."""
+    from alsel.store import write_store
+
+    w = synth_stores(str(tmp_path / "w"), images=200, captions=2, classes=5, dim=16, seed=4, multi_label=True)
+    with open_store(w["oracle"]) as o:  # the pool of pairs, without labels
+        images, texts, ti = o.images.read(), o.texts.read(), o.text_image.copy()
+        img_ids, txt_ids = o.ids("images"), o.ids("texts")
+        img_labels, txt_labels = o.labels("images"), o.labels("texts")
+    write_store(str(tmp_path / "pool.h5"), images=images, image_ids=img_ids, texts=texts, text_ids=txt_ids,
+                text_image=ti, model=o.model, pretrained="synthetic")
+    code, _, err = run_cli("select", "--strategy", "random", "--unpaired", tmp_path / "pool.h5", "--budget", "6",
+                           "--seed", "3", "--out", tmp_path / "sel.h5")
+    assert code == 0, err
+    rows = read_selection(str(tmp_path / "sel.h5")).rows
+    write_store(str(tmp_path / "ann.h5"), images=images[rows], image_ids=img_ids[rows],
+                image_labels=img_labels[rows], model=o.model, pretrained="synthetic")
+    out = ["--out-paired", tmp_path / "p2.h5", "--out-pool", tmp_path / "u2.h5"]
+    base = ["merge", "--paired", w["paired"], "--unpaired", tmp_path / "pool.h5", "--selection", tmp_path / "sel.h5"]
+    code, _, err = run_cli(*base, "--annotations", tmp_path / "ann.h5", *out)
+    assert code == 0, err
+    with open_store(w["paired"]) as p, open_store(str(tmp_path / "p2.h5")) as p2, \
+            open_store(str(tmp_path / "u2.h5")) as u2:
+        assert list(p2.ids("images")) == list(p.ids("images")) + list(img_ids[rows])
+        assert np.array_equal(p2.labels("images")[p.images.n:], img_labels[rows])
+        new_caps = [j for r in rows for j in np.flatnonzero(ti == r)]  # selection order, then caption row
+        assert list(p2.ids("texts")[p.texts.n:]) == list(txt_ids[new_caps])
+        assert np.array_equal(p2.labels("texts")[p.texts.n:], img_labels[ti[new_caps]])
+        assert np.array_equal(p2.text_image[p.texts.n:], p.images.n + np.repeat(np.arange(6), 2))
+        keep = np.setdiff1d(np.arange(len(images)), rows)
+        assert list(u2.ids("images")) == list(img_ids[keep])
+        kept_caps = np.flatnonzero(~np.isin(ti, rows))
+        assert list(u2.ids("texts")) == list(txt_ids[kept_caps])
+        assert list(u2.ids("images")[u2.text_image]) == list(img_ids[ti[kept_caps]])  # captions follow
+        assert u2.labels("images") is None
+    # annotations of captions' own labels are used where given
+    write_store(str(tmp_path / "ann2.h5"), images=images[rows], image_ids=img_ids[rows],
+                image_labels=img_labels[rows], texts=texts[new_caps], text_ids=txt_ids[new_caps],
+                text_image=np.repeat(np.arange(6), 2), text_labels=1 - txt_labels[new_caps], model=o.model,
+                pretrained="synthetic")
+    assert run_cli(*base, "--annotations", tmp_path / "ann2.h5", "--out-paired", tmp_path / "p3.h5", "--out-pool",
+                   tmp_path / "u3.h5")[0] == 0
+    with open_store(str(tmp_path / "p3.h5")) as p3:
+        assert np.array_equal(p3.labels("texts")[-12:], 1 - txt_labels[new_caps])
+    # a missing annotation, labels of unselected images, an unlabelled paired store: one line each
+    write_store(str(tmp_path / "few.h5"), images=images[rows[:3]], image_ids=img_ids[rows[:3]],
+                image_labels=img_labels[rows[:3]], model=o.model, pretrained="synthetic")
+    assert_bad_input(run_cli(*base, "--annotations", tmp_path / "few.h5", *out[:1], tmp_path / "x.h5", out[2],
+                             tmp_path / "y.h5"), "has no annotation", out=tmp_path / "x.h5")
+    extra = np.concatenate([rows, [r for r in range(len(images)) if r not in rows][:1]])
+    write_store(str(tmp_path / "more.h5"), images=images[extra], image_ids=img_ids[extra],
+                image_labels=img_labels[extra], model=o.model, pretrained="synthetic")
+    assert_bad_input(run_cli(*base, "--annotations", tmp_path / "more.h5", *out[:1], tmp_path / "x.h5", out[2],
+                             tmp_path / "y.h5"), "--ignore-extra", out=tmp_path / "x.h5")
+    plain = synth_stores(str(tmp_path / "plain"), images=100, captions=2, classes=5, dim=16, seed=4)
+    assert_bad_input(run_cli("merge", "--paired", plain["paired"], "--unpaired", tmp_path / "pool.h5", "--selection",
+                             tmp_path / "sel.h5", "--annotations", tmp_path / "ann.h5", "--out-paired",
+                             tmp_path / "x.h5", "--out-pool", tmp_path / "y.h5"), "no /images/labels")
