@@ -113,12 +113,7 @@ class Head(nn.Module):
     def encode(self, rows: np.ndarray, side: str, device: torch.device) -> np.ndarray:
         """Unit rows through the head, in chunks; float32 numpy out."""
         self.to(device)
-        out = np.empty((len(rows), self.dim), dtype=np.float32)
-        with torch.no_grad():
-            for s in range(0, len(rows), ENCODE_ROWS):
-                x = torch.from_numpy(np.ascontiguousarray(rows[s:s + ENCODE_ROWS], dtype=np.float32)).to(device)
-                out[s:s + len(x)] = self.apply(x, side).cpu().numpy()
-        return out
+        return encode_rows(lambda x: self.apply(x, side), rows, self.dim, device)
 
     def fingerprint(self) -> str:
         h = hashlib.sha256(f"{self.d_in}x{self.dim}".encode())
@@ -126,6 +121,17 @@ class Head(nn.Module):
             h.update(k.encode())
             h.update(v.detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()[:32]
+
+
+def encode_rows(fn: Callable[[torch.Tensor], torch.Tensor], rows, dim: int, device: torch.device,
+                block: int = ENCODE_ROWS) -> np.ndarray:
+    """fn over rows in blocks of `block` (float32 on `device`, no grad); (len(rows), dim) float32 numpy out."""
+    out = np.empty((len(rows), dim), dtype=np.float32)
+    with torch.no_grad():
+        for s in range(0, len(rows), block):
+            x = torch.from_numpy(np.ascontiguousarray(rows[s:s + block], dtype=np.float32)).to(device)
+            out[s:s + len(x)] = fn(x).cpu().numpy()
+    return out
 
 
 def vsepp_loss(img: torch.Tensor, txt: torch.Tensor, owner: torch.Tensor, margin: float) -> torch.Tensor:

@@ -64,20 +64,10 @@ def merge(paired_path: str, pool_path: str, selection_path: str, annotations_pat
         txt_ids = np.concatenate([paired.ids("texts"), np.array(new_txt_ids, dtype=object)])
         _no_duplicates(img_ids, paired_path, annotations_path, "image")
         _no_duplicates(txt_ids, paired_path, annotations_path, "text")
-        inputs = (paired_path, pool_path, selection_path, annotations_path)
         keep = np.setdiff1d(np.arange(side.n), chosen)
         with StoreWriter(out_pool, model=pool.model, pretrained=str(pool.attrs.get("pretrained", "")),
                          inputs=inputs, created_by=created_by) as wp:
-            group = select
-            wp.add_group(group, len(keep), side.d, side.dtype,
-                         text_image=np.full(len(keep), -1, np.int64) if group == "texts" else None)
-            pool_ids = pool.ids(group)
-            for s in range(0, len(keep), COPY_ROWS):
-                part = keep[s:s + COPY_ROWS]
-                wp.write(group, s, _gather(side, part), pool_ids[part])
-            pool_labels = pool.labels(group)
-            if pool_labels is not None:
-                wp.add_labels(group, pool_labels[keep])
+            _copy_rows(wp, pool, select, keep, np.full(len(keep), -1, np.int64) if select == "texts" else None)
             with StoreWriter(out_paired, model=paired.model, pretrained=str(paired.attrs.get("pretrained", "")),
                              inputs=inputs, created_by=created_by) as w:
                 w.add_group("images", len(img_ids), paired.d, dtype)
@@ -149,16 +139,8 @@ def _merge_labelled_pairs(paired, pool, ann, chosen, chosen_ids, out_paired, out
     dtype = paired.images.dtype
     with StoreWriter(out_pool, model=pool.model, pretrained=str(pool.attrs.get("pretrained", "")), inputs=inputs,
                      created_by=created_by) as wp:
-        for group, rows, link in (("images", keep, None), ("texts", keep_caps, keep_ti)):
-            emb = pool.side(group)
-            wp.add_group(group, len(rows), emb.d, emb.dtype, text_image=link)
-            ids = pool.ids(group)
-            for s in range(0, len(rows), COPY_ROWS):
-                part = rows[s:s + COPY_ROWS]
-                wp.write(group, s, _gather(emb, part), ids[part])
-            labels = pool.labels(group)
-            if labels is not None:
-                wp.add_labels(group, labels[rows])
+        _copy_rows(wp, pool, "images", keep)
+        _copy_rows(wp, pool, "texts", keep_caps, keep_ti)
         with StoreWriter(out_paired, model=paired.model, pretrained=str(paired.attrs.get("pretrained", "")),
                          inputs=inputs, created_by=created_by) as w:
             w.add_group("images", len(img_ids), paired.d, dtype)
@@ -183,6 +165,19 @@ def _labels_of(ann: Store, group: str, ids, n_classes: int, path: str) -> np.nda
         raise AlselError(f"{path}: /{group}/labels has {labels.shape[1]} classes, the paired store {n_classes}")
     row = {x: r for r, x in enumerate(ann.ids(group))}
     return labels[np.array([row[str(x)] for x in ids], dtype=np.int64)].reshape(len(ids), n_classes)
+
+
+def _copy_rows(writer: StoreWriter, store: Store, group: str, rows: np.ndarray, text_image=None) -> None:
+    """Rows (ascending) of one group of `store`, with their ids and labels, into a new group of `writer`."""
+    emb = store.side(group)
+    writer.add_group(group, len(rows), emb.d, emb.dtype, text_image=text_image)
+    ids = store.ids(group)
+    for s in range(0, len(rows), COPY_ROWS):
+        part = rows[s:s + COPY_ROWS]
+        writer.write(group, s, _gather(emb, part), ids[part])
+    labels = store.labels(group)
+    if labels is not None:
+        writer.add_labels(group, labels[rows])
 
 
 def _gather(emb, rows: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import AlselError
-from .head import vsepp_loss
+from .head import encode_rows, vsepp_loss
 from .store import atomic_path
 
 FORMAT = "alsel-probhead-1"
@@ -74,12 +74,7 @@ class ProbHead(nn.Module):
     def encode(self, rows, side: str, device: torch.device, block: int = 4096) -> np.ndarray:
         """The retrieval embedding: normalised means μ/||μ|| of unit rows, in blocks; float32 numpy out."""
         self.to(device)
-        out = np.empty((len(rows), self.config.dim), dtype=np.float32)
-        with torch.no_grad():
-            for s in range(0, len(rows), block):
-                x = torch.from_numpy(np.ascontiguousarray(rows[s:s + block], dtype=np.float32)).to(device)
-                out[s:s + len(x)] = F.normalize(self.gaussian(x, side)[0], dim=1).cpu().numpy()
-        return out
+        return encode_rows(self.transform(side), rows, self.config.dim, device, block)
 
     def transform(self, side: str):
         """A chunk transform for stream.sweep: unit rows -> normalised means (core-set in this space)."""
