@@ -34,11 +34,13 @@ class TrainConfig:
     init: str = "identity"
     dim: int | None = None  # default: the input D
     margin: float = 0.2
-    epochs: int = 20
+    epochs: int = 50  # at most; early stopping on the validation split usually stops sooner
     batch_size: int = 128
     lr: float = 1e-3
     seed: int = 0
-    patience: int = 5  # epochs without a better validation R-sum before stopping
+    patience: int = 10  # epochs without a better validation MRR before stopping
+    val_split: float = 0.2  # fraction of the paired images held out for early stopping (no `val` store)
+    anchor: float | None = None  # pull toward the initial map; None: chosen on the split from ANCHORS (identity)
 
     def check(self, d_in: int) -> "TrainConfig":
         if self.init not in INITS:
@@ -58,7 +60,22 @@ class TrainConfig:
             raise AlselError(f"--margin must be a finite number, got {self.margin}")
         if self.patience < 1:
             raise AlselError(f"--patience must be at least 1, got {self.patience}")
+        if not 0 <= self.val_split < 1:
+            raise AlselError(f"--val-split must be in [0, 1), got {self.val_split}")
+        if self.anchor is not None and not (np.isfinite(self.anchor) and self.anchor >= 0):
+            raise AlselError(f"--anchor must be a finite number >= 0, got {self.anchor}")
         return TrainConfig(**dict(asdict(self), dim=dim))
+
+    def anchors(self) -> tuple[float, ...]:
+        """The pulls toward the initial map to try: the one given, else ANCHORS from identity (a random
+        initial map is no prior worth keeping) and none from a random start."""
+        if self.anchor is not None:
+            return (float(self.anchor),)
+        return ANCHORS if self.init == "identity" else (0.0,)
+
+
+ANCHORS = (0.0, 50.0)  # candidate pulls toward the initial map, in pairs' worth (see train_head)
+MIN_VAL_IMAGES = 5  # a smaller held-out split gives no useful signal: train all epochs instead
 
 
 class Head(nn.Module):
@@ -149,36 +166,121 @@ def vsepp_loss(img: torch.Tensor, txt: torch.Tensor, owner: torch.Tensor, margin
 @dataclass
 class History:
     loss: list = field(default_factory=list)
-    val_rsum: list = field(default_factory=list)
+    val_mrr: list = field(default_factory=list)  # validation MRR after epoch 0 (the initial map), 1, 2, ...
     best_epoch: int = 0
     steps: int = 0
+    val_images: int = 0  # images held out for early stopping (then refit on all)
+    anchor: float = 0.0  # the pull toward the initial map used
+    trials: list = field(default_factory=list)  # per anchor tried on the split: its best val MRR and epochs
 
 
 def train_head(paired: Paired, config: TrainConfig, device: torch.device, val=None,
                progress: Callable[[int, float], None] | None = None) -> tuple[Head, History]:
-    """Fit a head on a paired set. `val`: a paired Store for early stopping on R-sum.
+    """Fit a head on a paired set; deterministic on CPU for a seed.
 
-    `progress(steps_done, loss)` is called after every step. Deterministic on CPU for a seed.
+    Loss per step: the batch's mean VSE++ hinge + (anchor / n) ||θ - θ₀||², θ₀ the initial map and n the
+    training captions, so the initial map weighs like `anchor` pairs: it dominates a few dozen pairs and
+    fades as the set grows (L2-SP). Early stopping on the validation mean reciprocal rank (both ways,
+    `metrics.mrr`), the initial map (epoch 0) included, after every epoch, stopping after `patience`
+    epochs without a better one:
+    each pull of config.anchors() is tried and the better on validation wins (ties: the stronger pull);
+    - with `val` (a paired Store), its best epoch's weights are kept;
+    - else `val_split` of the paired images are held out, the pulls are fitted on the rest, and the head
+      is refit on every pair with the winner's pull and epoch count.
+    A raw CLIP space that a handful of pairs cannot improve stays as it is. Sets too small to hold out
+    MIN_VAL_IMAGES train for config.epochs with the strongest pull.
+    `progress(steps_done, loss)` is called after every step.
     """
-    from .metrics import evaluate
-
     d_in = paired.images.shape[1]
     config = config.check(d_in)
     g = torch.Generator().manual_seed(config.seed)
     head = Head(d_in, config.dim, meta={"model": paired.model, "paired_fingerprint": paired.fingerprint,
                                         "paired_path": paired.path, **asdict(config)})
     head.reset(config.init, g)
-    head.to(device)
-    images = torch.from_numpy(paired.images).to(device)
-    texts = torch.from_numpy(paired.texts).to(device)
-    owner = torch.from_numpy(paired.text_image).to(device)
-    opt = torch.optim.Adam(head.parameters(), lr=config.lr)
+    initial = copy.deepcopy(head.state_dict())
     hist = History()
+    everything = (paired.images, paired.texts, paired.text_image)
+    split = None if val is not None else split_images(len(paired.images), paired.text_image, config.val_split,
+                                                      config.seed)
+    if val is None and split is None:  # too few pairs to hold any out: the strongest pull, every epoch
+        anchor = max(config.anchors())
+        epochs = _fit(head, initial, everything, anchor, config, device, g, hist, progress)
+    else:
+        if val is not None:
+            fit_data, val_data = everything, (val.images.read(), val.texts.read(), val.text_image)
+        else:
+            fit_data, val_data = _subset(paired, *split[0]), _subset(paired, *split[1])
+            hist.val_images = len(split[1][0])
+        trials = []
+        for anchor in config.anchors():
+            head.load_state_dict(initial)
+            trial = History()
+            best = _fit(head, initial, fit_data, anchor, config, device, torch.Generator().manual_seed(config.seed),
+                        trial, _offset(progress, hist.steps), val_data)
+            hist.steps += trial.steps
+            # rounded: equal up to summation order is a tie
+            trials.append((round(max(trial.val_mrr), 9), anchor, best, trial, copy.deepcopy(head.state_dict())))
+        _, anchor, epochs, chosen, state = max(trials, key=lambda t: t[:2])  # ties: the stronger pull
+        hist.trials = [{"anchor": t[1], "val_mrr": t[0], "epochs": t[2]} for t in trials]
+        hist.loss, hist.val_mrr = chosen.loss, chosen.val_mrr
+        head.load_state_dict(state)
+        if val is None:  # refit on every pair with the chosen anchor and epoch count
+            head.load_state_dict(initial)
+            refit = History()
+            _fit(head, initial, everything, anchor, TrainConfig(**dict(asdict(config), epochs=epochs)), device,
+                 torch.Generator().manual_seed(config.seed), refit, _offset(progress, hist.steps))
+            hist.steps += refit.steps
+    hist.best_epoch, hist.anchor = epochs, anchor
+    head.meta.update(history=asdict(hist))
+    return head.cpu(), hist
+
+
+def _offset(progress, done: int):
+    return None if progress is None else (lambda step, loss: progress(done + step, loss))
+
+
+def split_images(n_images: int, text_image: np.ndarray, fraction: float, seed: int) -> tuple | None:
+    """((fit image rows, fit text rows), (val image rows, val text rows)), captions kept with their
+    image; None when fewer than MIN_VAL_IMAGES would be held out."""
+    n_val = int(round(fraction * n_images))
+    if n_val < MIN_VAL_IMAGES or n_images - n_val < 2:
+        return None
+    held = np.zeros(n_images, dtype=bool)
+    held[np.random.default_rng([seed, 7]).permutation(n_images)[:n_val]] = True
+    rows = np.arange(n_images)
+    return (rows[~held], np.flatnonzero(~held[text_image])), (rows[held], np.flatnonzero(held[text_image]))
+
+
+def _subset(paired: Paired, image_rows: np.ndarray, text_rows: np.ndarray) -> tuple:
+    """(images, texts, text_image) of some images and their captions, text_image renumbered."""
+    new_row = np.full(len(paired.images), -1, np.int64)
+    new_row[image_rows] = np.arange(len(image_rows))
+    return paired.images[image_rows], paired.texts[text_rows], new_row[paired.text_image[text_rows]]
+
+
+def _fit(head: Head, initial: dict, data: tuple, anchor: float, config: TrainConfig, device: torch.device,
+         g: torch.Generator, hist: History, progress, val_data: tuple | None = None) -> int:
+    """Train `head` (starting from its current weights) for config.epochs on data = (images, texts,
+    text_image); with val_data, keep the weights of the best validation epoch and stop after `patience`
+    epochs without a better one. Returns the number of epochs behind the final weights."""
+    from .metrics import mrr
+
+    head.to(device)
+    images = torch.from_numpy(np.ascontiguousarray(data[0])).to(device)
+    texts = torch.from_numpy(np.ascontiguousarray(data[1])).to(device)
+    owner = torch.from_numpy(np.ascontiguousarray(data[2])).to(device)
+    pull = anchor / max(len(texts), 1)
+    anchors = [initial[name].to(device) for name, _ in head.named_parameters()]
+    opt = torch.optim.Adam(head.parameters(), lr=config.lr)
     n = len(texts)
-    best = (-np.inf, copy.deepcopy(head.state_dict()))
-    if val is not None:
-        best = (evaluate(val, device, head)["rsum"], copy.deepcopy(head.state_dict()))
-        hist.val_rsum.append(best[0])
+
+    def score() -> float:
+        return mrr(head.encode(val_data[0], "image", device), head.encode(val_data[1], "text", device),
+                   val_data[2], device)
+
+    best = (score(), copy.deepcopy(head.state_dict()), 0) if val_data is not None else None
+    if best is not None:
+        hist.val_mrr.append(best[0])
     stale = 0
     for epoch in range(1, config.epochs + 1):
         perm = torch.randperm(n, generator=g).to(device)
@@ -187,33 +289,33 @@ def train_head(paired: Paired, config: TrainConfig, device: torch.device, val=No
             idx = perm[s:s + config.batch_size]
             if len(idx) < 2:
                 continue
-            loss = vsepp_loss(head.forward_side(images[owner[idx]], "image"), head.forward_side(texts[idx], "text"),
-                              owner[idx], config.margin)
+            img, txt = head.forward_side(images[owner[idx]], "image"), head.forward_side(texts[idx], "text")
+            hinge = vsepp_loss(img, txt, owner[idx], config.margin)
+            loss = hinge / len(idx)
+            if pull:  # L2-SP: the squared distance of the weights from the initial map's
+                loss = loss + pull * sum(((p - p0) ** 2).sum() for p, p0 in zip(head.parameters(), anchors))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             hist.steps += 1
-            value = loss.detach().item()
+            value = hinge.detach().item()
             total += value
             if progress is not None:
                 progress(hist.steps, value / len(idx))
         hist.loss.append(total / n)
-        if val is not None:
-            rsum = evaluate(val, device, head)["rsum"]
-            hist.val_rsum.append(rsum)
-            if rsum > best[0]:
-                best, stale = (rsum, copy.deepcopy(head.state_dict())), 0
-                hist.best_epoch = epoch
+        if best is not None:
+            value = score()
+            hist.val_mrr.append(value)
+            if value > best[0] + 1e-9:  # better, not equal up to summation order
+                best, stale = (value, copy.deepcopy(head.state_dict()), epoch), 0
             else:
                 stale += 1
                 if stale >= config.patience:
                     break
-    if val is not None:
-        head.load_state_dict(best[1])
-    else:
-        hist.best_epoch = config.epochs
-    head.meta.update(history=asdict(hist))
-    return head.cpu(), hist
+    if best is None:
+        return config.epochs
+    head.load_state_dict(best[1])
+    return best[2]
 
 
 def steps_per_epoch(n_pairs: int, batch_size: int) -> int:
@@ -263,4 +365,4 @@ def through_head(paired: Paired, head: Head | None, device: torch.device) -> Pai
     if head is None:
         return paired
     return Paired(paired.path, head.encode(paired.images, "image", device), head.encode(paired.texts, "text", device),
-                  paired.text_image, paired.model, paired.fingerprint, head=head.fingerprint())
+                  paired.text_image, paired.model, paired.fingerprint, head=head.fingerprint(), ids=paired.ids)

@@ -92,6 +92,18 @@ def recall(images: np.ndarray, texts: np.ndarray, text_image: np.ndarray, device
     return out
 
 
+def mrr(images: np.ndarray, texts: np.ndarray, text_image: np.ndarray, device: torch.device) -> float:
+    """Mean reciprocal rank 1 / (1 + rank), averaged over the image→text and text→image queries (ranks
+    as for R@K, ties against the query): the early-stopping signal of training, smoother than R@K on
+    small validation splits."""
+    text_image = np.asarray(text_image, dtype=np.int64)
+    n_i = len(images)
+    described = np.bincount(text_image, minlength=n_i) > 0
+    i2t = ranks(images, texts, np.arange(n_i), text_image, device)[described]
+    t2i = ranks(texts, images, text_image, np.arange(n_i), device)
+    return float((np.mean(1.0 / (1 + i2t)) + np.mean(1.0 / (1 + t2i))) / 2)
+
+
 MAP_QUERY_CHUNK = 256  # queries per block: a block holds its full similarity rows (chunk x N_gallery)
 MAP_KEYS = ("i2t_map", "t2i_map")
 
