@@ -124,6 +124,7 @@ class LowTile:
     bias: torch.Tensor | None
     err: torch.Tensor
     out_rel: float
+    shift: torch.Tensor | None = None  # sign form: (m,) the shifted bias as used minus the bias, each >= err
 
     GATHER_MAX = 4096  # more candidate entries than this: recompute their whole rows with one matmul
 
@@ -151,6 +152,54 @@ class LowTile:
         rows = (a.amax(dim=1) >= 0).nonzero().squeeze(1)
         r, c = (a[rows] >= 0).nonzero(as_tuple=True)
         return rows, r, c
+
+    def row_max_(self, best: torch.Tensor) -> torch.Tensor:
+        """Sign form: best[i] = max(best[i], max_j (x_i·a_j + b_j)) in float32, in place.
+
+        With δ_j = shift_j in [δmin, δmax], every entry satisfies
+            approx - u|approx| - δ_j - err_i  <=  x·a + b  <=  approx + u|approx| - δ_j + err_i,
+        so the row's largest value is at least F_i = max(best_i, lower bound of the row's largest approx),
+        and only entries whose upper bound reaches F_i can be larger: those are recomputed in float32.
+        A row whose largest approx cannot reach F_i is skipped without a look at its entries."""
+        a, u, err = self.approx, self.out_rel, self.err
+        dmin, dmax = float(self.shift.min()), float(self.shift.max())
+        low_cpu = a.device.type == "cpu" and a.dtype != torch.float32
+        if low_cpu:
+            # sign-magnitude bits: the largest value is the largest key when some entry is >= 0, else the
+            # smallest key (the negative number of least magnitude); int16 reductions, no conversion
+            keys = a.view(torch.int16)
+            kmax = keys.amax(dim=1)
+            top = torch.where(kmax >= 0, kmax, keys.amin(dim=1)).view(a.dtype).float()
+        else:
+            top = a.amax(dim=1).float()
+        certain = top - u * top.abs() - dmax - err - SLACK * (1 + top.abs())
+        floor = torch.maximum(certain, best)
+        t = floor + dmin - err
+        reach = torch.where(t >= 0, t / (1 + u), t / (1 - u)) - SLACK * (1 + t.abs())  # least approx that may
+        rows = (top >= reach).nonzero().squeeze(1)
+        if not len(rows):
+            return best
+        if low_cpu:
+            # approx >= reach, in key space: reach rounded down to the tile's dtype, then compared as bits
+            lo = reach[rows].to(a.dtype)
+            lo = torch.where(lo.float() > reach[rows], torch.nextafter(lo, torch.full_like(lo, -torch.inf)), lo)
+            k_lo = lo.view(torch.int16).numpy()[:, None]
+            rn = rows.numpy()
+            k = keys.numpy()[rn]
+            mixed = kmax.numpy()[rn] >= 0  # rows with an entry >= 0 (few): both signs to compare
+            if mixed.any():
+                cand = np.where(k_lo >= 0, k >= k_lo, (k >= 0) | (k <= k_lo))
+            else:  # all entries negative: approx >= lo <=> magnitude <= lo's <=> key <= lo's key
+                cand = k <= k_lo
+            flat = np.flatnonzero(cand)
+            r, c = torch.from_numpy(flat // a.shape[1]), torch.from_numpy(flat % a.shape[1])
+        else:
+            r, c = (a[rows].float() >= reach[rows, None]).nonzero(as_tuple=True)
+        vals = self.values(rows, r, c)
+        row_best = torch.full((len(rows),), -torch.inf, device=best.device).scatter_reduce_(
+            0, r.to(best.device), vals.to(best.device), reduce="amax")
+        best[rows] = torch.maximum(best[rows], row_best)
+        return best
 
     def exact(self, rows: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
         """Float32 values (x·a + b) of the tile's rows `rows`, where `cand` (len(rows) × m bool) is

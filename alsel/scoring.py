@@ -2,7 +2,9 @@
 
 c_j(u) = s(u, t_j) - ξ_j for a pool image u (select images), c_j(v) = s(x_i(j), v) - ξ_j for a pool
 text v (select texts).  count(u) = #{j : c_j(u) > 0};  counting: score = count;
-surplus: score = Σ_j max(0, c_j(u)).  One sweep over the pool with bias -ξ folded into the matmul.
+surplus: score = Σ_j max(0, c_j(u));  closest(u) = max_j c_j(u).  One sweep over the pool with bias
+-ξ folded into the matmul. A pool item whose id is an id of the paired store's same side is already
+paired: paired = 1, count 0, score 0, closest -inf (never selected).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ WEIGHTS = ("surplus", "counting")
 
 
 class HingeSum:
-    """Reducer over S = s - ξ: per row, the number and the sum of the positive entries."""
+    """Reducer over S = s - ξ: per row, the number and the sum of the positive entries, and the
+    largest entry (closest = max_j c_j)."""
 
     def __init__(self, device: torch.device = torch.device("cpu")):
         self.device = device
@@ -36,15 +39,18 @@ class HingeSum:
         return None
 
     def update(self, state, s, r0, c0):
+        closest = s.amax(dim=1)
         s.clamp_(min=0)
         count = torch.count_nonzero(s, dim=1)
         surplus = s.sum(dim=1).double()  # float32 (pairwise) within a block, float64 across blocks
         if state is None:
-            return count, surplus
-        return state[0] + count, state[1] + surplus
+            return count, surplus, closest
+        return state[0] + count, state[1] + surplus, torch.maximum(state[2], closest)
 
     def init_low(self, n, r0):
-        return torch.zeros(n, dtype=torch.int64, device=self.device), torch.zeros(n, dtype=torch.float64, device=self.device)
+        return (torch.zeros(n, dtype=torch.int64, device=self.device),
+                torch.zeros(n, dtype=torch.float64, device=self.device),
+                torch.full((n,), -torch.inf, device=self.device))
 
     def update_low(self, state, tile, r0, c0):
         """Sign-form tile: approx < 0 certifies c <= 0, so only rows with some approx >= 0 are looked
@@ -61,6 +67,7 @@ class HingeSum:
                 dense[r, c] = vals
                 state[0][rows] += torch.count_nonzero(dense, dim=1)
                 state[1][rows] += dense.sum(dim=1).double()
+        tile.row_max_(state[2])
         return state
 
     def finish(self, state):
@@ -90,24 +97,36 @@ def shard_range(i: int, n: int, size: int) -> tuple[int, int]:
     return i * size // n, (i + 1) * size // n
 
 
+def hinge_sweep(pool: Embeddings, paired: Paired, th: Thresholds, device: torch.device, start: int, stop: int,
+                chunk_size: int | None = None, progress=None, transform=None, precision: torch.dtype = torch.float32):
+    """The sweep of SPEC §3's c_j over pool rows [start, stop): yields (r0, r1, (count, surplus, closest))."""
+    resident = to_device(anchors(paired, th.params.select), device)
+    bias = torch.from_numpy(-th.xi.astype(np.float32)).to(device)
+    return sweep(pool, resident, HingeSum(device), device=device, bias=bias, transform=transform, start=start,
+                 stop=stop, chunk_size=chunk_size, progress=progress, precision=precision)
+
+
+def weigh(count: np.ndarray, surplus: np.ndarray, closest: np.ndarray, weight: str
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(count int64, score float32, closest float32) from a hinge sweep's results."""
+    score = count.astype(np.float32) if weight == "counting" else surplus.astype(np.float32)
+    return count.astype(np.int64), score, closest.astype(np.float32)
+
+
 def score_rows(pool: Embeddings, paired: Paired, th: Thresholds, weight: str, device: torch.device,
                start: int = 0, stop: int | None = None, chunk_size: int | None = None,
                progress: Callable[[int], None] | None = None, transform=None,
-               precision: torch.dtype = torch.float32) -> tuple[np.ndarray, np.ndarray]:
-    """(count int64, score float32) for pool rows [start, stop); `transform`: the head of the pool side;
-    `precision` bfloat16/float16: the exact low-precision path (same answers within SPEC §3)."""
+               precision: torch.dtype = torch.float32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(count int64, score float32, closest float32) for pool rows [start, stop); `transform`: the head
+    of the pool side; `precision` bfloat16/float16: the exact low-precision path (same answers within
+    SPEC §3)."""
     if weight not in WEIGHTS:
         raise AlselError(f"--weight {weight!r}: expected surplus or counting")
     stop = pool.n if stop is None else stop
     if stop <= start:
-        return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    resident = to_device(anchors(paired, th.params.select), device)
-    bias = torch.from_numpy(-th.xi.astype(np.float32)).to(device)
-    count, surplus = collect(sweep(pool, resident, HingeSum(device), device=device, bias=bias, transform=transform,
-                                   start=start, stop=stop, chunk_size=chunk_size, progress=progress,
-                                   precision=precision))
-    score = count.astype(np.float32) if weight == "counting" else surplus.astype(np.float32)
-    return count.astype(np.int64), score
+        return np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.float32)
+    return weigh(*collect(hinge_sweep(pool, paired, th, device, start, stop, chunk_size, progress, transform,
+                                      precision)), weight)
 
 
 @dataclass
@@ -117,6 +136,15 @@ class ScoreResult:
     count: np.ndarray
     score: np.ndarray
     attrs: dict
+    closest: np.ndarray | None = None
+    paired: np.ndarray | None = None  # uint8: 1 = already paired (count 0, score 0, closest -inf)
+
+    def leave_out_paired(self, mask: np.ndarray) -> "ScoreResult":
+        """Mark already-paired rows (SPEC §3) and clear their figures."""
+        self.paired = mask.astype(np.uint8)
+        self.count[mask], self.score[mask], self.closest[mask] = 0, 0, -np.inf
+        self.attrs["paired_left_out"] = int(mask.sum())
+        return self
 
 
 def scores_attrs(pool_store: Store, paired: Paired, th: Thresholds, weight: str, shard: tuple[int, int],
@@ -145,47 +173,53 @@ def score_pool(pool_store: Store, paired: Paired, th: Thresholds, weight: str, d
     attrs = scores_attrs(pool_store, paired, th, weight, shard, head, precision)
     a, b = shard_range(*shard, pool.n)
     transform = head.transform("image" if select == "images" else "text") if head is not None else None
-    count, score = score_rows(pool, paired, th, weight, device, a, b, chunk_size, progress, transform, precision)
+    count, score, closest = score_rows(pool, paired, th, weight, device, a, b, chunk_size, progress, transform,
+                                       precision)
     ids = pool_store.ids(select, a, b)
-    return ScoreResult(np.arange(a, b, dtype=np.int64), ids, count, score, attrs)
+    res = ScoreResult(np.arange(a, b, dtype=np.int64), ids, count, score, attrs, closest)
+    return res.leave_out_paired(paired.paired_mask(select, ids))
 
 
 def save_scores(out, res: ScoreResult, inputs: tuple = (), created_by: str | None = None) -> None:
-    write_h5(out, "scores", {"row": res.rows, "id": res.ids, "count": res.count, "score": res.score},
-             res.attrs, inputs=inputs, created_by=created_by)
+    write_h5(out, "scores", {"row": res.rows, "id": res.ids, "count": res.count, "score": res.score,
+                             "closest": res.closest, "paired": res.paired}, res.attrs, inputs=inputs,
+             created_by=created_by)
 
 
 # --------------------------------------------------------------------------- resumable scoring
 
 
-SCORE_BYTES_PER_ROW = 64  # OUT.partial (count, score) and OUT (row, id, count, score), with room for ids
+SCORE_BYTES_PER_ROW = 72  # OUT.partial (count, score, closest), OUT (row, id, count, score, closest, paired)
 
 
 class _PartialScores:
-    """OUT.partial: count and score rows of the chunks done so far, and how many rows that is."""
+    """OUT.partial: count, score and closest rows of the chunks done so far, and how many rows that is."""
 
     def __init__(self, path: str, settings: dict, resume: bool):
         from .store import open_partial
 
         def create(f):
             f.create_dataset("count", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(65536,))
-            f.create_dataset("score", shape=(0,), maxshape=(None,), dtype=np.float32, chunks=(65536,))
+            for name in ("score", "closest"):
+                f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=np.float32, chunks=(65536,))
             f.create_dataset("done", data=np.zeros(1, np.int64))
 
         self.path = path
         self.f, resumed = open_partial(path, settings, resume, create)
         if resumed:  # drop rows written after the last recorded chunk
             done = self.done
-            for name in ("count", "score"):
+            for name in self.NAMES:
                 self.f[name].resize(done, axis=0)
 
     @property
     def done(self) -> int:
         return int(self.f["done"][0])
 
-    def append(self, count: np.ndarray, score: np.ndarray) -> None:
+    NAMES = ("count", "score", "closest")
+
+    def append(self, count: np.ndarray, score: np.ndarray, closest: np.ndarray) -> None:
         n = self.done
-        for name, arr in (("count", count), ("score", score)):
+        for name, arr in zip(self.NAMES, (count, score, closest)):
             self.f[name].resize(n + len(arr), axis=0)
             self.f[name][n:] = arr
         self.f.flush()
@@ -217,7 +251,7 @@ def score_to_file(out: str, pool_store: Store, paired: Paired, th: Thresholds, w
     a, b = shard_range(*shard, pool.n)
     chunk_size = chunk_size or auto_chunk_size(pool.d, device)
     # what fixes the bits of the results: a resumed run must use the same
-    settings = dict(attrs, layout=tile_layout(chunk_size, device))
+    settings = dict(attrs, layout=tile_layout(chunk_size, device), partial=",".join(_PartialScores.NAMES))
     settings.pop("pool_path")
     check_output(out, inputs)
     check_space(out, (b - a) * SCORE_BYTES_PER_ROW)
@@ -228,19 +262,16 @@ def score_to_file(out: str, pool_store: Store, paired: Paired, th: Thresholds, w
             if progress is not None and done:
                 progress(done)
             if a + done < b:
-                resident = to_device(anchors(paired, select), device)
-                bias = torch.from_numpy(-th.xi.astype(np.float32)).to(device)
                 transform = head.transform("image" if select == "images" else "text") if head is not None else None
-                for _, _, (count, surplus) in sweep(pool, resident, HingeSum(device), device=device, bias=bias,
-                                                    transform=transform, start=a + done, stop=b, chunk_size=chunk_size,
-                                                    progress=progress, precision=precision):
-                    score = count.astype(np.float32) if weight == "counting" else surplus.astype(np.float32)
-                    part.append(count.astype(np.int64), score)
+                for _, _, results in hinge_sweep(pool, paired, th, device, a + done, b, chunk_size, progress,
+                                                 transform, precision):
+                    part.append(*weigh(*results, weight))
                     if should_stop is not None and should_stop() and part.done < b - a:
                         raise Interrupted(f"{out}: stopped after {part.done} of {b - a} rows; progress is in "
                                           f"{part.path}, continue with --resume")
-            res = ScoreResult(np.arange(a, b, dtype=np.int64), pool_store.ids(select, a, b), part.f["count"][:],
-                              part.f["score"][:], attrs)
+            ids = pool_store.ids(select, a, b)
+            res = ScoreResult(np.arange(a, b, dtype=np.int64), ids, part.f["count"][:], part.f["score"][:], attrs,
+                              part.f["closest"][:]).leave_out_paired(paired.paired_mask(select, ids))
         except AlselError:  # bad input: nothing to resume from, nothing left behind
             part.close()
             with contextlib.suppress(OSError):

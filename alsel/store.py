@@ -317,6 +317,20 @@ class Embeddings:
         """Rows [start, stop) as a new float32 numpy array, checked and re-normalised."""
         return self.load(start, self.n if stop is None else stop).numpy()
 
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """Rows `rows` (sorted ascending, e.g. a seeded sample) as float32 unit rows, checked."""
+        rows = np.asarray(rows, dtype=np.int64)
+        raw = self._array[rows] if self._array is not None else self._ds[rows] if len(rows) else \
+            np.zeros((0, self.d), self.dtype)
+        out = torch.from_numpy(np.asarray(raw, dtype=np.float32))
+        try:
+            normalize_(out, self.path, self.name, 0)
+        except AlselError:  # name the store's row, not the sample's
+            for i in range(len(rows)):
+                normalize_(out[i:i + 1].clone(), self.path, self.name, int(rows[i]))
+            raise
+        return out.numpy()
+
     def release(self, start: int, stop: int) -> None:
         """Drop the mapped pages of rows [start, stop) from this process's resident set."""
         if self._mm is None or stop <= start:
@@ -419,6 +433,10 @@ class Store:
             ds = dataset(self.file, f"/{group}/id", self.path, ndim=1, kind="S", length=getattr(self, group).n)
             check_unique_streamed(ds, self.path, f"/{group}/id")
 
+    def fingerprint(self, group: str) -> str:
+        """The pool fingerprint of one side (what selections and scores record)."""
+        return pool_fingerprint(self.side(group), self.model)
+
     def side(self, group: str) -> Embeddings:
         emb = getattr(self, group)
         if emb is None:
@@ -517,6 +535,19 @@ class Paired:
     model: str
     fingerprint: str
     head: str = "none"  # fingerprint of the retrieval head the rows went through, if any
+    ids: dict | None = None  # {"images": ids, "texts": ids}: pool items with these ids are already paired
+
+    def paired_mask(self, group: str, pool_ids: np.ndarray) -> np.ndarray:
+        """Which of `pool_ids` are ids of this paired set's `group` (already paired: never selected)."""
+        return already_paired(pool_ids, None if self.ids is None else self.ids[group])
+
+
+def already_paired(pool_ids: np.ndarray, paired_ids) -> np.ndarray:
+    """bool per pool id: also an id of the paired store's same side (SPEC §3)."""
+    if paired_ids is None or len(pool_ids) == 0:
+        return np.zeros(len(pool_ids), dtype=bool)
+    known = set(paired_ids.tolist())
+    return np.fromiter((x in known for x in pool_ids.tolist()), dtype=bool, count=len(pool_ids))
 
 
 def load_paired(store: Store) -> Paired:
@@ -525,7 +556,7 @@ def load_paired(store: Store) -> Paired:
     images = store.images.read()
     texts = store.texts.read()
     return Paired(store.path, images, texts, store.text_image.copy(), store.model,
-                  paired_fingerprint(store))
+                  paired_fingerprint(store), ids={"images": store.ids("images"), "texts": store.ids("texts")})
 
 
 def paired_fingerprint(store: Store) -> str:

@@ -87,6 +87,8 @@ class Rows(Protocol):
 
     def load(self, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor: ...
 
+    def take(self, rows: np.ndarray) -> np.ndarray: ...  # rows (sorted ascending), float32 unit rows
+
     def release(self, start: int, stop: int) -> None: ...
 
 
@@ -103,8 +105,37 @@ class ArrayRows:
     def read(self, start: int, stop: int) -> np.ndarray:
         return self.array[start:stop]
 
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        return self.array[rows]
+
     def release(self, start: int, stop: int) -> None:
         pass
+
+
+class ConcatRows:
+    """Several Rows sources one after the other (e.g. the paired items, then the pool), as one."""
+
+    def __init__(self, *parts):
+        self.parts = parts
+        self.starts = np.cumsum([0] + [p.n for p in parts])
+        self.n, self.d = int(self.starts[-1]), parts[0].d
+
+    def _pieces(self, start: int, stop: int):
+        for p, a in zip(self.parts, self.starts[:-1]):
+            lo, hi = max(start, a), min(stop, a + p.n)
+            if lo < hi:
+                yield p, lo - a, hi - a
+
+    def load(self, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.cat([torch.as_tensor(p.load(a, b)) for p, a, b in self._pieces(start, stop)])
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        part = np.searchsorted(self.starts, rows, side="right") - 1
+        return np.concatenate([self.parts[k].take(rows[part == k] - self.starts[k]) for k in range(len(self.parts))])
+
+    def release(self, start: int, stop: int) -> None:
+        for p, a, b in self._pieces(start, stop):
+            p.release(a, b)
 
 
 class Reducer(Protocol):
@@ -221,7 +252,9 @@ def _reduce_chunk(x, a, b, rows, resident, reducer, bias, transform, tile_rows, 
                     if low.bias is not None:
                         s += shifted[c0:c0 + col_block]
                 tile = LowTile(s, xt, block, None if bias is None else bias[c0:c0 + col_block],
-                               err[t0:t0 + tile_rows], out_rel(s.dtype))
+                               err[t0:t0 + tile_rows], out_rel(s.dtype),
+                               None if low.bias is None else
+                               shifted[c0:c0 + col_block].float() - low.bias[c0:c0 + col_block])
                 state = reducer.update_low(state, tile, r0, c0)
                 continue
             if bias is None:

@@ -85,8 +85,8 @@ def test_scores_equal_float32_on_near_ties(dtype, tiles, monkeypatch):
     rng = np.random.default_rng(2)
     texts, xi, pool = near_tie_world(rng)
     c = c64(pool, texts, xi)
-    count32, surplus32 = scores(pool, texts, xi, torch.float32)
-    count, surplus = scores(pool, texts, xi, dtype, chunk_size=50)
+    count32, surplus32, _ = scores(pool, texts, xi, torch.float32)
+    count, surplus, _ = scores(pool, texts, xi, dtype, chunk_size=50)
     for weight, score in (("counting", count.astype(np.float32)), ("surplus", surplus.astype(np.float32))):
         assert_scores_match(count, score, c, weight)
     tie = (np.abs(c) < 1e-5).any(axis=1)
@@ -94,14 +94,59 @@ def test_scores_equal_float32_on_near_ties(dtype, tiles, monkeypatch):
     assert np.allclose(surplus, surplus32, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("tiles", ["default", "small"])
+@pytest.mark.parametrize("shift", [0.0, 0.004, 0.02])
+def test_closest_equals_float64_on_near_ties(dtype, tiles, shift, monkeypatch):
+    """closest = max_j c_j within 1e-5 of float64, also for rows whose entries are all negative and crowd
+    within the rounding band of their maximum (tight text clusters; ξ raised by `shift`)."""
+    if tiles == "small":
+        monkeypatch.setattr("alsel.stream.CPU_TILE_ROWS", 7)
+        monkeypatch.setattr("alsel.stream.CPU_LOW_COL_BLOCK", 11)
+    rng = np.random.default_rng(4)
+    texts, xi, pool = near_tie_world(rng)
+    xi = (xi + shift).astype(np.float32)
+    c = c64(pool, texts, xi)
+    _, _, closest = scores(pool, texts, xi, dtype, chunk_size=50)
+    _, _, closest32 = scores(pool, texts, xi, torch.float32)
+    assert np.abs(closest - c.max(axis=1)).max() < 1e-5
+    assert np.abs(closest32 - c.max(axis=1)).max() < 1e-5
+    if shift:
+        assert (c.max(axis=1) < 0).mean() > 0.4
+        near = np.sort(c, axis=1)[:, -2:]
+        assert (near[:, 1] - near[:, 0] < 3e-3).mean() > 0.5  # the runner-up is inside the band
+
+
+def test_closest_without_the_band_is_wrong(monkeypatch):
+    """The near-tie data has teeth for closest too: taking the entry with the largest cheap product (no
+    band of candidates around it) misses the true maximum."""
+    from alsel.rounding import LowTile
+
+    def naive(self, best):
+        top = self.approx.float().argmax(dim=1)
+        rows = torch.arange(len(top))
+        vals = self.values(rows, rows, top)
+        best.copy_(torch.maximum(best, vals))
+        return best
+
+    rng = np.random.default_rng(4)
+    texts, xi, pool = near_tie_world(rng)
+    xi = (xi + 0.004).astype(np.float32)
+    c = c64(pool, texts, xi)
+    monkeypatch.setattr(LowTile, "row_max_", naive)
+    _, _, closest = scores(pool, texts, xi, torch.bfloat16)
+    assert np.abs(closest - c.max(axis=1)).max() > 1e-5
+
+
 def test_infinite_thresholds_keep_their_sign():
     """ξ = -inf (--form rank, fewer than k negatives): every pool item counts, surplus +inf."""
     rng = np.random.default_rng(3)
     texts, xi, pool = near_tie_world(rng, n_texts=10, n_pool=30)
     xi[[2, 5]] = -np.inf
-    count, surplus = scores(pool, texts, xi, torch.bfloat16)
-    count32, surplus32 = scores(pool, texts, xi, torch.float32)
+    count, surplus, closest = scores(pool, texts, xi, torch.bfloat16)
+    count32, surplus32, closest32 = scores(pool, texts, xi, torch.float32)
     assert np.array_equal(count, count32) and np.all(np.isinf(surplus)) and np.all(count >= 2)
+    assert np.all(np.isposinf(closest)) and np.all(np.isposinf(closest32))
 
 
 def test_a_bound_too_narrow_is_caught(monkeypatch):
@@ -111,7 +156,7 @@ def test_a_bound_too_narrow_is_caught(monkeypatch):
     c = c64(pool, texts, xi)
     real_shift = LowResident.shifted_bias
     monkeypatch.setattr(LowResident, "shifted_bias", lambda self, err_max, dtype: real_shift(self, 0.0, dtype))
-    count, surplus = scores(pool, texts, xi, torch.bfloat16)
+    count, surplus, _ = scores(pool, texts, xi, torch.bfloat16)
     with pytest.raises(AssertionError):
         assert_scores_match(count, count.astype(np.float32), c, "counting")
 

@@ -56,7 +56,8 @@ def test_streamed_scores_match_bruteforce(files, small_tiles, select, top_k, bat
             merged = load_scores(paths[::-1])  # order of files does not matter
             assert list(merged.rows) == list(range(37))
             assert_scores_match(merged.count, merged.score, c, weight)
-            sel = select_by_score(paths, 10)
+            assert np.allclose(merged.closest, c.max(axis=1), atol=1e-5, rtol=0)  # ±inf where ξ = -inf
+            sel = select_by_score(paths, 10, fill="row")
             _, ref_score = (None, merged.score)
             order = np.lexsort((np.arange(37), -ref_score.astype(np.float64)))[:10]
             assert list(sel.rows) == list(order)
@@ -78,6 +79,7 @@ def test_scores_against_float64_on_many_texts(tmp_path, precision):
         res = score_pool(u, p, th, "surplus", CPU, chunk_size=1100, precision=precision)
     assert len(texts) > 1000
     assert_scores_match(res.count, res.score, c, "surplus")
+    assert np.allclose(res.closest, c.max(axis=1), atol=1e-5, rtol=0)
     assert (res.count > 0).sum() > 100
 
 
@@ -120,8 +122,8 @@ def test_pool_is_read_in_chunks(files):
         p = load_paired(st)
         th = make_thresholds(p, ThresholdParams(), CPU)
         rows = CountingRows(pool.images)
-        count, score = score_rows(rows, p, th, "surplus", CPU, chunk_size=6)
-        full_count, full_score = score_rows(pool.images, p, th, "surplus", CPU, chunk_size=1000)
+        count, score, _ = score_rows(rows, p, th, "surplus", CPU, chunk_size=6)
+        full_count, full_score, _ = score_rows(pool.images, p, th, "surplus", CPU, chunk_size=1000)
     assert rows.max_read == 6 and rows.reads == 7
     assert np.array_equal(count, full_count) and np.allclose(score, full_score, rtol=1e-5, atol=1e-6)
 
