@@ -7,6 +7,8 @@ function and reports. Exit codes: 0 done, 2 bad usage or input (one line `error:
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import json
 import os
 import shlex
@@ -25,7 +27,7 @@ from rich.table import Table
 
 import alsel
 from alsel import head as heads
-from alsel import metrics, scoring, selection, store, thresholds
+from alsel import metrics, scoring, selection, store, strategies, thresholds
 from alsel.errors import AlselError, Interrupted
 from alsel.stream import DEVICES, resolve_device
 from alsel.rounding import resolve_precision
@@ -51,9 +53,6 @@ Select = choices("Select", thresholds.SELECT)
 Batch = choices("Batch", thresholds.BATCH)
 Form = choices("Form", thresholds.FORMS)
 Weight = choices("Weight", scoring.WEIGHTS)
-from alsel.ascmr import ASCMR_STRATEGIES  # noqa: E402
-
-Strategy = choices("Strategy", selection.STRATEGIES + ASCMR_STRATEGIES)
 DeviceName = choices("DeviceName", DEVICES)
 
 
@@ -72,10 +71,18 @@ HeadOpt = Annotated[Optional[str], typer.Option("--head", show_default=False,
                                                 help="Compare in the space of a head trained by `alsel train`.")]
 # head flags (train, simulate)
 InitOpt = Annotated[str, typer.Option(help="Head initialisation: identity (the raw space; dim = D) or random.")]
-DimOpt = Annotated[Optional[int], typer.Option(help="Head output dimension. [default: the embedding D]",
+DimOpt = Annotated[Optional[int], typer.Option(help="Head output dimension. (default: the embedding D)",
                                                show_default=False)]
 HeadMargin = Annotated[float, typer.Option(help="α of the max-of-hinges loss.")]
-EpochsOpt = Annotated[int, typer.Option(help="Passes over the paired captions.")]
+EpochsOpt = Annotated[int, typer.Option(help="At most this many passes over the paired captions (early stopping "
+                                             "on a held-out split usually ends sooner).")]
+ValSplitOpt = Annotated[float, typer.Option("--val-split", help="Fraction of the paired images held out to choose "
+                                                                "the epochs and the pull toward the initial map "
+                                                                "(then refit on all); 0 = train every epoch.")]
+AnchorOpt = Annotated[Optional[float], typer.Option("--anchor", show_default=False, help=(
+    "Pull toward the initial map (L2-SP, in pairs' worth). (default: from identity, 0 or 50, chosen on the "
+    "held-out split; 0 from random)"))]
+PatienceOpt = Annotated[int, typer.Option(help="Epochs without a better validation MRR before stopping.")]
 HeadBatch = Annotated[int, typer.Option("--batch-size", help="Pairs per training step.")]
 LrOpt = Annotated[float, typer.Option(help="Adam learning rate.")]
 # probabilistic-head flags (train --objective labels, simulate --annotate labels)
@@ -83,26 +90,58 @@ SamplesOpt = Annotated[int, typer.Option(help="--objective labels: samples J of 
 KlOpt = Annotated[float, typer.Option(help="--objective labels: weight β of the KL term.")]
 StepsOpt = Annotated[int, typer.Option(help="--objective labels: train for exactly this many steps instead of "
                                             "--epochs passes (0 = use --epochs).")]
-# ascmr flags (select, simulate)
-ClustersOpt = Annotated[int, typer.Option(help="ascmr: k-means clusters of the fused representation.")]
-LambdaOpt = Annotated[float, typer.Option("--lambda", help="ascmr: weight of the density term (unitless: times the "
-                                                          "sum of the B largest gains).")]
-DensityMixOpt = Annotated[float, typer.Option(help="ascmr: target shares, 0 = proportional to cluster size, "
-                                                   "1 = uniform.")]
 # threshold flags: None = not given (score checks given flags against a --thresholds file)
 SelectOpt = Annotated[Optional[Select], typer.Option("--select", show_default=False,
-                                                     help="Pool side to choose from. [default: images]")]
+                                                     help="Pool side to choose from. (default: images)")]
 TopK = Annotated[Optional[int], typer.Option("--top-k", show_default=False,
-                                             help="k of the k-th hardest negative. [default: 1]")]
+                                             help="k of the k-th hardest negative. (default: 1)")]
 BatchOpt = Annotated[Optional[Batch], typer.Option("--batch", show_default=False,
-                                                   help="Negatives from the whole paired set or a mini-batch. [default: full]")]
+                                                   help="Negatives from the whole paired set or a mini-batch. (default: full)")]
 BatchSize = Annotated[Optional[int], typer.Option("--batch-size", show_default=False,
-                                                  help="Mini-batch size for --batch mini. [default: 128]")]
-Margin = Annotated[Optional[float], typer.Option("--margin", show_default=False, help="α. [default: 0.2]")]
+                                                  help="Mini-batch size for --batch mini. (default: 128)")]
+Margin = Annotated[Optional[float], typer.Option("--margin", show_default=False, help="α. (default: 0.2)")]
 FormOpt = Annotated[Optional[Form], typer.Option("--form", show_default=False,
-                                                 help="ξ = max(h, p-α) (loss), h (rank) or p-α (margin). [default: loss]")]
+                                                 help="ξ = max(h, p-α) (loss), h (rank) or p-α (margin). (default: loss)")]
 Seed = Annotated[Optional[int], typer.Option("--seed", show_default=False,
-                                             help="Seed of the mini-batch permutation. [default: 0]")]
+                                             help="Seed of the mini-batch permutation. (default: 0)")]
+
+
+def strategy_option_params(exclude: tuple = ()) -> list[inspect.Parameter]:
+    """One keyword parameter per strategy option of the library (alsel.strategies.OPTION_SPECS): the same
+    flags, help and values in `select` and `simulate`; None = not given."""
+    params = []
+    for spec in strategies.OPTION_SPECS.values():
+        if spec.name in exclude:
+            continue
+        kind = {"int": int, "float": float}.get(spec.kind, str)
+        values = f" ({'|'.join(spec.values)})" if spec.values else ""
+        used_by = ", ".join(n for n in strategies.names() if spec.name in strategies.get(n).reads())
+        option = typer.Option(spec.flag, show_default=False,
+                              help=f"{spec.help}{values}; default {getattr(strategies.Options(), spec.name)}; "
+                                   f"read by {used_by}.")
+        params.append(inspect.Parameter(spec.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                        annotation=Annotated[Optional[kind], option]))
+    return params
+
+
+def with_strategy_options(exclude: tuple = ()):
+    """Add the strategy options to a command; the function receives them as `strategy_options` (a dict)."""
+    def wrap(fn):
+        extra = strategy_option_params(exclude)
+        sig = inspect.signature(fn, eval_str=True)
+        params = [p for p in sig.parameters.values() if p.name != "strategy_options"]
+
+        @functools.wraps(fn)
+        def command(**kw):
+            return fn(**{k: v for k, v in kw.items() if k not in names}, strategy_options={p.name: kw[p.name]
+                                                                                             for p in extra})
+
+        names = {p.name for p in extra}
+        command.__signature__ = sig.replace(parameters=params + extra)
+        command.__annotations__ = {p.name: p.annotation for p in params + extra}
+        del command.__wrapped__
+        return command
+    return wrap
 
 
 def threshold_params(select, top_k, batch, batch_size, margin, form, seed) -> thresholds.ThresholdParams:
@@ -240,10 +279,10 @@ def embed(
     captions: Annotated[Optional[str], typer.Option(show_default=False,
                                                     help="CSV or JSONL with id, text and optional image (the image's id).")] = None,
     model: Annotated[Optional[str], typer.Option(show_default=False,
-                                                 help="open_clip model name. [default: ViT-B-32, or the --model-config file's name]")] = None,
+                                                 help="open_clip model name. (default: ViT-B-32, or the --model-config file's name)")] = None,
     pretrained: Annotated[Optional[str], typer.Option(show_default=False,
                                                       help="open_clip tag (openai, laion2b_s34b_b79k, ...), a local checkpoint file, "
-                                                           "or none (random init from --seed). [default: openai; none with --model-config]")] = None,
+                                                           "or none (random init from --seed). (default: openai; none with --model-config)")] = None,
     model_config: Annotated[Optional[str], typer.Option("--model-config", show_default=False,
                                                         help="open_clip model config JSON for a custom architecture.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of a random initialisation (--pretrained none).")] = 0,
@@ -400,6 +439,9 @@ def score(paired: Paired, unpaired: Unpaired, out: Out,
                                             head_model, resume, stop, inputs=(paired, unpaired, thresholds_path, head),
                                             created_by=CREATED_BY, precision=dtype)
             dt = time.perf_counter() - t0
+    if res.attrs.get("paired_left_out"):
+        err_console.print(f"note: {res.attrs['paired_left_out']} pool items are already paired and were left out",
+                          markup=False, soft_wrap=True)
     rate = (b - a) / dt if dt > 0 else float("inf")
     out_console.print(f"wrote {out}: {b - a} pool rows (shard {shard_i_n[0]}/{shard_i_n[1]}), "
                       f"{rate:,.0f} rows/s; {int((res.count > 0).sum())} rows are hard negatives "
@@ -407,85 +449,82 @@ def score(paired: Paired, unpaired: Unpaired, out: Out,
 
 
 @app.command("select")
+@with_strategy_options()
 def select_cmd(
     out: Out,
     budget: Annotated[int, typer.Option(help="How many pool items to choose (B).", show_default=False)],
+    strategy: Annotated[Optional[str], typer.Option(show_default=False, help=(
+        f"A strategy and its option tokens ({', '.join(strategies.names())}; e.g. hn-texts-top3-mini-counting); "
+        f"`alsel strategies` lists them (default: hn with --scores, else {strategies.DEFAULT})."))] = None,
     scores: Annotated[Optional[list[str]], typer.Option("--scores", show_default=False,
-                                                        help="Score files (all shards of one run).")] = None,
-    strategy: Annotated[Optional[Strategy], typer.Option(show_default=False,
-                                                         help="score (with --scores), random or coreset.")] = None,
+                                                        help="hn: score files of `alsel score` (all shards of one run).")] = None,
+    thresholds_path: Annotated[Optional[str], typer.Option("--thresholds", show_default=False,
+                                                           help="hn: a ξ file from `alsel threshold` (else computed).")] = None,
     paired: Annotated[Optional[str], typer.Option("--paired", show_default=False, help="Paired store.")] = None,
     unpaired: Annotated[Optional[str], typer.Option("--unpaired", show_default=False, help="Pool store.")] = None,
-    select: Annotated[Select, typer.Option(help="Pool side (random, coreset).")] = Select.images,
-    seed: Annotated[int, typer.Option(help="Seed (random).")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed (random, the fill, k-means, samples).")] = 0,
     csv: Annotated[Optional[str], typer.Option("--csv", show_default=False,
                                                help="Also write rank,id,row,score as CSV.")] = None,
     device: Device = DeviceName.auto, chunk_size: ChunkSize = None, head: HeadOpt = None,
-    clusters: ClustersOpt = 20, lam: LambdaOpt = 1.0, density_mix: DensityMixOpt = 0.5,
-    samples: Annotated[int, typer.Option(help="ascmr, bald: samples J of each Gaussian embedding.")] = 8,
+    precision: PrecisionOpt = "auto",
+    strategy_options: dict = None,
 ):
-    """Choose B pool items: top scores (merging shards), random, core-set, or the ASCMR strategies
-    (ascmr and its ablations ascmr-no-inter, ascmr-no-density; bald and entropy baselines), which take
-    a pool of pairs (images with captions) and --head from `alsel train --objective labels`.
+    """Choose B pool items with a strategy (`alsel strategies` lists them and what each needs).
+
+    Items already in the paired store (same id, same side) are never chosen. hn takes score shards
+    (--scores) or scores the pool here; the ASCMR strategies take a pool of pairs and --head from
+    `alsel train --objective labels`.
 
     Examples: alsel select --scores s0.h5 s1.h5 s2.h5 --budget 100 --out sel.h5 --csv sel.csv
-              alsel select --strategy coreset --paired p.h5 --unpaired u.h5 --budget 100 --out sel.h5
+              alsel select --strategy typiclust --paired p.h5 --unpaired u.h5 --budget 100 --out sel.h5
     """
-    strategy = strategy or (Strategy.score if scores else None)
-    if strategy is None:
-        raise AlselError("select: give --scores FILES, or --strategy random|coreset with --unpaired")
+    spec = strategy or ("hn" if scores else strategies.DEFAULT)
     for o in (out, csv):
         if o is not None:
-            store.check_output(o, (*(scores or ()), paired, unpaired, head))
-    inputs: tuple = ()
-    if strategy is Strategy.score:
-        if not scores:
-            raise AlselError("select --strategy score needs --scores FILES")
-        if budget <= 0:
-            raise AlselError(f"--budget must be at least 1, got {budget}")
-        sel = selection.select_by_score(scores, budget)
-        inputs = tuple(scores)
-    else:
-        if scores:
-            raise AlselError(f"select --strategy {strategy.value} takes --paired/--unpaired, not --scores")
-        if unpaired is None:
-            raise AlselError(f"select --strategy {strategy.value} needs --unpaired POOL.h5")
-        if budget <= 0:
-            raise AlselError(f"--budget must be at least 1, got {budget}")
-        if strategy.value in ASCMR_STRATEGIES:
-            from alsel import ascmr, probhead
-
-            if head is None:
-                raise AlselError(f"select --strategy {strategy.value} needs --head PH.pt "
-                                 f"(from `alsel train --objective labels`)")
-            config = ascmr.AscmrConfig(clusters=clusters, lam=lam, mix=density_mix, samples=samples,
-                                       seed=seed).check()
-            with store.open_store(unpaired, need="paired") as pool:
-                ph = probhead.load_prob_head(head, pool)
-                sel = ascmr.select_labels(pool, ph, strategy.value, budget, config, resolve_device(device.value))
-            selection.save_selection(out, sel, csv, inputs=(unpaired, head), created_by=CREATED_BY)
-            show_selection(out, sel)
-            return
-        if head is not None and strategy is not Strategy.coreset:
-            raise AlselError(f"select --strategy {strategy.value} does not compare embeddings; --head is for coreset")
-        if strategy is Strategy.coreset and paired is None:
-            raise AlselError("select --strategy coreset needs --paired P.h5 (distances are to the paired items)")
-        with contextlib.ExitStack() as stack:
-            pool = stack.enter_context(store.open_store(unpaired, need=select.value))
-            pst = stack.enter_context(store.open_store(paired, need="paired")) if paired else None
+            store.check_output(o, (*(scores or ()), paired, unpaired, head, thresholds_path))
+    if budget <= 0:
+        raise AlselError(f"--budget must be at least 1, got {budget}")
+    dev = resolve_device(device.value)
+    with contextlib.ExitStack() as stack:
+        pst = stack.enter_context(store.open_store(paired, need="paired")) if paired else None
+        if unpaired is not None:
+            pool = stack.enter_context(store.open_store(unpaired))
             if pst is not None:
                 store.check_compatible(pst, pool)
-            if strategy is Strategy.random:
-                sel = selection.select_random(pool, select.value, budget, seed)
-            else:
-                dev = resolve_device(device.value)
-                head_model = heads.load_head(head, pst) if head else None
-                with progress_bar("core-set", budget) as advance:
-                    sel = selection.select_coreset(pool, pst.side(select.value).read(), select.value, budget,
-                                                   dev, chunk_size, advance, head=head_model)
-        inputs = (paired, unpaired, head)
-    selection.save_selection(out, sel, csv, inputs=inputs, created_by=CREATED_BY)
+        elif scores:
+            pool = strategies.scored_pool(scores)
+        else:
+            raise AlselError(f"select --strategy {spec} needs --unpaired POOL.h5 (or --scores FILES for hn)")
+        from alsel.probhead import load_any_head
+
+        head_model = load_any_head(head, pst or (pool if unpaired else None)) if head else None
+        inputs = strategies.Inputs(pool=pool, budget=budget, paired=pst, head=head_model, seed=seed, device=dev,
+                                   chunk_size=chunk_size, precision=resolve_precision(precision, dev),
+                                   scores=scores or None, thresholds=thresholds_path)
+        with progress_bar(spec, None) as advance:
+            inputs.progress = lambda what, k, total: advance(k)
+            sel = strategies.select(spec, inputs, **strategy_options)
+    selection.save_selection(out, sel, csv, inputs=(*(scores or ()), paired, unpaired, head, thresholds_path),
+                             created_by=CREATED_BY)
+    for note in sel.notes:
+        err_console.print(f"note: {note}", markup=False, soft_wrap=True)
     show_selection(out, sel)
+
+
+@app.command("strategies")
+def strategies_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON list.")] = False):
+    """List the selection strategies: name, what each needs, its option tokens, what it does, its paper.
+
+    Example: alsel strategies
+    """
+    rows = strategies.describe()
+    if as_json:
+        out_console.print_json(json.dumps(rows))
+        return
+    table = Table("name", "needs", "options (tokens)", "what it does", "paper", title="strategies")
+    for r in rows:
+        table.add_row(r["name"], "; ".join(r["needs"]), " ".join(r["options"]), r["summary"], r["paper"])
+    out_console.print(table)
 
 
 def show_selection(out: str, sel) -> None:
@@ -500,12 +539,13 @@ def show_selection(out: str, sel) -> None:
 @app.command()
 def train(
     paired: Paired, out: Annotated[str, typer.Option("--out", help="Output head.pt (written atomically).", show_default=False)],
-    init: InitOpt = "identity", dim: DimOpt = None, margin: HeadMargin = 0.2, epochs: EpochsOpt = 20,
+    init: InitOpt = "identity", dim: DimOpt = None, margin: HeadMargin = 0.2, epochs: EpochsOpt = 50,
     batch_size: HeadBatch = 128, lr: LrOpt = 1e-3,
-    seed: Annotated[int, typer.Option(help="Seed of initialisation and batch order.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation, held-out split and batch order.")] = 0,
     val: Annotated[Optional[str], typer.Option("--val", show_default=False,
-                                               help="Paired validation store: keep the best R-sum, stop early.")] = None,
-    patience: Annotated[int, typer.Option(help="Epochs without a better validation R-sum before stopping.")] = 5,
+                                               help="Paired validation store instead of the held-out split: "
+                                                    "keep the best epoch by its MRR.")] = None,
+    patience: PatienceOpt = 10, val_split: ValSplitOpt = 0.2, anchor: AnchorOpt = None,
     device: Device = DeviceName.auto,
     objective: Annotated[str, typer.Option(help="retrieval: the SPEC §4 head; labels: the ASCMR probabilistic "
                                                 "head (needs /images/labels and /texts/labels).")] = "retrieval",
@@ -524,7 +564,7 @@ def train(
         train_labels(paired, out, dim, margin, epochs, batch_size, lr, seed, samples, kl, steps, dev)
         return
     config = heads.TrainConfig(init=init, dim=dim, margin=margin, epochs=epochs, batch_size=batch_size, lr=lr,
-                               seed=seed, patience=patience)
+                               seed=seed, patience=patience, val_split=val_split, anchor=anchor)
     with contextlib.ExitStack() as stack:
         st = stack.enter_context(store.open_store(paired, need="paired"))
         config = config.check(st.d)
@@ -532,17 +572,18 @@ def train(
         if vst is not None:
             store.check_compatible(st, vst)
         p = store.load_paired(st)
-        total = config.epochs * heads.steps_per_epoch(len(p.texts), config.batch_size)
         t0 = time.perf_counter()
-        with progress_bar("training", total, "loss {task.fields[loss]:.4f}") as advance:
+        with progress_bar("training", None, "loss {task.fields[loss]:.4f}") as advance:
             head, hist = heads.train_head(p, config, dev, vst, lambda step, loss: advance(1, loss=loss))
         dt = time.perf_counter() - t0
         heads.save_head(out, head, inputs=(paired, val))
-    msg = f"wrote {out}: {head.d_in} -> {head.dim}, {hist.steps} steps in {dt:.1f} s"
+    msg = f"wrote {out}: {head.d_in} -> {head.dim}, {hist.best_epoch} epochs (anchor {hist.anchor:g}), " \
+          f"{hist.steps} steps in {dt:.1f} s"
     if hist.loss:
         msg += f", final loss {hist.loss[-1]:.4f} per pair"
-    if val:
-        msg += f", best validation R-sum {max(hist.val_rsum):.1f} at epoch {hist.best_epoch}"
+    if hist.val_mrr:
+        where = "validation" if val else f"{hist.val_images} held-out images"
+        msg += f", best MRR on {where} {max(hist.val_mrr):.4f}"
     out_console.print(msg)
 
 
@@ -625,6 +666,7 @@ def merge_cmd(
 
 
 @app.command()
+@with_strategy_options(exclude=("batch_size", "margin"))  # hn's are the head's --batch-size and --margin
 def simulate(
     oracle: Annotated[str, typer.Option(help="Paired store with the hidden annotations of every pool item.",
                                         show_default=False)],
@@ -632,21 +674,23 @@ def simulate(
     out: Annotated[str, typer.Option("--out", help="Output folder (resumable).", show_default=False)],
     budget: Annotated[int, typer.Option(help="Items annotated per round.", show_default=False)],
     rounds: Annotated[int, typer.Option(help="Selection rounds.")] = 5,
-    strategies: Annotated[str, typer.Option(help="Comma list: hn[-images|texts][-topK][-full|mini]"
-                                                 "[-surplus|counting], random[-texts], coreset[-texts], or all; with "
-                                                 "--annotate labels: ascmr, ascmr-no-inter, ascmr-no-density, "
-                                                 "bald, entropy, random, coreset.")] = "hn,random,coreset",
+    strategy_list: Annotated[str, typer.Option("--strategies", help=(
+        f"Comma list of strategies with their option tokens, as `alsel select --strategy` takes them "
+        f"({', '.join(strategies.names())}; e.g. hn-texts-top3-mini-counting, typiclust), or all (every "
+        f"hard-negative variant with k = 1, 3 and the baselines on both sides). The strategy flags below apply "
+        f"to every strategy that reads them."))] = "hn,random,coreset",
     seeds: Annotated[str, typer.Option(help="Seeds: 0,1,2 or 0-4.")] = "0",
     paired: Annotated[Optional[str], typer.Option("--paired", show_default=False,
                                                   help="Initial paired store (the oracle is then the pool).")] = None,
     initial: Annotated[float, typer.Option(help="Without --paired: fraction (<1) or count of oracle images paired at the start.")] = 0.1,
-    init: InitOpt = "identity", dim: DimOpt = None, margin: HeadMargin = 0.2, epochs: EpochsOpt = 20,
-    batch_size: HeadBatch = 128, lr: LrOpt = 1e-3,
+    init: InitOpt = "identity", dim: DimOpt = None, margin: HeadMargin = 0.2, epochs: EpochsOpt = 50,
+    batch_size: HeadBatch = 128, lr: LrOpt = 1e-3, patience: PatienceOpt = 10, val_split: ValSplitOpt = 0.2,
+    anchor: AnchorOpt = None,
     device: Device = DeviceName.auto, chunk_size: ChunkSize = None,
     annotate: Annotated[str, typer.Option(help="captions: pool images get captions (R-sum); labels: pool pairs get "
                                                "class labels, the ASCMR setting (probabilistic head, mAP@all).")] = "captions",
-    samples: SamplesOpt = 8, kl: KlOpt = 1e-3, steps: StepsOpt = 0,
-    clusters: ClustersOpt = 20, lam: LambdaOpt = 1.0, density_mix: DensityMixOpt = 0.5,
+    kl: KlOpt = 1e-3, steps: StepsOpt = 0,
+    strategy_options: dict = None,
 ):
     """The active-learning experiment: train, evaluate, select, annotate from the oracle, merge; repeat.
 
@@ -658,16 +702,19 @@ def simulate(
     from alsel import simulate as sim
 
     dev = resolve_device(device.value)
-    from alsel.ascmr import AscmrConfig
     from alsel.probhead import ProbConfig
 
-    head_cfg = heads.TrainConfig(init=init, dim=dim, margin=margin, epochs=epochs, batch_size=batch_size, lr=lr)
+    sim.check_annotate(annotate)
+    head_cfg = heads.TrainConfig(init=init, dim=dim, margin=margin, epochs=epochs, batch_size=batch_size, lr=lr,
+                                 patience=patience, val_split=val_split, anchor=anchor)
+    samples = strategy_options.get("samples") or strategies.Options().samples  # J of training and of selection
     cfg = sim.SimConfig(oracle=oracle, test=test, out=out, budget=budget, rounds=rounds,
-                        strategies=sim.parse_strategies(strategies), seeds=sim.parse_seeds(seeds), paired=paired,
-                        initial=initial, head=head_cfg, device=str(dev), chunk_size=chunk_size, annotate=annotate,
+                        strategies=sim.parse_strategies(strategy_list, strategy_options, head_cfg,
+                                                        consumed=("samples",) if annotate == "labels" else ()),
+                        seeds=sim.parse_seeds(seeds), paired=paired, initial=initial, head=head_cfg, device=str(dev),
+                        chunk_size=chunk_size, annotate=annotate,
                         prob=ProbConfig(dim=dim or 64, samples=samples, epochs=epochs, steps=steps,
-                                        batch_size=batch_size, lr=lr, margin=margin, kl=kl),
-                        ascmr=AscmrConfig(clusters=clusters, lam=lam, mix=density_mix, samples=samples))
+                                        batch_size=batch_size, lr=lr, margin=margin, kl=kl))
     sim.check_setting(cfg)
     if not cfg.labels:
         with store.open_store(paired or oracle, need="paired") as st:

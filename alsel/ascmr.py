@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .clustering import kmeans
 from .errors import AlselError
 
 EPS = 1e-12
@@ -164,62 +165,39 @@ def informativeness(head, images: np.ndarray, texts: np.ndarray, text_image: np.
 
 # --------------------------------------------------------------------------- clustering and selection
 
-KMEANS_SAMPLE = 65536  # k-means++ seeding and Lloyd steps run on a sample this large at most
-KMEANS_ITERS = 25
+def density_select(gain: np.ndarray, assign: np.ndarray, budget: int, lam: float, mix: float,
+                   rank: np.ndarray | None = None, selectable: np.ndarray | None = None) -> np.ndarray:
+    """Pool rows by the density-aware allocation over clusters `assign`: per-cluster budgets by the exact
+    greedy (`allocate`, shares from cluster sizes by `target_shares`), the best rows of each cluster;
+    ordered by gain (highest first). Within equal gains `rank` orders rows (lower first; default: the
+    row). Only `selectable` rows are candidates; cluster sizes count them."""
+    gain = np.asarray(gain, dtype=np.float64)
+    rows = np.arange(len(gain))
+    rank = rows if rank is None else np.asarray(rank)
+    cand = rows if selectable is None else rows[selectable]
+    k = int(assign.max()) + 1
+    by_cluster = [cand[assign[cand] == c] for c in range(k)]
+    ranked = [m[np.lexsort((rank[m], -gain[m]))] for m in by_cluster]  # per cluster: gain descending, then rank
+    shares = target_shares(np.array([len(m) for m in by_cluster]), mix)
+    counts = allocate([gain[r] for r in ranked], shares, budget, lam)
+    chosen = np.concatenate([r[:b] for r, b in zip(ranked, counts)]).astype(np.int64)
+    return chosen[np.lexsort((rank[chosen], -gain[chosen]))]
 
 
-def kmeans(x: np.ndarray, k: int, seed: int = 0, sample: int = KMEANS_SAMPLE, iters: int = KMEANS_ITERS,
-           rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
-    """(centers (k, d), assignment (N,)): k-means++ seeding and Lloyd iterations on a seeded sample of
-    at most `sample` rows, then every row assigned to its nearest center in blocks (no N × N, no N × k
-    beyond a block). Empty clusters keep their center."""
-    rng = np.random.default_rng(seed)
-    n = len(x)
-    if not 1 <= k <= n:
-        raise AlselError(f"--clusters {k}: expected 1..{n} (the pool size)")
-    s = x[np.sort(rng.choice(n, size=min(n, sample), replace=False))].astype(np.float64)
-    centers = [s[rng.integers(len(s))]]
-    d2 = ((s - centers[0]) ** 2).sum(axis=1)
-    for _ in range(1, k):
-        total = d2.sum()
-        nxt = s[rng.choice(len(s), p=d2 / total)] if total > 0 else s[rng.integers(len(s))]
-        centers.append(nxt)
-        d2 = np.minimum(d2, ((s - nxt) ** 2).sum(axis=1))
-    c = np.array(centers)
-    for _ in range(iters):
-        a = nearest(s, c)
-        new = c.copy()
-        for j in range(k):
-            members = s[a == j]
-            if len(members):
-                new[j] = members.mean(axis=0)
-        if np.allclose(new, c, rtol=0, atol=1e-10):
-            break
-        c = new
-    assign = np.concatenate([nearest(x[r:r + rows].astype(np.float64), c) for r in range(0, n, rows)])
-    return c, assign
-
-
-def nearest(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    """Index of the nearest center (squared Euclidean; ties: the lower index)."""
-    d = (x ** 2).sum(axis=1)[:, None] - 2 * x @ centers.T + (centers ** 2).sum(axis=1)[None, :]
-    return np.argmin(d, axis=1)
+def density_weight(gain: np.ndarray, budget: int, lam: float) -> float:
+    """λ' = λ × the sum of the B largest gains, so that λ is unitless (choice); λ itself when those are
+    all zero (then only the penalty decides, and any positive weight gives the same allocation)."""
+    scale = float(np.sort(np.asarray(gain, dtype=np.float64))[::-1][:budget].sum())
+    return lam * scale if scale > 0 else lam
 
 
 def select_ascmr(gain: np.ndarray, rep: np.ndarray, budget: int, clusters: int, lam: float, mix: float,
-                 seed: int) -> np.ndarray:
+                 seed: int, selectable: np.ndarray | None = None) -> np.ndarray:
     """Pool rows to annotate: k-means on the fused representation `rep`, per-cluster budgets by the
     exact greedy allocation, the most informative rows of each cluster; ordered by gain (highest
     first, ties: lower row). λ = 0 is the ablation without the density term."""
-    gain = np.asarray(gain, dtype=np.float64)
     _, assign = kmeans(rep, min(clusters, len(rep)), seed)
-    k = int(assign.max()) + 1
-    members = [np.flatnonzero(assign == c) for c in range(k)]
-    ranked = [m[np.lexsort((m, -gain[m]))] for m in members]  # per cluster: gain descending, then row
-    shares = target_shares(np.array([len(m) for m in members]), mix)
-    counts = allocate([gain[r] for r in ranked], shares, budget, lam)
-    chosen = np.concatenate([r[:b] for r, b in zip(ranked, counts)]).astype(np.int64)
-    return chosen[np.lexsort((chosen, -gain[chosen]))]
+    return density_select(gain, assign, budget, lam, mix, selectable=selectable)
 
 
 # --------------------------------------------------------------------------- strategies
@@ -255,42 +233,23 @@ def gains_for(strategy: str, info: dict[str, np.ndarray], entropy: np.ndarray) -
     raise AlselError(f"--strategy {strategy!r}: expected one of {', '.join(ASCMR_STRATEGIES)}")
 
 
-def select_labels(pool_store, head, strategy: str, budget: int, config: AscmrConfig, device):
-    """A Selection of pool images (pool pairs: images with their captions) by an ASCMR strategy.
+def choose_rows(strategy: str, head, images: np.ndarray, texts: np.ndarray, text_image: np.ndarray, budget: int,
+                config: AscmrConfig, device, selectable: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(rows chosen, most wanted first; the gain of every row; the informativeness terms of every row)
+    for pool pairs given as arrays or a store's readers; only `selectable` rows are chosen.
     Density-aware strategies (ascmr, ascmr-no-inter) cluster the fused representation; the others take
     the B largest gains (ties: lower row)."""
-    from .selection import Selection, check_budget
-
-    if strategy not in ASCMR_STRATEGIES:
-        raise AlselError(f"--strategy {strategy!r}: expected one of {', '.join(ASCMR_STRATEGIES)}")
-    images, texts = pool_store.images, pool_store.texts
-    if images is None or texts is None:
-        raise AlselError(f"{pool_store.path}: {strategy} scores pool pairs: the pool needs /images and /texts")
-    if images.d != head.d_in:
-        raise AlselError(f"{pool_store.path}: D = {images.d} does not match the head's {head.d_in}")
-    check_budget(budget, images.n, pool_store.path)
-    rows, gain, info = choose_rows(strategy, head, images, texts, pool_store.text_image, budget, config, device)
-    attrs = dict(strategy=strategy, budget=budget, seed=config.seed, select="images", clusters=config.clusters,
-                 lam=config.lam, mix=config.mix, samples=config.samples, model=pool_store.model,
-                 pool_size=images.n)
-    from .store import pool_fingerprint
-
-    attrs["pool_fingerprint"] = pool_fingerprint(images, pool_store.model)
-    parts = {k: info[k][rows].astype(np.float32) for k in ("intra", "inter")}
-    return Selection(rows, pool_store.ids_at("images", rows), gain[rows].astype(np.float32), attrs, parts)
-
-
-def choose_rows(strategy: str, head, images: np.ndarray, texts: np.ndarray, text_image: np.ndarray, budget: int,
-                config: AscmrConfig, device) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(rows chosen, most wanted first; the gain of every row; the informativeness terms of every row)
-    for pool pairs given as arrays or a store's readers."""
     info = informativeness(head, images, texts, text_image, device, config.samples, config.seed)
     gain = gains_for(strategy, info, mean_prediction_entropy(head, images, device))
     if strategy in ("ascmr", "ascmr-no-inter"):
-        scale = float(np.sort(gain)[::-1][:budget].sum())
-        rows = select_ascmr(gain, info["mu"], budget, config.clusters, config.lam * scale, config.mix, config.seed)
+        lam = config.lam * float(np.sort(gain)[::-1][:budget].sum())
+        rows = select_ascmr(gain, info["mu"], budget, config.clusters, lam, config.mix, config.seed, selectable)
     else:
-        rows = np.lexsort((np.arange(len(gain)), -gain))[:budget].astype(np.int64)
+        order = np.lexsort((np.arange(len(gain)), -gain))
+        if selectable is not None:
+            order = order[selectable[order]]
+        rows = order[:budget].astype(np.int64)
     return rows, gain, info
 
 

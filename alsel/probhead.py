@@ -204,3 +204,11 @@ def load_prob_head(path: str, store=None) -> ProbHead:
     if store is not None and store.d != head.d_in:
         raise AlselError(f"{path}: head expects embeddings of D = {head.d_in}, {store.path} has D = {store.d}")
     return head.eval()
+
+
+def load_any_head(path: str, store=None):
+    """A retrieval head (`alsel train`) or a probabilistic head (`--objective labels`), whichever the file
+    holds, checked against `store` when given."""
+    from .head import load_head
+
+    return load_prob_head(path, store) if is_prob_head(path) else load_head(path, store)

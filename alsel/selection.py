@@ -14,12 +14,10 @@ from .store import (Store, atomic_path, attrs_dict, dataset, int_attr, open_h5, 
                     read_ids, read_ids_at, write_h5)
 from .stream import ArrayRows, Rows, collect, sweep, to_device
 
-STRATEGIES = ("score", "random", "coreset")
 # attributes every shard of one scoring run shares
 SHARD_KEYS = ("weight", "select", "top_k", "batch", "batch_size", "margin", "form", "seed", "pool_size",
               "pool_fingerprint", "paired_fingerprint", "thresholds_fingerprint", "head")
 SCORE_PARTS = ("intra", "inter")  # optional per-row terms of the score (ascmr)
-CORESET_CACHE_BYTES = 1 << 30  # pools up to this size (float32) are held in memory for the B passes
 
 
 @dataclass
@@ -29,13 +27,16 @@ class Selection:
     score: np.ndarray
     attrs: dict
     parts: dict = field(default_factory=dict)  # named terms of the score per selected row (ascmr: intra, inter)
+    notes: list = field(default_factory=list)  # what a command says on stderr (left-out items, the fill)
 
 
-def check_budget(budget: int, pool_size: int, where: str) -> None:
+def check_budget(budget: int, pool_size: int, where: str, left_out: int = 0) -> None:
+    """`pool_size`: the items that may be chosen; `left_out`: already paired ones besides them."""
     if budget <= 0:
         raise AlselError(f"--budget must be at least 1, got {budget}")
     if budget > pool_size:
-        raise AlselError(f"{where}: --budget {budget} is larger than the pool ({pool_size} items)")
+        extra = f" that may be chosen; {left_out} more are already paired" if left_out else ""
+        raise AlselError(f"{where}: --budget {budget} is larger than the pool ({pool_size} items{extra})")
 
 
 # --------------------------------------------------------------------------- by score
@@ -50,6 +51,8 @@ class MergedScores:
     paths: list[str]
     owner: np.ndarray  # per merged row: which file holds it
     local: np.ndarray  # and at which index of that file
+    closest: np.ndarray | None = None  # None when a file predates /closest
+    paired: np.ndarray | None = None  # bool: already paired (never selected)
 
     def ids_at(self, pick: np.ndarray) -> np.ndarray:
         """Ids of the merged rows `pick`, read from their shard files (only those rows: a selection
@@ -88,8 +91,16 @@ def load_scores(paths: list[str]) -> MergedScores:
             score = np.asarray(dataset(f, "/score", p, ndim=1, kind="f", length=n)[:], dtype=np.float32)
             count = np.asarray(dataset(f, "/count", p, ndim=1, kind="i", length=n)[:], dtype=np.int64)
             dataset(f, "/id", p, ndim=1, kind="S", length=n)  # checked here, read for the chosen rows only
+            closest = np.asarray(dataset(f, "/closest", p, ndim=1, kind="f", length=n)[:], dtype=np.float32) \
+                if "closest" in f else None
+            paired = np.asarray(dataset(f, "/paired", p, ndim=1, kind="i", length=n)[:]) if "paired" in f \
+                else np.zeros(n, np.uint8)
         if np.isnan(score).any():
             raise AlselError(f"{p}: /score holds NaN values")
+        if closest is not None and np.isnan(closest).any():
+            raise AlselError(f"{p}: /closest holds NaN values")
+        if not np.isin(paired, (0, 1)).all():
+            raise AlselError(f"{p}: /paired holds values other than 0 and 1")
         if first_attrs is None:
             first_attrs, first_path = attrs, p
         else:
@@ -101,7 +112,7 @@ def load_scores(paths: list[str]) -> MergedScores:
         int_attr(attrs, "seed", p)
         if n and (rows.min() < 0 or rows.max() >= pool_size):
             raise AlselError(f"{p}: /row values outside 0..{pool_size - 1}")
-        parts.append((p, rows, None, score, count))
+        parts.append((p, rows, None, score, count, closest, paired.astype(bool)))
     pool_size = int(first_attrs["pool_size"])
     rows = np.concatenate([x[1] for x in parts])
     owner = np.concatenate([np.full(len(x[1]), i) for i, x in enumerate(parts)])
@@ -125,7 +136,10 @@ def load_scores(paths: list[str]) -> MergedScores:
     local = np.concatenate([np.arange(len(x[1])) for x in parts])[order]
     score = np.concatenate([x[3] for x in parts])[order]
     count = np.concatenate([x[4] for x in parts])[order]
-    return MergedScores(rows_sorted, score, count, first_attrs, [x[0] for x in parts], owner[order], local)
+    closest = None if any(x[5] is None for x in parts) else np.concatenate([x[5] for x in parts])[order]
+    paired = np.concatenate([x[6] for x in parts])[order]
+    return MergedScores(rows_sorted, score, count, first_attrs, [x[0] for x in parts], owner[order], local,
+                        closest, paired)
 
 
 def top_b(score: np.ndarray, budget: int) -> np.ndarray:
@@ -138,27 +152,20 @@ def top_b(score: np.ndarray, budget: int) -> np.ndarray:
     return chosen[np.lexsort((chosen, -score[chosen].astype(np.float64)))]
 
 
-def select_by_score(paths: list[str], budget: int) -> Selection:
-    merged = load_scores(paths)
-    check_budget(budget, len(merged.rows), paths[0])
-    pick = top_b(merged.score, budget)
-    keep = {k: merged.attrs[k] for k in ("weight", "select", "top_k", "batch", "batch_size", "margin", "form",
-                                          "pool_size", "pool_fingerprint", "paired_fingerprint",
-                                          "thresholds_fingerprint", "model", "head") if k in merged.attrs}
-    attrs = dict(keep, strategy="score", budget=budget, seed=int(merged.attrs["seed"]))
-    return Selection(merged.rows[pick], merged.ids_at(pick), merged.score[pick], attrs)
+def select_by_score(paths: list[str], budget: int, fill: str = "random", seed: int = 0) -> Selection:
+    """hn from score files (SPEC §3 "Selection by score"): positive scores first, then the fill."""
+    from .strategies import Inputs, scored_pool, select
+
+    return select("hn", Inputs(pool=scored_pool(paths), budget=budget, seed=seed, scores=list(paths)), fill=fill)
 
 
 # --------------------------------------------------------------------------- baselines
 
 
 def select_random(pool_store: Store, select: str, budget: int, seed: int) -> Selection:
-    pool = pool_store.side(select)
-    check_budget(budget, pool.n, pool_store.path)
-    rows = np.random.default_rng(seed).choice(pool.n, size=budget, replace=False).astype(np.int64)
-    attrs = dict(strategy="random", budget=budget, seed=seed, select=select, pool_size=pool.n,
-                 pool_fingerprint=pool_fingerprint(pool, pool_store.model), model=pool_store.model)
-    return Selection(rows, pool_store.ids_at(select, rows), np.full(budget, np.nan, np.float32), attrs)
+    from .strategies import Inputs, select as choose
+
+    return choose("random", Inputs(pool=pool_store, budget=budget, seed=seed), select=select)
 
 
 class MaxSim:
@@ -182,14 +189,14 @@ def distance_from_sim(s: np.ndarray) -> np.ndarray:
 
 def kcenter_greedy(pool: Rows, centers: np.ndarray, budget: int, device: torch.device,
                    chunk_size: int | None = None, progress: Callable[[int], None] | None = None,
-                   transform=None) -> tuple[np.ndarray, np.ndarray]:
+                   transform=None, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """k-center greedy: d(u) = min_x ||u - x|| over `centers`; B times take argmax d (ties: lower row)
     and lower d by the distance to the new center. Returns (rows, d at pick time). Memory O(N_u).
-    `transform` maps pool rows into the centers' space (a head)."""
+    `transform` maps pool rows into the centers' space (a head); `exclude` rows are never taken."""
     (s,) = collect(sweep(pool, to_device(centers, device), MaxSim(), device=device, transform=transform,
                          chunk_size=chunk_size))
     d = distance_from_sim(s)
-    chosen = np.zeros(pool.n, dtype=bool)
+    chosen = np.zeros(pool.n, dtype=bool) if exclude is None else np.asarray(exclude, dtype=bool).copy()
     rows = np.empty(budget, np.int64)
     dist = np.empty(budget, np.float32)
     for b in range(budget):
@@ -208,24 +215,13 @@ def kcenter_greedy(pool: Rows, centers: np.ndarray, budget: int, device: torch.d
     return rows, dist
 
 
-def select_coreset(pool_store: Store, paired_side: np.ndarray, select: str, budget: int, device: torch.device,
-                   chunk_size: int | None = None, progress=None, cache_bytes: int = CORESET_CACHE_BYTES,
-                   head=None) -> Selection:
-    """Core-set baseline. `paired_side`: the paired images (select images) or texts (select texts), raw;
-    with `head` both sides are compared in the head's space."""
-    pool = pool_store.side(select)
-    check_budget(budget, pool.n, pool_store.path)
-    rows_src: Rows = pool
-    if pool.n * pool.d * 4 <= cache_bytes:  # read once instead of B + 1 times
-        rows_src = ArrayRows(pool.read(0, pool.n))
-    side = "image" if select == "images" else "text"
-    transform = head.transform(side) if head is not None else None
-    centers = head.encode(paired_side, side, device) if head is not None else paired_side
-    rows, dist = kcenter_greedy(rows_src, centers, budget, device, chunk_size, progress, transform)
-    attrs = dict(strategy="coreset", budget=budget, seed=0, select=select, pool_size=pool.n,
-                 pool_fingerprint=pool_fingerprint(pool, pool_store.model), model=pool_store.model,
-                 head=head.fingerprint() if head is not None else "none")
-    return Selection(rows, pool_store.ids_at(select, rows), dist, attrs)
+def select_coreset(pool_store: Store, paired_store: Store, select: str, budget: int, device: torch.device,
+                   chunk_size: int | None = None, head=None) -> Selection:
+    """Core-set baseline (k-center greedy from the paired items of the selected side)."""
+    from .strategies import Inputs, select as choose
+
+    return choose("coreset", Inputs(pool=pool_store, paired=paired_store, budget=budget, head=head, device=device,
+                                    chunk_size=chunk_size), select=select)
 
 
 # --------------------------------------------------------------------------- file

@@ -22,93 +22,64 @@ import csv
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import numpy as np
 import torch
 
-from .ascmr import ASCMR_STRATEGIES, AscmrConfig, select_labels
+from . import strategies
 from .errors import AlselError
-from .head import TrainConfig, load_head, save_head, through_head, train_head
+from .head import TrainConfig, load_head, save_head, train_head
 from .merge import merge
 from .metrics import KEYS, MAP_KEYS, evaluate, store_labels
 from .probhead import ProbConfig, load_prob_head, save_prob_head, train_prob_head
-from .scoring import WEIGHTS, save_scores, score_pool
-from .selection import read_selection, save_selection, select_by_score, select_coreset, select_random
+from .scoring import WEIGHTS
+from .selection import save_selection
 from .store import check_compatible, load_paired, normalize_rows, open_store, write_store
-from .thresholds import BATCH, FORMS, SELECT, ThresholdParams, make_thresholds
+from .thresholds import BATCH, SELECT
 
 
 # --------------------------------------------------------------------------- strategies
 
 
-@dataclass(frozen=True)
-class Strategy:
-    kind: str  # "hn" (hard negatives), "random", "coreset", or one of ASCMR_STRATEGIES
-    select: str = "images"
-    top_k: int = 1
-    batch: str = "full"
-    weight: str = "surplus"
-    form: str = "loss"
-
-    @property
-    def name(self) -> str:
-        if self.kind != "hn":
-            return self.kind if self.select == "images" else f"{self.kind}-texts"
-        name = f"hn-{self.select}-top{self.top_k}-{self.batch}-{self.weight}"
-        return name if self.form == "loss" else f"{name}-{self.form}"
-
-
-def parse_strategy(spec: str) -> Strategy:
-    """`random`, `coreset` (optionally `-texts`), `hn` with any of: images|texts, top<k>,
-    full|mini, surplus|counting, loss|rank|margin, e.g. `hn-texts-top3-mini-counting`; or one of the
-    label strategies (ascmr, ascmr-no-inter, ascmr-no-density, bald, entropy)."""
-    if spec.strip().lower() in ASCMR_STRATEGIES:
-        return Strategy(spec.strip().lower())
-    tokens = spec.strip().lower().split("-")
-    kind, rest = tokens[0], tokens[1:]
-    if kind not in ("hn", "random", "coreset"):
-        raise AlselError(f"--strategies: unknown strategy {spec!r} (hn[-...], random, coreset, "
-                         f"{', '.join(ASCMR_STRATEGIES)})")
-    fields: dict = {"kind": kind}
-    for t in rest:
-        if t in SELECT:
-            fields["select"] = t
-        elif kind == "hn" and re.fullmatch(r"top\d+", t) and int(t[3:]) >= 1:
-            fields["top_k"] = int(t[3:])
-        elif kind == "hn" and t in BATCH:
-            fields["batch"] = t
-        elif kind == "hn" and t in WEIGHTS:
-            fields["weight"] = t
-        elif kind == "hn" and t in FORMS:
-            fields["form"] = t
-        else:
-            raise AlselError(f"--strategies: cannot read {t!r} in {spec!r}")
-    return Strategy(**fields)
-
-
-def all_strategies() -> list[Strategy]:
+def all_strategies() -> list[str]:
     """Every hard-negative variant of the paper (top-1/top-3 × full/mini × counting/surplus ×
     images/texts), plus random and core-set on both sides."""
-    out = [Strategy("hn", s, k, b, w) for s in SELECT for k in (1, 3) for b in BATCH for w in WEIGHTS]
-    return out + [Strategy(k, s) for k in ("random", "coreset") for s in SELECT]
+    out = [f"hn-{s}-top{k}-{b}-{w}" for s in SELECT for k in (1, 3) for b in BATCH for w in WEIGHTS]
+    return out + [f"{k}-{s}" for k in ("random", "coreset") for s in SELECT]
 
 
-def parse_strategies(text: str) -> list[Strategy]:
-    items: list[Strategy] = []
+def parse_strategies(text: str, options: dict | None = None, head: TrainConfig | None = None,
+                     consumed: tuple = ()) -> list[str]:
+    """Canonical strategy names (alsel.strategies) of a comma list of specs or `all`. `options`: the
+    strategy flags, applied to every strategy that reads them (a token contradicting one is an error, and
+    so is a flag that no strategy reads, unless `consumed` elsewhere); hn's mini-batch size and α default
+    to the head's --batch-size and --margin."""
+    specs: list[str] = []
     for part in text.split(","):
         if part.strip().lower() == "all":
-            items.extend(all_strategies())
+            specs.extend(all_strategies())
         elif part.strip():
-            items.append(parse_strategy(part))
-    names = [s.name for s in items]
+            specs.append(part.strip())
+    if not specs:
+        raise AlselError("--strategies: give at least one strategy")
+    options = {k: v for k, v in (options or {}).items() if v is not None}
+    unread = [k for k in options if k not in consumed and not any(k in strategies.resolve(sp, "--strategies", strict=False)[0].reads()
+                                            for sp in specs)]
+    if unread:
+        raise AlselError(f"--strategies: no strategy given reads {strategies.OPTION_SPECS[unread[0]].flag}")
+    names = []
+    for spec in specs:
+        strategy, opts, explicit = strategies.resolve(spec, "--strategies", strict=False, **options)
+        if head is not None:
+            implied = {k: getattr(head, k) for k in ("batch_size", "margin") if k in strategy.reads() and k not in explicit}
+            opts = replace(opts, **implied)
+        names.append(strategy.canonical(opts))
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise AlselError(f"--strategies: {sorted(dup)[0]} is given twice")
-    if not items:
-        raise AlselError("--strategies: give at least one strategy")
-    return items
+    return names
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -137,7 +108,7 @@ class SimConfig:
     out: str
     budget: int
     rounds: int
-    strategies: list
+    strategies: list  # canonical names (parse_strategies)
     seeds: list
     paired: str | None = None  # initial paired store; else split the oracle with `initial`
     initial: float = 0.1  # fraction (< 1) or count (>= 1) of oracle images paired at the start
@@ -146,7 +117,6 @@ class SimConfig:
     chunk_size: int | None = None
     annotate: str = "captions"  # or "labels": the ASCMR setting
     prob: ProbConfig = field(default_factory=ProbConfig)  # the head of the labels setting
-    ascmr: AscmrConfig = field(default_factory=AscmrConfig)
 
     @property
     def labels(self) -> bool:
@@ -154,8 +124,7 @@ class SimConfig:
 
     def describe(self) -> dict:
         d = asdict(self)
-        d["strategies"] = [s.name for s in self.strategies]
-        for k in ("device", "chunk_size") + (("head",) if self.labels else ("annotate", "prob", "ascmr")):
+        for k in ("device", "chunk_size") + (("head",) if self.labels else ("annotate", "prob")):
             d.pop(k)
         return d
 
@@ -245,11 +214,12 @@ def initial_split(cfg: SimConfig, oracle: Oracle, seed: int, folder: str) -> dic
 # --------------------------------------------------------------------------- one run
 
 
-def run_one(cfg: SimConfig, strategy: Strategy, seed: int, start: dict[str, str], oracle: Oracle, test_store,
+def run_one(cfg: SimConfig, name: str, seed: int, start: dict[str, str], oracle: Oracle, test_store,
             device: torch.device, progress: Callable[[str], None] | None = None) -> list[dict]:
-    base = os.path.join(cfg.out, "runs", strategy.name, f"seed{seed}")
+    base = os.path.join(cfg.out, "runs", name, f"seed{seed}")
     paired = start["paired"]
-    pool = start["pool_pairs" if cfg.labels else "pool_images" if strategy.select == "images" else "pool_texts"]
+    select = side_of(name)
+    pool = start["pool_pairs" if cfg.labels else "pool_images" if select == "images" else "pool_texts"]
     train_and_evaluate = _train_and_evaluate_labels if cfg.labels else _train_and_evaluate
     rows = []
     for r in range(cfg.rounds + 1):
@@ -261,11 +231,11 @@ def run_one(cfg: SimConfig, strategy: Strategy, seed: int, start: dict[str, str]
             with open(metrics_path, encoding="utf-8") as fh:
                 row = json.load(fh)
         else:
-            row = train_and_evaluate(cfg, strategy, seed, r, paired, head_path, test_store, device)
+            row = train_and_evaluate(cfg, name, seed, r, paired, head_path, test_store, device)
             _write_json(metrics_path, row)
         rows.append(row)
         if progress is not None:
-            progress(f"{strategy.name} seed {seed} round {r}: "
+            progress(f"{name} seed {seed} round {r}: "
                      + (f"mAP {row['map']:.4f}" if cfg.labels else f"R-sum {row['rsum']:.1f}"))
         if r == cfg.rounds:
             break
@@ -273,30 +243,39 @@ def run_one(cfg: SimConfig, strategy: Strategy, seed: int, start: dict[str, str]
         next_paired, next_pool = os.path.join(nxt, "paired.h5"), os.path.join(nxt, "pool.h5")
         if not (os.path.exists(next_paired) and os.path.exists(next_pool)):
             os.makedirs(nxt, exist_ok=True)
-            if cfg.labels:
-                label_round(cfg, strategy, seed, r, paired, pool, head_path, rd, oracle, next_paired, next_pool, device)
-                paired, pool = next_paired, next_pool
-                continue
-            sel_path = select_round(cfg, strategy, seed, r, paired, pool, head_path, rd, device)
+            sel = select_round(cfg, name, seed, r, paired, pool, head_path, rd, device)
             ann = os.path.join(rd, "annotations.h5")
-            oracle.annotations(ann, strategy.select, read_selection(sel_path).ids)
-            merge(paired, pool, sel_path, ann, next_paired, next_pool, created_by="alsel simulate")
+            if cfg.labels:  # the oracle's labels of the chosen pairs
+                oracle.write(ann, np.array([oracle.image_row[str(x)] for x in sel.ids], dtype=np.int64))
+            else:  # the oracle's captions of the chosen images (or images of the chosen captions)
+                oracle.annotations(ann, select, sel.ids)
+            merge(paired, pool, os.path.join(rd, "selection.h5"), ann, next_paired, next_pool,
+                  created_by="alsel simulate")
         paired, pool = next_paired, next_pool
     return rows
 
 
-def _train_and_evaluate(cfg, strategy, seed, r, paired_path, head_path, test_store, device) -> dict:
+def side_of(name: str) -> str:
+    return strategies.resolve(name, "--strategies")[1].select
+
+
+def round_seed(seed: int, r: int) -> int:
+    """The seed of round r's selection (random draws, the fill, k-means, mini-batches, samples)."""
+    return seed * 1000 + r
+
+
+def _train_and_evaluate(cfg, name, seed, r, paired_path, head_path, test_store, device) -> dict:
     with open_store(paired_path, need="paired") as st:
         p = load_paired(st)
         n_img, n_txt = st.images.n, st.texts.n
     head, hist = train_head(p, TrainConfig(**dict(asdict(cfg.head), seed=seed)), device)
     save_head(head_path, head)
     m = evaluate(test_store, device, head, cfg.chunk_size)
-    return {"strategy": strategy.name, "seed": seed, "round": r, "annotated": r * cfg.budget,
+    return {"strategy": name, "seed": seed, "round": r, "annotated": r * cfg.budget,
             "paired_images": n_img, "paired_texts": n_txt, **{k: m[k] for k in KEYS}}
 
 
-def _train_and_evaluate_labels(cfg, strategy, seed, r, paired_path, head_path, test_store, device) -> dict:
+def _train_and_evaluate_labels(cfg, name, seed, r, paired_path, head_path, test_store, device) -> dict:
     """The probabilistic head on the labelled pairs; R@K and mAP@all of its normalised means."""
     with open_store(paired_path, need="paired") as st:
         p = load_paired(st)
@@ -306,61 +285,27 @@ def _train_and_evaluate_labels(cfg, strategy, seed, r, paired_path, head_path, t
                               device)
     save_prob_head(head_path, head)
     m = evaluate(test_store, device, head, cfg.chunk_size, labels=True)
-    return {"strategy": strategy.name, "seed": seed, "round": r, "annotated": r * cfg.budget,
+    return {"strategy": name, "seed": seed, "round": r, "annotated": r * cfg.budget,
             "paired_images": n_img, "paired_texts": n_txt, **{k: m[k] for k in KEYS + MAP_KEYS},
             "map": (m["i2t_map"] + m["t2i_map"]) / 2}
 
 
-def label_round(cfg: SimConfig, strategy: Strategy, seed: int, r: int, paired_path: str, pool_path: str,
-                head_path: str, rd: str, oracle: Oracle, next_paired: str, next_pool: str,
-                device: torch.device) -> None:
-    """Labels setting: choose B pool pairs, write the oracle's labels of them (annotations.h5), merge:
-    the next labelled store (old pairs first, new ones in selection order) and the remaining pool."""
-    sel_path = os.path.join(rd, "selection.h5")
-    with open_store(paired_path, need="paired") as pst, open_store(pool_path, need="paired") as pool:
+def select_round(cfg: SimConfig, name: str, seed: int, r: int, paired_path: str, pool_path: str,
+                 head_path: str, rd: str, device: torch.device):
+    """Round r's selection by the strategy, in the current head's space, through the registry as
+    `alsel select` does; writes selection.h5 (.csv), and scores.h5 for the hard-negative strategies."""
+    with open_store(paired_path, need="paired") as pst, open_store(pool_path) as pool:
         check_compatible(pst, pool)
-        if pool.images.n < cfg.budget:
-            raise AlselError(f"{pool_path}: the pool ran out: {pool.images.n} pairs left, round {r} needs {cfg.budget}")
-        if strategy.kind == "random":
-            sel = select_random(pool, "images", cfg.budget, seed=seed * 100_003 + r)
-        elif strategy.kind == "coreset":
-            sel = select_coreset(pool, pst.images.read(), "images", cfg.budget, device, cfg.chunk_size,
-                                 head=load_prob_head(head_path, pst))
-        else:
-            sel = select_labels(pool, load_prob_head(head_path, pool), strategy.kind, cfg.budget,
-                                AscmrConfig(**dict(asdict(cfg.ascmr), seed=seed * 1000 + r)), device)
-    save_selection(sel_path, sel, os.path.join(rd, "selection.csv"), created_by="alsel simulate")
-    ann = os.path.join(rd, "annotations.h5")
-    oracle.write(ann, np.array([oracle.image_row[str(x)] for x in sel.ids], dtype=np.int64))
-    merge(paired_path, pool_path, sel_path, ann, next_paired, next_pool, created_by="alsel simulate")
-
-
-def select_round(cfg: SimConfig, strategy: Strategy, seed: int, r: int, paired_path: str, pool_path: str,
-                 head_path: str, rd: str, device: torch.device) -> str:
-    """The strategy's selection of round r in the current head's space; returns selection.h5."""
-    sel_path = os.path.join(rd, "selection.h5")
-    with open_store(paired_path, need="paired") as pst, open_store(pool_path, need=strategy.select) as pool:
-        check_compatible(pst, pool)
-        side = pool.side(strategy.select)
-        if side.n < cfg.budget:
-            raise AlselError(f"{pool_path}: the pool ran out: {side.n} items left, round {r} needs {cfg.budget}")
-        head = load_head(head_path, pst)
-        if strategy.kind == "random":
-            sel = select_random(pool, strategy.select, cfg.budget, seed=seed * 100_003 + r)
-        elif strategy.kind == "coreset":
-            sel = select_coreset(pool, pst.side(strategy.select).read(), strategy.select, cfg.budget, device,
-                                 cfg.chunk_size, head=head)
-        else:
-            params = ThresholdParams(select=strategy.select, top_k=strategy.top_k, batch=strategy.batch,
-                                     margin=cfg.head.margin, form=strategy.form, seed=seed)
-            p = through_head(load_paired(pst), head, device)
-            th = make_thresholds(p, params, device, cfg.chunk_size)
-            scores_path = os.path.join(rd, "scores.h5")
-            save_scores(scores_path, score_pool(pool, p, th, strategy.weight, device, chunk_size=cfg.chunk_size,
-                                                head=head), created_by="alsel simulate")
-            sel = select_by_score([scores_path], cfg.budget)
-    save_selection(sel_path, sel, os.path.join(rd, "selection.csv"), created_by="alsel simulate")
-    return sel_path
+        head = load_prob_head(head_path, pst) if cfg.labels else load_head(head_path, pst)
+        inputs = strategies.Inputs(pool=pool, budget=cfg.budget, paired=pst, head=head, seed=round_seed(seed, r),
+                                   device=device, chunk_size=cfg.chunk_size, scores_out=os.path.join(rd, "scores.h5"))
+        n = pool.side(side_of(name)).n
+        if n < cfg.budget:
+            raise AlselError(f"{pool_path}: the pool ran out: {n} items left, round {r} needs {cfg.budget}")
+        sel = strategies.select(name, inputs, "--strategies")
+    save_selection(os.path.join(rd, "selection.h5"), sel, os.path.join(rd, "selection.csv"),
+                   created_by="alsel simulate")
+    return sel
 
 
 def _write_json(path: str, obj) -> None:
@@ -398,7 +343,7 @@ def simulate(cfg: SimConfig, progress: Callable[[str], None] | None = None) -> l
         n_pool = len(oracle.image_ids) if cfg.paired else len(oracle.image_ids) - _initial_count(cfg, oracle)
         for s in cfg.strategies:
             need = cfg.budget * cfg.rounds
-            have = n_pool if s.select == "images" else None
+            have = n_pool if side_of(s) == "images" else None
             if have is not None and need > have:
                 raise AlselError(f"{cfg.oracle}: the pool runs out: {cfg.rounds} rounds of {cfg.budget} need "
                                  f"{need} images, the pool has {have}")
@@ -406,27 +351,33 @@ def simulate(cfg: SimConfig, progress: Callable[[str], None] | None = None) -> l
         rows: list[dict] = []
         for seed in cfg.seeds:
             start = initial_split(cfg, oracle, seed, os.path.join(cfg.out, "init", f"seed{seed}"))
-            for s in cfg.strategies:
-                rows.extend(run_one(cfg, s, seed, start, oracle, test_store, device, progress))
+            for name in cfg.strategies:
+                rows.extend(run_one(cfg, name, seed, start, oracle, test_store, device, progress))
                 write_results(os.path.join(cfg.out, "results.csv"), rows)
     return rows
 
 
 def check_setting(cfg: SimConfig) -> None:
-    if cfg.annotate not in ANNOTATE:
-        raise AlselError(f"--annotate {cfg.annotate!r}: expected {' or '.join(ANNOTATE)}")
-    for s in cfg.strategies:
-        if cfg.labels and (s.kind == "hn" or s.select != "images"):
-            raise AlselError(f"--strategies {s.name}: --annotate labels takes {', '.join(ASCMR_STRATEGIES)}, "
-                             f"random and coreset (pool pairs)")
-        if not cfg.labels and s.kind in ASCMR_STRATEGIES:
-            raise AlselError(f"--strategies {s.name}: a label strategy; add --annotate labels (pool pairs, "
+    """Every strategy's needs are met by the setting: captions (a paired store, pools of one side, a
+    retrieval head) or labels (a labelled store, a pool of pairs, a probabilistic head; images chosen)."""
+    check_annotate(cfg.annotate)
+    for name in cfg.strategies:
+        strategy, opts, _ = strategies.resolve(name, "--strategies")
+        label = bool(strategy.needs & {"pool_pairs", "prob_head"})
+        if cfg.labels and opts.select != "images":
+            raise AlselError(f"--strategies {name}: --annotate labels chooses pool pairs by their images")
+        if not cfg.labels and label:
+            raise AlselError(f"--strategies {name}: a label strategy; add --annotate labels (pool pairs, "
                              f"class labels as annotations)")
     if cfg.labels:
         if cfg.paired is not None:
             raise AlselError("--annotate labels splits the oracle with --initial; --paired is not supported")
         cfg.prob.check()
-        cfg.ascmr.check()
+
+
+def check_annotate(annotate: str) -> None:
+    if annotate not in ANNOTATE:
+        raise AlselError(f"--annotate {annotate!r}: expected {' or '.join(ANNOTATE)}")
 
 
 def _claim_folder(cfg: SimConfig) -> None:

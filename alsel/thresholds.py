@@ -70,10 +70,11 @@ class ThresholdParams:
 
 
 class RunningTopK:
-    """Reducer: the k largest values per row, skipping columns owned by the row's own pair."""
+    """Reducer: the k largest values per row, skipping columns owned by the row's own pair; the k-th
+    (or, with `all_k`, all k, largest first)."""
 
-    def __init__(self, k: int, row_owner: torch.Tensor, col_owner: torch.Tensor):
-        self.k, self.row_owner, self.col_owner = k, row_owner, col_owner
+    def __init__(self, k: int, row_owner: torch.Tensor, col_owner: torch.Tensor, all_k: bool = False):
+        self.k, self.row_owner, self.col_owner, self.all_k = k, row_owner, col_owner, all_k
 
     def init(self, n, r0):
         return torch.full((n, self.k), -torch.inf, device=self.row_owner.device)
@@ -113,7 +114,7 @@ class RunningTopK:
     def finish(self, state):
         if isinstance(state, tuple):  # low-precision state: (theta, exact)
             state = state[1]
-        return (state[:, -1],)
+        return (state,) if self.all_k else (state[:, -1],)
 
 
 POSITIVE_ROWS = 65536

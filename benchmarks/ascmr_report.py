@@ -27,7 +27,6 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from alsel import synth_stores  # noqa: E402
-from alsel.ascmr import AscmrConfig  # noqa: E402
 from alsel.metrics import evaluate, store_labels  # noqa: E402
 from alsel.probhead import ProbConfig, train_prob_head  # noqa: E402
 from alsel.simulate import SimConfig, parse_strategies, simulate  # noqa: E402
@@ -73,7 +72,7 @@ def main():
     args = ap.parse_args()
     device = torch.device("cpu")
     prob = ProbConfig(dim=32, samples=8, steps=args.steps, lr=1e-3)
-    config = AscmrConfig(clusters=10, lam=1.0, mix=0.5, samples=8)
+    options = dict(clusters=10, lam=1.0, density_mix=0.5, samples=8)  # the strategies' flags
     world = os.path.join(args.work, "world")
     if not os.path.exists(os.path.join(world, "test.h5")):
         synth_stores(world, images=args.images, captions=5, classes=args.classes, dim=args.dim, seed=0,
@@ -85,13 +84,12 @@ def main():
         n_test = st.images.n
     initial, step = max(2, round(args.initial * n)), max(1, round(args.step * n))
     seeds = [int(s) for s in args.seeds.split(",")]
-    strategies = [s.name for s in parse_strategies(args.strategies)]
+    strategies = parse_strategies(args.strategies, options, consumed=("samples",))
     t0 = time.perf_counter()
     full = {s: full_reference(oracle, test, prob, s, device) for s in seeds}
     resumed = os.path.exists(os.path.join(args.work, "sim", "results.csv"))
     cfg = SimConfig(oracle=oracle, test=test, out=os.path.join(args.work, "sim"), budget=step, rounds=args.rounds,
-                    strategies=parse_strategies(args.strategies), seeds=seeds, initial=initial, device="cpu",
-                    annotate="labels", prob=prob, ascmr=config)
+                    strategies=strategies, seeds=seeds, initial=initial, device="cpu", annotate="labels", prob=prob)
     rows = simulate(cfg, lambda msg: print(msg, flush=True))
     took = time.perf_counter() - t0
     curves = {(st, s): [(r["paired_images"], r["map"]) for r in rows if r["strategy"] == st and r["seed"] == s]
@@ -102,7 +100,7 @@ def main():
              f"({step / n:.1%}) per round, {args.rounds} rounds; seeds {seeds}. Probabilistic head: dim {prob.dim}, "
              f"J = {prob.samples}, {prob.steps} Adam steps (lr {prob.lr}, batch {prob.batch_size}) every round and "
              f"for the reference, so small and large labelled sets get the same number of updates. ASCMR: "
-             f"{config.clusters} clusters, λ = {config.lam}, density mix {config.mix}. Core-set: k-center greedy "
+             f"{options['clusters']} clusters, λ = {options['lam']}, density mix {options['density_mix']}. Core-set: k-center greedy "
              f"on the head's normalised image means. CPU, {took:.0f} s for the "
              f"{'run (resumed from an earlier one in --work)' if resumed else 'whole run'} "
              f"(`python benchmarks/ascmr_report.py`; the experiment is `alsel simulate --annotate labels`).\n",
@@ -131,7 +129,8 @@ def main():
         lab = curves[(strategies[0], seeds[0])][r][0]
         lines.append(f"| {lab} ({lab / n:.0%}) | " + " | ".join(cells) + " |")
     lines += comparison(strategies, seeds, curves, reach, args.rounds)
-    lines += comparison(strategies, seeds, curves, reach, args.rounds, base="ascmr")
+    lines += comparison(strategies, seeds, curves, reach, args.rounds,
+                        base=parse_strategies("ascmr", options, consumed=("samples",))[0])
     text = "\n".join(lines) + "\n"
     with open(args.out, "w") as f:
         f.write(text)

@@ -111,3 +111,80 @@ def ref_average_precision(queries, q_labels, gallery, g_labels):
                 total += hits / k
         out.append(total / hits if hits else np.nan)
     return np.array(out)
+
+
+# --------------------------------------------------------------------------- strategies (SPEC §3 fill, §5)
+
+
+def ref_hn_order(score, closest, selectable, budget, fill, seed):
+    """Positive scores first (highest, then lower row), then zero scores by the fill rule."""
+    n = len(score)
+    rows = [u for u in range(n) if selectable[u]]
+    pos = sorted([u for u in rows if score[u] > 0], key=lambda u: (-float(score[u]), u))
+    rest = [u for u in rows if not score[u] > 0]
+    if fill == "row":
+        rest = sorted(rest)
+    elif fill == "closest":
+        rest = sorted(rest, key=lambda u: (-float(closest[u]), u))
+    else:
+        perm = np.random.default_rng(seed).permutation(n)
+        place = {int(u): i for i, u in enumerate(perm)}
+        rest = sorted(rest, key=lambda u: place[u])
+    return (pos + rest)[:budget]
+
+
+def ref_typicality(points, assign, u):
+    """1 / mean distance of point u to its min(20, n_c - 1) nearest others in its cluster (0 alone)."""
+    P = unit64(points)
+    members = [v for v in range(len(P)) if assign[v] == assign[u] and v != u]
+    d = sorted(float(np.linalg.norm(P[u] - P[v])) for v in members)[:min(20, len(members))]
+    return 0.0 if not d else (np.inf if np.mean(d) == 0 else 1.0 / np.mean(d))
+
+
+def ref_typiclust(paired, pool, assign, budget, selectable):
+    """TypiClust's loop (SPEC §5), given the k-means assignment of the points (paired first, then pool)."""
+    points = np.concatenate([paired, pool])
+    n_p, k = len(paired), int(assign.max()) + 1
+    size = [int((assign == c).sum()) for c in range(k)]
+    covered = [int((assign[:n_p] == c).sum()) for c in range(k)]
+    typ = {u: ref_typicality(points, assign, n_p + u) for u in range(len(pool))}
+    chosen = []
+    for _ in range(budget):
+        open_ = [c for c in range(k) if any(assign[n_p + u] == c and selectable[u] and u not in chosen
+                                            for u in range(len(pool)))]
+        c = min(open_, key=lambda c: (covered[c], -size[c], c))
+        cands = [u for u in range(len(pool)) if assign[n_p + u] == c and selectable[u] and u not in chosen]
+        u = min(cands, key=lambda u: (-typ[u], u))
+        chosen.append(u)
+        covered[c] += 1
+    return chosen, [typ[u] for u in chosen]
+
+
+def ref_auto_delta(points, assign, grid, purity=0.95):
+    """The largest grid δ for which >= purity of the points' δ-balls hold only their own cluster."""
+    P = unit64(points)
+    D = np.sqrt(((P[:, None, :] - P[None, :, :]) ** 2).sum(-1))
+    other = np.where(assign[:, None] != assign[None, :], D, np.inf).min(axis=1)
+    ok = [d for d in grid if np.mean(other > d) >= purity]
+    return max(ok) if ok else min(grid)
+
+
+def ref_probcover(paired, pool, budget, delta, selectable, seed):
+    """ProbCover's greedy (SPEC §5) on the full distance matrix; random once nothing is left to cover."""
+    P = unit64(np.concatenate([paired, pool]))
+    n_p = len(paired)
+    adj = np.sqrt(((P[:, None, :] - P[None, :, :]) ** 2).sum(-1)) <= delta
+    covered = adj[:n_p].any(axis=0)
+    chosen = []
+    for _ in range(budget):
+        gains = {u: int((adj[n_p + u] & ~covered).sum()) for u in range(len(pool)) if selectable[u] and u not in chosen}
+        u = min(gains, key=lambda u: (-gains[u], u))
+        if gains[u] == 0:
+            break
+        chosen.append(u)
+        covered |= adj[n_p + u]
+    fill = budget - len(chosen)
+    if fill:
+        rest = [u for u in range(len(pool)) if selectable[u] and u not in chosen]
+        chosen += [int(x) for x in np.random.default_rng(seed).choice(np.array(rest), fill, replace=False)]
+    return chosen, fill

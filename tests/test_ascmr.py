@@ -185,17 +185,37 @@ def test_informativeness_against_direct_computation(labelled):
                 assert full["inter"][i] == 0 and full["intra"][i] == pytest.approx(bald(p_i)[0], rel=1e-5)
 
 
+def select_labels(pool, head, strategy, budget, config, device):
+    """An ASCMR strategy through the registry, with an AscmrConfig's options."""
+    from alsel import strategies
+
+    return strategies.select(strategy, strategies.Inputs(pool=pool, budget=budget, head=head, seed=config.seed,
+                                                         device=device), strict=False, clusters=config.clusters,
+                             lam=config.lam, density_mix=config.mix, samples=config.samples)
+
+
 def test_kmeans_finds_separated_clusters_and_is_seeded():
-    from alsel.ascmr import kmeans
+    from alsel.clustering import kmeans
 
     rng = np.random.default_rng(0)
     centers = rng.standard_normal((4, 3)) * 10
     x = np.concatenate([c + rng.standard_normal((50, 3)) * 0.1 for c in centers])
-    _, a = kmeans(x, 4, seed=1, sample=120, rows=37)
+    _, a = kmeans(x, 4, seed=1, sample=120, chunk_size=37)
     for g in range(4):
         assert len(set(a[g * 50:(g + 1) * 50])) == 1
     assert len(set(a)) == 4
-    assert np.array_equal(a, kmeans(x, 4, seed=1, sample=120, rows=37)[1])
+    assert np.array_equal(a, kmeans(x, 4, seed=1, sample=120, chunk_size=37)[1])
+
+
+def test_kmeans_assignment_is_the_nearest_center(small_tiles):
+    """The streamed assignment (bias -||c||²/2 folded into the sweep) = argmin of float64 distances."""
+    from alsel.clustering import assign
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((83, 5)).astype(np.float32)
+    c = rng.standard_normal((9, 5)) * 0.7
+    d = ((x[:, None, :].astype(np.float64) - c[None]) ** 2).sum(-1)
+    assert np.array_equal(assign(x, c, chunk_size=10), d.argmin(axis=1))
 
 
 def test_select_ascmr_spreads_over_clusters():
@@ -232,7 +252,8 @@ def test_strategies_on_a_labelled_pool(tmp_path, run_cli):
     import torch
 
     from alsel import synth_stores
-    from alsel.ascmr import AscmrConfig, informativeness, kmeans, select_labels
+    from alsel.ascmr import AscmrConfig, informativeness
+    from alsel.clustering import kmeans
     from alsel.probhead import ProbConfig, save_prob_head, train_prob_head
     from alsel.store import open_store
 
@@ -277,7 +298,7 @@ def test_selection_keeps_the_informativeness_terms(tmp_path):
     import torch
 
     from alsel import synth_stores
-    from alsel.ascmr import informativeness, select_labels
+    from alsel.ascmr import informativeness
     from alsel.probhead import ProbConfig, train_prob_head
     from alsel.selection import read_selection, save_selection
     from alsel.store import open_store

@@ -9,7 +9,7 @@ import pytest
 
 from alsel.errors import AlselError
 from alsel.selection import read_selection
-from alsel.simulate import parse_seeds, parse_strategies, parse_strategy
+from alsel.simulate import parse_seeds, parse_strategies
 from alsel.store import open_store
 from alsel.synth import synth_stores
 from test_cli import assert_bad_input
@@ -34,14 +34,19 @@ def read_csv(path):
 
 
 def test_parse_strategies_and_seeds():
-    assert parse_strategy("hn").name == "hn-images-top1-full-surplus"
-    assert parse_strategy("hn-texts-top3-mini-counting").name == "hn-texts-top3-mini-counting"
-    assert parse_strategy("coreset-texts").name == "coreset-texts"
+    assert parse_strategies("hn") == ["hn"]
+    assert parse_strategies("hn-texts-top3-mini-counting") == ["hn-texts-top3-mini-counting"]
+    assert parse_strategies("coreset-texts,typiclust") == ["coreset-texts", "typiclust"]
+    assert parse_strategies("hn,typiclust", {"fill": "closest"}) == ["hn-fill-closest", "typiclust"]
     assert len(parse_strategies("all")) == 20
     assert parse_seeds("0-2,7") == [0, 1, 2, 7]
-    for bad in ("hn-top0", "magic", "hn-images-sideways"):
+    for bad in ("hn-top0", "magic", "hn-images-sideways", "hn,hn-images-top1-full-surplus-loss-fill-random"):
         with pytest.raises(AlselError):
-            parse_strategy(bad)
+            parse_strategies(bad)
+    with pytest.raises(AlselError, match="contradicts"):
+        parse_strategies("hn-counting", {"weight": "surplus"})
+    with pytest.raises(AlselError, match="no strategy given reads --delta"):
+        parse_strategies("hn,random", {"delta": 0.3})
     with pytest.raises(AlselError):
         parse_seeds("3-1")
 
@@ -52,7 +57,7 @@ def test_one_round_equals_the_stage_commands(world, tmp_path, run_cli):
     code, _, err = run_cli(*sim_args(world, out, "--budget", "40", "--rounds", "1", "--strategies", "hn",
                                      "--seeds", "0"))
     assert code == 0, err
-    run = out / "runs" / "hn-images-top1-full-surplus" / "seed0"
+    run = out / "runs" / "hn" / "seed0"
     h = tmp_path / "hand"
     h.mkdir()
     steps = [
@@ -85,13 +90,13 @@ def test_smoke_reproducible_and_resumable(world, tmp_path, run_cli):
     args = ["--budget", "30", "--rounds", "3", "--strategies", "hn,random", "--seeds", "0,1"]
     code, stdout, err = run_cli(*sim_args(world, tmp_path / "a", *args))
     assert code == 0, err
-    assert "hn-images-top1-full-surplus" in stdout and "±" in stdout
+    assert "hn" in stdout and "±" in stdout
     rows = read_csv(tmp_path / "a" / "results.csv")
     assert len(rows) == 2 * 2 * 4
     assert (tmp_path / "a" / "curves.png").stat().st_size > 10_000
     with open_store(world["paired"]) as st:
         paired_ids = set(st.ids("images"))
-    for strategy in ("hn-images-top1-full-surplus", "random"):
+    for strategy in ("hn", "random"):
         for seed in (0, 1):
             picked = []
             for r in range(3):
@@ -163,7 +168,7 @@ def test_labels_setting_round_equals_the_stage_commands(labelled_world, tmp_path
     code, stdout, err = run_cli(*label_args(w, out, "--budget", "20", "--rounds", "1", "--strategies", "ascmr"))
     assert code == 0, err
     assert "mAP@all" in stdout
-    run = out / "runs" / "ascmr" / "seed0"
+    run = out / "runs" / "ascmr-clusters4-samples4" / "seed0"  # the flags that differ from the defaults
     r0 = run / "round0"
     paired0 = out / "init" / "seed0" / "paired.h5"
     h = tmp_path / "hand"
@@ -208,7 +213,7 @@ def test_labels_setting_smoke_reproducible_and_resumable(labelled_world, tmp_pat
     assert (tmp_path / "a" / "curves.png").stat().st_size > 10_000
     for r0 in [r for r in rows if r["round"] == "0"]:  # every strategy of a seed starts from the same head
         assert r0["map"] == next(x["map"] for x in rows if x["round"] == "0" and x["seed"] == r0["seed"])
-    for strategy in ("ascmr", "bald", "random", "coreset"):
+    for strategy in ("ascmr-clusters4-samples4", "bald-samples4", "random", "coreset"):
         picked = []
         for r in range(2):
             picked += list(read_selection(str(tmp_path / "a" / "runs" / strategy / "seed1" / f"round{r}" /
@@ -217,7 +222,7 @@ def test_labels_setting_smoke_reproducible_and_resumable(labelled_world, tmp_pat
             assert len(set(picked)) == 30 and not set(picked) & set(st.ids("images"))
     assert run_cli(*label_args(labelled_world, tmp_path / "b", *args))[0] == 0
     assert read_csv(tmp_path / "b" / "results.csv") == rows
-    run = tmp_path / "b" / "runs" / "ascmr" / "seed1"
+    run = tmp_path / "b" / "runs" / "ascmr-clusters4-samples4" / "seed1"
     shutil.rmtree(run / "round2")
     kept = (run / "round1" / "head.pt").stat().st_mtime_ns
     assert run_cli(*label_args(labelled_world, tmp_path / "b", *args))[0] == 0
@@ -227,12 +232,14 @@ def test_labels_setting_smoke_reproducible_and_resumable(labelled_world, tmp_pat
 
 def test_labels_setting_refusals(labelled_world, world, tmp_path, run_cli):
     w = labelled_world
-    assert_bad_input(run_cli(*label_args(w, tmp_path / "x", "--budget", "5", "--strategies", "hn")),
-                     "--strategies", "--annotate labels takes")
+    assert_bad_input(run_cli(*label_args(w, tmp_path / "x", "--budget", "5", "--strategies", "probcover-texts")),
+                     "--strategies", "chooses pool pairs by their images")
     assert_bad_input(run_cli(*sim_args(world, tmp_path / "y", "--budget", "5", "--strategies", "ascmr")),
                      "--strategies", "add --annotate labels")
-    assert_bad_input(run_cli(*label_args(w, tmp_path / "x", "--budget", "5", "--strategies", "random", "--paired",
+    assert_bad_input(run_cli(*label_args(w, tmp_path / "x", "--budget", "5", "--strategies", "ascmr", "--paired",
                                          w["paired"])), "--annotate labels", "--paired is not supported")
+    assert_bad_input(run_cli(*label_args(w, tmp_path / "x", "--budget", "5", "--strategies", "random")),
+                     "--strategies", "no strategy given reads --clusters")
     assert_bad_input(run_cli("simulate", "--annotate", "labels", "--oracle", world["oracle"], "--test", world["test"],
                              "--out", tmp_path / "z", "--budget", "5", "--strategies", "random", *PROB),
                      "oracle.h5", "needs class labels")

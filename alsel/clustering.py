@@ -1,0 +1,108 @@
+"""Seeded k-means over rows of any size, in bounded memory (ASCMR's allocation, hn-density, TypiClust,
+ProbCover's purity).
+
+Centers are fitted on a seeded sample of at most KMEANS_SAMPLE rows (k-means++ seeding, then Lloyd
+steps, float64); every row is then assigned to its nearest center by the streaming sweep:
+argmin_c ||x - c||² = argmax_c (x·c - ||c||²/2), the bias folded into the matmul, so the pool is read
+in chunks and no N × k matrix exists beyond a tile. Rows come from an array or a store (through a head
+when `transform` is given).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import sparse
+
+from .errors import AlselError
+from .stream import ArrayRows, Rows, collect, sweep, to_device
+
+KMEANS_SAMPLE = 65536  # k-means++ seeding and Lloyd steps run on a sample this large at most
+KMEANS_ITERS = 25
+
+
+class ArgMax:
+    """Reducer: per row, the column with the largest value (ties: the lower column)."""
+
+    def init(self, n, r0):
+        return None
+
+    def update(self, state, s, r0, c0):
+        value, index = s.max(dim=1)  # the first maximal column of the block
+        index = index + c0
+        if state is None:
+            return value, index
+        better = value > state[0]  # strict: an earlier block keeps a tie
+        return torch.where(better, value, state[0]), torch.where(better, index, state[1])
+
+    def finish(self, state):
+        return (state[1],)
+
+
+def as_rows(points) -> Rows:
+    return points if hasattr(points, "load") else ArrayRows(np.asarray(points, dtype=np.float32))
+
+
+def take(points, rows: np.ndarray, device: torch.device = torch.device("cpu"), transform=None) -> np.ndarray:
+    """float32 rows `rows` (sorted ascending) of an array or a Rows source, through `transform`."""
+    src = as_rows(points)
+    x = torch.from_numpy(np.ascontiguousarray(src.take(np.asarray(rows, dtype=np.int64)), dtype=np.float32))
+    if transform is None:
+        return x.numpy()
+    with torch.no_grad():
+        return transform(x.to(device)).cpu().numpy()
+
+
+def nearest(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Index of the nearest center (squared Euclidean, float64; ties: the lower index)."""
+    d = (x ** 2).sum(axis=1)[:, None] - 2 * x @ centers.T + (centers ** 2).sum(axis=1)[None, :]
+    return np.argmin(d, axis=1)
+
+
+def fit_centers(sample: np.ndarray, k: int, rng: np.random.Generator, iters: int = KMEANS_ITERS) -> np.ndarray:
+    """k-means++ seeding and Lloyd steps on `sample` (float64); an empty cluster keeps its center."""
+    s = np.asarray(sample, dtype=np.float64)
+    centers = [s[rng.integers(len(s))]]
+    d2 = ((s - centers[0]) ** 2).sum(axis=1)
+    for _ in range(1, k):
+        total = d2.sum()
+        nxt = s[rng.choice(len(s), p=d2 / total)] if total > 0 else s[rng.integers(len(s))]
+        centers.append(nxt)
+        d2 = np.minimum(d2, ((s - nxt) ** 2).sum(axis=1))
+    c = np.array(centers)
+    for _ in range(iters):
+        a = nearest(s, c)
+        members = sparse.csr_matrix((np.ones(len(s)), (a, np.arange(len(s)))), shape=(k, len(s)))
+        size = np.asarray(members.sum(axis=1)).ravel()
+        sums = members @ s
+        new = np.where(size[:, None] > 0, sums / np.maximum(size, 1)[:, None], c)
+        if np.allclose(new, c, rtol=0, atol=1e-10):
+            break
+        c = new
+    return c
+
+
+def assign(points, centers: np.ndarray, device: torch.device = torch.device("cpu"), transform=None,
+           chunk_size: int | None = None) -> np.ndarray:
+    """Nearest center of every row (streamed; ties: the lower center)."""
+    c = np.asarray(centers, dtype=np.float64)
+    bias = torch.from_numpy((-0.5 * (c ** 2).sum(axis=1)).astype(np.float32)).to(device)
+    (index,) = collect(sweep(as_rows(points), to_device(c, device), ArgMax(), device=device, bias=bias,
+                             transform=transform, chunk_size=chunk_size))
+    return index.astype(np.int64)
+
+
+def kmeans(points, k: int, seed: int = 0, sample: int = KMEANS_SAMPLE, iters: int = KMEANS_ITERS,
+           device: torch.device = torch.device("cpu"), transform=None, chunk_size: int | None = None
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """(centers (k, d) float64, assignment (N,) int64) of an array or a Rows source (e.g. a store's
+    Embeddings, through `transform`): centers from a seeded sample of at most `sample` rows, then every
+    row assigned by the sweep."""
+    src = as_rows(points)
+    n = src.n
+    if not 1 <= k <= n:
+        raise AlselError(f"--clusters {k}: expected 1..{n} (the number of points)")
+    rng = np.random.default_rng(seed)
+    picked = np.sort(rng.choice(n, size=min(n, sample), replace=False))
+    centers = fit_centers(take(src, picked, device, transform), k, rng, iters)
+    return centers, assign(src, centers, device, transform, chunk_size)

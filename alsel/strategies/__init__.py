@@ -1,0 +1,28 @@
+"""Selection strategies: one interface and one registry (SPEC §5).
+
+    from alsel import strategies
+    sel = strategies.select("typiclust", strategies.Inputs(pool=pool_store, paired=paired_store, budget=100))
+
+A new strategy is one module with a `Strategy` subclass (`gain`, `allocate`, what it `needs`, the
+`options` it reads) and one `register(...)` call; it is then in `alsel select --strategy`, `alsel
+simulate --strategies` and `alsel strategies`. Third-party packages register theirs through the
+`alsel.strategies` entry-point group (a module imported on first use).
+"""
+
+from .base import (NEEDS, OPTION_SPECS, REGISTRY, Allocation, Context, Inputs, Options, OptionSpec,  # noqa: F401
+                   Strategy, already_paired_rows, describe, get, names, register, resolve, select, token_forms)
+from . import hn, baselines, typiclust, probcover, labels  # noqa: E402,F401  (registration)
+from .hn import ScoredPool, scored_pool  # noqa: E402,F401
+
+DEFAULT = "hn"  # `alsel select` without --strategy (set from benchmarks/strategy_report.md)
+
+
+def load_plugins() -> None:
+    """Import the modules named in the `alsel.strategies` entry-point group (their register() calls)."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="alsel.strategies"):
+        ep.load()
+
+
+load_plugins()

@@ -1,0 +1,209 @@
+"""hn and hn-density: the hard-negative score of SPEC §3 (Jo et al., arXiv 2405.16301) as the gain.
+
+hn: positive scores first (highest first, ties: lower row), then the fill among the zero-score items
+(`--fill random|closest|row`). hn-density: the same gains into ASCMR's density-aware allocation over
+k-means clusters of the pool (in the current space), the best rows of each cluster, zero gains ordered
+by the fill rule.
+
+The scores come from score files (`Inputs.scores`: the shards of one `alsel score` run; their
+threshold and weight parameters are then those of the files, and an option that contradicts them is an
+error) or are computed here: ξ from `Inputs.thresholds` or from the paired store, then one sweep.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from ..errors import AlselError
+from ..selection import MergedScores, load_scores
+from .base import Allocation, Context, Strategy, register
+
+THRESHOLD_KEYS = ("select", "top_k", "batch", "batch_size", "margin", "form")
+
+
+@dataclass
+class HnGain:
+    score: np.ndarray  # float32 per pool row
+    closest: np.ndarray | None  # float32 per pool row (None: files without /closest)
+    scores: MergedScores | None = None  # when read from files
+
+
+class ScoredPool:
+    """A pool known only through its score files (`alsel select --scores` without --unpaired): sizes, ids
+    and fingerprint come from the files."""
+
+    def __init__(self, merged: MergedScores):
+        self.merged = merged
+        self.path = merged.paths[0]
+        self.model = str(merged.attrs.get("model", ""))
+        self.select = str(merged.attrs["select"])
+        self.n = len(merged.rows)
+        self.images = self.texts = self.text_image = None
+
+    def side(self, group: str):
+        if group != self.select:
+            raise AlselError(f"{self.path}: the scores are of pool {self.select}, not {group}")
+        return self
+
+    def fingerprint(self, group: str) -> str:
+        return str(self.merged.attrs["pool_fingerprint"])
+
+    def ids_at(self, group: str, rows: np.ndarray) -> np.ndarray:
+        return self.merged.ids_at(np.asarray(rows, dtype=np.int64))
+
+
+def scored_pool(paths: list[str]) -> ScoredPool:
+    return ScoredPool(load_scores(list(paths)))
+
+
+def hn_gain(ctx: Context) -> HnGain:
+    inputs, opts = ctx.inputs, ctx.opts
+    if inputs.scores:
+        merged = inputs.pool.merged if isinstance(inputs.pool, ScoredPool) else load_scores(list(inputs.scores))
+        return _from_files(ctx, merged)
+    from ..head import through_head
+    from ..scoring import save_scores, score_pool
+    from ..store import load_paired
+    from ..thresholds import ThresholdParams, load_thresholds, make_thresholds
+
+    paired = through_head(load_paired(inputs.paired), inputs.head, ctx.device)
+    if inputs.thresholds is not None:
+        th = load_thresholds(inputs.thresholds, paired)
+    else:
+        params = ThresholdParams(**{k: getattr(opts, k) for k in THRESHOLD_KEYS}, seed=inputs.seed)
+        th = make_thresholds(paired, params, ctx.device, inputs.chunk_size, precision=inputs.precision)
+    n = ctx.pool.n
+    res = score_pool(inputs.pool, paired, th, ctx.opts.weight, ctx.device, chunk_size=inputs.chunk_size,
+                     head=inputs.head, precision=inputs.precision,
+                     progress=lambda k: ctx.progress("scoring", k, n))
+    if inputs.scores_out is not None:
+        save_scores(inputs.scores_out, res)
+    ctx.attrs.update({k: res.attrs[k] for k in ("paired_fingerprint", "thresholds_fingerprint", "weight")})
+    return HnGain(res.score, res.closest)
+
+
+def file_options(opts, explicit: set, attrs: dict, path: str, keys):
+    """Options fixed by a file: explicitly given ones must agree, the others are taken from it."""
+    from .base import OPTION_SPECS
+
+    values = {}
+    for k in keys:
+        if k not in attrs:
+            raise AlselError(f"{path}: attribute {k!r} is missing")
+        spec = OPTION_SPECS[k]
+        have = spec.check(str(attrs[k]) if spec.kind == "choice" else float(attrs[k]), path)
+        if k in explicit and getattr(opts, k) != have:
+            raise AlselError(f"{path}: {spec.flag} {getattr(opts, k)} contradicts the file ({k} = {have})")
+        values[k] = have
+    return replace(opts, **values)
+
+
+def _from_files(ctx: Context, merged: MergedScores) -> HnGain:
+    path = merged.paths[0]
+    pool = ctx.inputs.pool
+    if not isinstance(pool, ScoredPool):  # scores of this pool?
+        if len(merged.rows) != pool.side(ctx.select).n or merged.attrs["pool_fingerprint"] != pool.fingerprint(ctx.select):
+            raise AlselError(f"{path}: the scores were computed for another pool than {pool.path}")
+    head = "none" if ctx.head is None else ctx.head.fingerprint()
+    if ctx.head is not None and str(merged.attrs.get("head", "none")) != head:
+        raise AlselError(f"{path}: the scores were computed with another head than --head")
+    ctx.leave_out(merged.paired)
+    ctx.attrs.update({k: merged.attrs[k] for k in ("paired_fingerprint", "thresholds_fingerprint", "weight")
+                      if k in merged.attrs})
+    return HnGain(merged.score, merged.closest, merged)
+
+
+def fill_rank(ctx: Context, g: HnGain) -> np.ndarray:
+    """A rank per pool row: the row among positive scores (their ties), the fill order among the rest."""
+    rule, n = ctx.opts.fill, len(g.score)
+    rows = np.arange(n)
+    if rule == "row":
+        return rows
+    if rule == "closest":
+        if g.closest is None:
+            raise AlselError(f"{ctx.inputs.scores[0]}: --fill closest needs /closest; score the pool again")
+        order = np.lexsort((rows, -g.closest.astype(np.float64)))
+    else:  # random: a seeded uniform order of the pool, so of any subset of it
+        order = np.random.default_rng(ctx.inputs.seed).permutation(n)
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = rows
+    return np.where(g.score > 0, rows, rank)
+
+
+def positives_then_fill(ctx: Context, g: HnGain) -> Allocation:
+    rank = fill_rank(ctx, g)
+    cand = np.flatnonzero(ctx.selectable)
+    rows = cand[np.lexsort((rank[cand], -g.score[cand].astype(np.float64)))][:ctx.budget]
+    return _allocation(ctx, g, rows)
+
+
+def _allocation(ctx: Context, g: HnGain, rows: np.ndarray) -> Allocation:
+    score = np.where(g.score[rows] > 0, g.score[rows], 0).astype(np.float32)
+    return Allocation(rows, score, fill=int((g.score[rows] <= 0).sum()), fill_rule=ctx.opts.fill)
+
+
+class HardNegatives(Strategy):
+    name = "hn"
+    needs = frozenset({"paired"})
+    options = ("top_k", "batch", "batch_size", "margin", "form", "weight", "fill")
+    summary = ("hard-negative score (ξ from the max-of-hinges loss, SPEC §3) → positive scores first, then "
+               "the fill")
+    paper = "Jo et al., arXiv 2405.16301"
+
+    def prepare(self, inputs, opts, explicit):
+        """Score files fix the threshold and weight options, a ξ file the threshold options."""
+        if inputs.scores:
+            merged = inputs.pool.merged if isinstance(inputs.pool, ScoredPool) else load_scores(list(inputs.scores))
+            return file_options(opts, explicit, merged.attrs, merged.paths[0], THRESHOLD_KEYS + ("weight",))
+        if inputs.thresholds is not None:
+            from ..store import attrs_dict, open_h5
+
+            with open_h5(inputs.thresholds, "thresholds") as f:
+                attrs = attrs_dict(f)
+            from ..thresholds import ThresholdParams
+
+            params = ThresholdParams.from_attrs(attrs, inputs.thresholds).as_attrs()
+            return file_options(opts, explicit, params, inputs.thresholds, THRESHOLD_KEYS)
+        return opts
+
+    def check(self, inputs, opts, where):
+        if not inputs.scores:  # score files hold what the paired store would give
+            super().check(inputs, opts, where)
+
+    def gain(self, ctx: Context) -> HnGain:
+        return hn_gain(ctx)
+
+    def allocate(self, ctx: Context, g: HnGain) -> Allocation:
+        return positives_then_fill(ctx, g)
+
+
+class HardNegativesDensity(HardNegatives):
+    name = "hn-density"
+    options = HardNegatives.options + ("clusters", "lam", "density_mix")
+    summary = ("hard-negative score → density-aware allocation over k-means clusters of the pool (ASCMR's), "
+               "the best gains within each cluster, zero gains in fill order")
+    paper = "Jo et al., arXiv 2405.16301; allocation of Zhang et al., TPAMI 2025"
+
+    def check(self, inputs, opts, where):
+        if isinstance(inputs.pool, ScoredPool):
+            raise AlselError(f"{where}: hn-density clusters the pool: give --unpaired POOL.h5 with the scores")
+        super().check(inputs, opts, where)
+
+    def allocate(self, ctx: Context, g: HnGain) -> Allocation:
+        from ..ascmr import density_select, density_weight
+        from ..clustering import kmeans
+
+        opts = ctx.opts
+        _, assign = kmeans(ctx.pool, min(opts.clusters, ctx.pool.n), ctx.inputs.seed, device=ctx.device,
+                           transform=ctx.transform, chunk_size=ctx.inputs.chunk_size)
+        gain = np.where(g.score > 0, g.score, 0).astype(np.float64)
+        lam = density_weight(gain[ctx.selectable], ctx.budget, opts.lam)
+        rows = density_select(gain, assign, ctx.budget, lam, opts.density_mix, fill_rank(ctx, g), ctx.selectable)
+        ctx.attrs["clusters_used"] = int(assign.max()) + 1
+        return _allocation(ctx, g, rows)
+
+
+register(HardNegatives())
+register(HardNegativesDensity())
