@@ -113,12 +113,14 @@ def strategy_option_params(exclude: tuple = ()) -> list[inspect.Parameter]:
     for spec in strategies.OPTION_SPECS.values():
         if spec.name in exclude:
             continue
-        kind = {"int": int, "float": float}.get(spec.kind, str)
+        kind = {"int": int, "float": float}.get(spec.kind, str)  # choices, and numbers that may be auto
         values = f" ({'|'.join(spec.values)})" if spec.values else ""
-        used_by = ", ".join(n for n in strategies.names() if spec.name in strategies.get(n).reads())
+        readers = [strategies.get(n) for n in strategies.names() if spec.name in strategies.get(n).reads()]
+        default = getattr(strategies.Options(), spec.name)
+        own = [f"{s.name}: {s.defaults[spec.name]}" for s in readers if spec.name in s.defaults]
         option = typer.Option(spec.flag, show_default=False,
-                              help=f"{spec.help}{values}; default {getattr(strategies.Options(), spec.name)}; "
-                                   f"read by {used_by}.")
+                              help=f"{spec.help}{values}; default {default}{' (' + ', '.join(own) + ')' if own else ''}; "
+                                   f"read by {', '.join(s.name for s in readers)}.")
         params.append(inspect.Parameter(spec.name, inspect.Parameter.KEYWORD_ONLY, default=None,
                                         annotation=Annotated[Optional[kind], option]))
     return params
@@ -478,26 +480,19 @@ def select_cmd(
     Examples: alsel select --scores s0.h5 s1.h5 s2.h5 --budget 100 --out sel.h5 --csv sel.csv
               alsel select --strategy typiclust --paired p.h5 --unpaired u.h5 --budget 100 --out sel.h5
     """
-    spec = strategy or ("hn" if scores else strategies.DEFAULT)
+    spec = strategy or strategies.default_for(scores)
     for o in (out, csv):
         if o is not None:
             store.check_output(o, (*(scores or ()), paired, unpaired, head, thresholds_path))
-    if budget <= 0:
-        raise AlselError(f"--budget must be at least 1, got {budget}")
     dev = resolve_device(device.value)
     with contextlib.ExitStack() as stack:
         pst = stack.enter_context(store.open_store(paired, need="paired")) if paired else None
-        if unpaired is not None:
-            pool = stack.enter_context(store.open_store(unpaired))
-            if pst is not None:
-                store.check_compatible(pst, pool)
-        elif scores:
-            pool = strategies.scored_pool(scores)
-        else:
-            raise AlselError(f"select --strategy {spec} needs --unpaired POOL.h5 (or --scores FILES for hn)")
+        pool = stack.enter_context(store.open_store(unpaired)) if unpaired else None
+        if pst is not None and pool is not None:
+            store.check_compatible(pst, pool)
         from alsel.probhead import load_any_head
 
-        head_model = load_any_head(head, pst or (pool if unpaired else None)) if head else None
+        head_model = load_any_head(head, pst or pool) if head else None
         inputs = strategies.Inputs(pool=pool, budget=budget, paired=pst, head=head_model, seed=seed, device=dev,
                                    chunk_size=chunk_size, precision=resolve_precision(precision, dev),
                                    scores=scores or None, thresholds=thresholds_path)

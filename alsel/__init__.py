@@ -13,10 +13,11 @@ from .scoring import score_pool, score_rows  # noqa: E402
 from .selection import (kcenter_greedy, load_scores, select_by_score, select_coreset,  # noqa: E402
                         select_random, top_b)
 from .synth import make_world, synth_stores  # noqa: E402
+from . import strategies  # noqa: E402  (the registry: strategies.select, strategies.Inputs, ...)
 
 __all__ = [
     "AlselError", "ArrayRows", "Embeddings", "Paired", "Store", "ThresholdParams", "Thresholds",
     "compute_xi", "kcenter_greedy", "load_paired", "load_scores", "load_thresholds", "make_thresholds",
     "make_world", "open_store", "resolve_device", "score_pool", "score_rows", "select_by_score",
-    "select_coreset", "select_random", "sweep", "synth_stores", "top_b", "write_store",
+    "select_coreset", "select_random", "strategies", "sweep", "synth_stores", "top_b", "write_store",
 ]

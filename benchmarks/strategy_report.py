@@ -112,6 +112,25 @@ def fill_share(cfg: SimConfig, name: str, rnd: int) -> float:
     return 100.0 * float(np.mean(counts)) / cfg.budget
 
 
+def nearness(cfg: SimConfig, name: str) -> float:
+    """Mean distance (raw embeddings) from the items of round 0's selection to their nearest paired image,
+    mean over seeds: how far a strategy reaches beyond what is already paired."""
+    from alsel.store import open_store
+
+    out = []
+    with open_store(cfg.oracle, need="paired") as oracle:
+        row = {x: r for r, x in enumerate(oracle.ids("images"))}
+        images = oracle.images.read()
+        for seed in cfg.seeds:
+            start = cfg.paired or os.path.join(cfg.out, "init", f"seed{seed}", "paired.h5")
+            with open_store(start, need="paired") as p:
+                paired = p.images.read()
+            ids = read_selection(os.path.join(cfg.out, "runs", name, f"seed{seed}", "round0", "selection.h5")).ids
+            picked = images[[row[str(x)] for x in ids]]
+            out.append(float(np.sqrt(np.maximum(2 - 2 * (picked @ paired.T).max(axis=1), 0)).mean()))
+    return float(np.mean(out))
+
+
 def raw_rsum(test: str) -> float:
     import torch
 
@@ -165,6 +184,10 @@ def section(title: str, key: str, cfg: SimConfig, rows: list[dict], png: str, se
               "|---" * (cfg.rounds + 1) + "|"]
     for name in hn:
         lines.append(f"| {name} | " + " | ".join(f"{fill_share(cfg, name, r):.0f}%" for r in range(cfg.rounds)) + " |")
+    lines += ["", "How far round 0's picks lie from the paired set: mean distance (raw embeddings, unit rows) from "
+                  "each chosen image to its nearest paired image, mean over seeds:", "",
+              "| " + " | ".join(names) + " |", "|---" * len(names) + "|",
+              "| " + " | ".join(f"{nearness(cfg, n):.3f}" for n in names) + " |"]
     lines += ["", "Verdicts (averaged over rounds 1..R):", ""]
     lines += [f"- {n} {v} {b} ({a[0]:+.1f} ± {a[1]:.1f} R-sum, {a[2]}/{a[3]} seeds ahead)"
               for k, _, n, b, v, a in verdicts if k == key]

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,3 +40,45 @@ def test_quickstart_runs_offline(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "top of the selection" in r.stdout and "rank,id,row,score" in r.stdout
     assert len((tmp_path / "qs" / "selection.csv").read_text().splitlines()) == 21
+
+
+def readme_text():
+    return open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+
+
+def test_the_strategy_table_matches_alsel_strategies():
+    from alsel import strategies
+
+    lines = readme_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("<!-- strategies table"))
+    rows = []
+    for line in lines[start + 3:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip().replace("\\|", "|").strip("`") for c in line.strip("|").split(" | ")]
+        rows.append(cells)
+    want = [[r["name"], "; ".join(r["needs"]), " ".join(r["options"]), r["summary"], r["paper"]]
+            for r in strategies.describe()]
+    got = [[c[0], c[1], " ".join(x.strip("`") for x in c[2].split("` `")), c[3], c[4]] for c in rows]
+    assert got == want
+
+
+def test_the_readme_strategy_example_runs(tmp_path):
+    """The 'Adding a strategy' example registers a strategy that select then runs."""
+    from alsel import strategies
+    from alsel.store import open_store
+    from alsel.synth import synth_stores
+
+    text = readme_text()
+    start = text.index("# mystrategy.py")
+    code = text[start:text.index("```", start)]
+    try:
+        exec(compile(code, "README.md", "exec"), {})
+        w = synth_stores(str(tmp_path / "w"), images=200, captions=2, classes=5, dim=16, seed=0)
+        with open_store(w["paired"], need="paired") as p, open_store(w["pool_images"]) as u:
+            sel = strategies.select("farthest", strategies.Inputs(pool=u, paired=p, budget=5))
+            far = sel.rows
+            d = u.images.read() @ p.images.read().T
+        assert list(far) == list(np.argsort(d.max(axis=1), kind="stable")[:5])
+    finally:
+        strategies.REGISTRY.pop("farthest", None)

@@ -200,3 +200,23 @@ def test_top_k_data_has_teeth(monkeypatch):
     monkeypatch.setattr("alsel.stream.out_rel", lambda dtype: 0.0)
     with pytest.raises(AssertionError):
         test_running_top_k_exact_on_near_ties(torch.bfloat16, 1, 0.1, monkeypatch)
+
+
+@pytest.mark.parametrize("dtype", LOW)
+def test_closest_on_float32_products_as_cuda_returns_them(dtype):
+    """The CUDA path returns float32 products (float32 accumulation and output) with the shifted bias
+    added after: row_max_'s float branch on such a tile equals float64 (run here on the CPU)."""
+    from alsel.rounding import LowTile
+
+    rng = np.random.default_rng(5)
+    texts, xi, pool = near_tie_world(rng)
+    xi = (xi + 0.004).astype(np.float32)
+    low = LowResident(torch.from_numpy(texts), torch.from_numpy(-xi), dtype)
+    x = torch.from_numpy(pool)
+    xl, err = low.rows(x)
+    shifted = low.shifted_bias(float(err.max()), torch.float32)
+    approx = (xl.float() @ low.matrix.float().T) + shifted  # what torch.mm(..., out_dtype=float32) + bias gives
+    tile = LowTile(approx, x, torch.from_numpy(texts), torch.from_numpy(-xi), err, out_rel(torch.float32),
+                   shifted - low.bias)
+    best = tile.row_max_(torch.full((len(pool),), -torch.inf))
+    assert np.abs(best.numpy() - c64(pool, texts, xi).max(axis=1)).max() < 1e-5

@@ -248,3 +248,18 @@ def test_labels_setting_refusals(labelled_world, world, tmp_path, run_cli):
     assert_bad_input(run_cli(*label_args(w, tmp_path / "x", "--budget", "5", "--annotate", "sounds")),
                      "--annotate", "captions or labels")
     assert not (tmp_path / "x").exists() and not (tmp_path / "z").exists()
+
+
+def test_new_strategies_on_the_text_side_in_simulate(world, tmp_path, run_cli):
+    """typiclust, probcover and hn-density choose pool captions round by round (the head's space)."""
+    out = tmp_path / "t"
+    code, _, err = run_cli("simulate", "--oracle", world["oracle"], "--test", world["test"], "--out", out,
+                           "--initial", "0.2", "--budget", "20", "--rounds", "2", "--strategies",
+                           "typiclust-texts,probcover-texts,hn-density-texts", "--seeds", "1", *HEAD)
+    assert code == 0, err
+    rows = read_csv(out / "results.csv")
+    assert {r["strategy"] for r in rows} == {"typiclust-texts", "probcover-texts", "hn-density-texts"}
+    assert all(int(r["paired_texts"]) == 84 * 3 + 20 * int(r["round"]) for r in rows)
+    for name in ("typiclust-texts", "probcover-texts", "hn-density-texts"):
+        sel = read_selection(str(out / "runs" / name / "seed1" / "round1" / "selection.h5"))
+        assert sel.attrs["select"] == "texts" and sel.attrs["head"] != "none"

@@ -398,3 +398,27 @@ def test_scores_and_select_agree_with_the_library(tmp_path):
     a = select_by_score([str(tmp_path / "s1.h5"), str(tmp_path / "s0.h5")], 30, fill="closest")
     b = run("hn", paired, pool, "images", 30, margin=0.05, fill="closest")
     assert list(a.rows) == list(b.rows) and a.attrs["fill_count"] == b.attrs["fill_count"] > 0
+
+
+def test_select_hn_in_one_go_equals_score_then_select(tmp_path, run_cli):
+    """`select --strategy hn --paired --unpaired [--thresholds]` = `score` + `select --scores`."""
+    from alsel.synth import synth_stores
+
+    w = synth_stores(str(tmp_path / "w"), images=300, captions=2, classes=6, dim=16, seed=4)
+    run_cli("threshold", "--paired", w["paired"], "--out", tmp_path / "xi.h5", "--top-k", "2", "--precision", "fp32")
+    run_cli("score", "--paired", w["paired"], "--unpaired", w["pool_images"], "--thresholds", tmp_path / "xi.h5",
+            "--weight", "counting", "--out", tmp_path / "s.h5", "--precision", "fp32")
+    code, _, err = run_cli("select", "--scores", tmp_path / "s.h5", "--budget", "30", "--fill", "closest",
+                           "--out", tmp_path / "a.h5")
+    assert code == 0, err
+    for extra in (["--thresholds", tmp_path / "xi.h5"], ["--top-k", "2"]):
+        code, _, err = run_cli("select", "--strategy", "hn-counting", "--paired", w["paired"], "--unpaired",
+                               w["pool_images"], "--budget", "30", "--fill", "closest", "--out", tmp_path / "b.h5",
+                               "--precision", "fp32", *extra)
+        assert code == 0, err
+        a, b = read_selection(str(tmp_path / "a.h5")), read_selection(str(tmp_path / "b.h5"))
+        assert list(a.rows) == list(b.rows) and a.attrs["strategy"] == b.attrs["strategy"] == \
+            "hn-top2-counting-fill-closest"
+    code, _, err = run_cli("select", "--scores", tmp_path / "s.h5", "--budget", "3", "--weight", "surplus",
+                           "--out", tmp_path / "c.h5")
+    assert code == 2 and "--weight surplus contradicts the file" in err

@@ -17,6 +17,11 @@ from .hn import ScoredPool, scored_pool  # noqa: E402,F401
 DEFAULT = "hn"  # `alsel select` without --strategy (set from benchmarks/strategy_report.md)
 
 
+def default_for(scores) -> str:
+    """The strategy of `alsel select` without --strategy: hn when score files are given, else DEFAULT."""
+    return "hn" if scores else DEFAULT
+
+
 def load_plugins() -> None:
     """Import the modules named in the `alsel.strategies` entry-point group (their register() calls)."""
     from importlib.metadata import entry_points

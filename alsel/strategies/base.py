@@ -26,6 +26,7 @@ NEEDS = {
     "pool_pairs": "a pool of pairs: images with their captions (--unpaired)",
     "prob_head": "a probabilistic head from `alsel train --objective labels` (--head)",
 }
+NEED_LABELS = {"paired": "paired store", "pool_pairs": "pool of pairs", "prob_head": "probabilistic head"}
 
 
 # --------------------------------------------------------------------------- options
@@ -37,7 +38,7 @@ class OptionSpec:
 
     name: str  # attribute of Options
     flag: str
-    kind: str  # "choice", "int", "float" or "delta" (a float or auto)
+    kind: str  # "choice", "int", "float", "count" (an int or auto) or "delta" (a float or auto)
     help: str
     values: tuple = ()  # choices
     token: str = ""  # numeric options: the token's prefix (top3); choices: "" (the value itself) or a prefix
@@ -49,30 +50,30 @@ class OptionSpec:
             if text not in self.values:
                 raise AlselError(f"{where}: {self.flag} {text!r}: expected {'|'.join(self.values)}")
             return text
-        if self.kind == "delta" and text == "auto":
+        if self.kind in AUTO_KINDS and text == "auto":
             return "auto"
         try:
-            value = int(text) if self.kind == "int" else float(text)
+            value = int(text) if self.kind in ("int", "count") else float(text)
         except ValueError:
             raise AlselError(f"{where}: {self.flag} {text!r}: expected a number") from None
         return self.check(value, where)
 
     def check(self, value, where: str):
-        if self.kind == "choice":
+        if self.kind == "choice" or isinstance(value, str):
             return self.parse(value, where)
-        if self.kind == "delta" and value == "auto":
-            return value
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
                 or not np.isfinite(value) or (self.minimum is not None and value < self.minimum):
             bound = f" >= {self.minimum:g}" if self.minimum is not None else ""
             raise AlselError(f"{where}: {self.flag} must be a finite number{bound}, got {value!r}")
-        return int(value) if self.kind == "int" else float(value)
+        return int(value) if self.kind in ("int", "count") else float(value)
 
     def to_token(self, value) -> str:
         if self.kind == "choice":
             return f"{self.token}-{value}" if self.token else str(value)
         return f"{self.token}{value:g}" if isinstance(value, float) else f"{self.token}{value}"
 
+
+AUTO_KINDS = ("count", "delta")  # options that also take `auto`
 
 OPTION_SPECS = {o.name: o for o in (
     OptionSpec("select", "--select", "choice", "pool side to choose from", ("images", "texts")),
@@ -87,8 +88,8 @@ OPTION_SPECS = {o.name: o for o in (
                ("surplus", "counting")),
     OptionSpec("fill", "--fill", "choice", "hn: the rest of a batch with fewer positive scores than B",
                ("random", "closest", "row"), token="fill"),
-    OptionSpec("clusters", "--clusters", "int", "k-means clusters (hn-density, ascmr; probcover's purity)",
-               token="clusters", minimum=1),
+    OptionSpec("clusters", "--clusters", "count", "k-means clusters (hn-density, ascmr; probcover's purity), "
+               "or auto: as many as the budget", token="clusters", minimum=1),
     OptionSpec("lam", "--lambda", "float", "weight of the density term, unitless", token="lambda", minimum=0),
     OptionSpec("density_mix", "--density-mix", "float", "target shares: 0 = proportional, 1 = uniform",
                token="mix", minimum=0),
@@ -115,7 +116,7 @@ class Options:
     form: str = _XI.form
     weight: str = "surplus"
     fill: str = "random"
-    clusters: int = 20
+    clusters: int | str = 20
     lam: float = 1.0
     density_mix: float = 0.5
     samples: int = 8
@@ -133,7 +134,7 @@ class Inputs:
     in its space); hn may take score files (`scores`, all shards of one run) or a ξ file (`thresholds`)
     instead of computing them, and keeps what it computes in `scores_out` when given."""
 
-    pool: Store
+    pool: Store | None  # None: hn on `scores` alone
     budget: int
     paired: Store | None = None
     head: object = None
@@ -168,6 +169,10 @@ class Context:
     @property
     def budget(self) -> int:
         return self.inputs.budget
+
+    def clusters(self) -> int:
+        """--clusters, with auto = the budget (one cluster per item to choose)."""
+        return self.budget if self.opts.clusters == "auto" else int(self.opts.clusters)
 
     @property
     def head(self):
@@ -368,7 +373,7 @@ def token_forms(strategy: Strategy) -> list[str]:
         if opt.kind == "choice":
             out.append("|".join(f"{opt.token}-{v}" if opt.token else v for v in values))
         else:
-            out.append(f"{opt.token}<{'number|auto' if opt.kind == 'delta' else 'number'}>")
+            out.append(f"{opt.token}<{'number|auto' if opt.kind in AUTO_KINDS else 'number'}>")
     return out
 
 
@@ -383,6 +388,12 @@ def select(spec: str, inputs: Inputs, where: str = "--strategy", strict: bool = 
     fill (when a batch was completed by a rule, not by gains), the budget and the pool's fingerprint; its
     `notes` are the lines a command prints on stderr."""
     strategy, opts, explicit = resolve(spec, where, strict, **given)
+    if inputs.pool is None:  # hn from score files alone: the files know the pool
+        if not inputs.scores:
+            raise AlselError(f"{where} {spec}: needs the pool (--unpaired POOL.h5)")
+        from .hn import scored_pool
+
+        inputs = replace(inputs, pool=scored_pool(inputs.scores))
     opts = strategy.prepare(inputs, opts, explicit)
     strategy.check(inputs, opts, where)
     ctx = Context(strategy, inputs, opts, explicit)
@@ -429,7 +440,7 @@ def describe() -> list[dict]:
     out = []
     for name in names():
         s = REGISTRY[name]
-        out.append({"name": name, "needs": [NEEDS[n] for n in sorted(s.needs)] or ["-"],
+        out.append({"name": name, "needs": [NEED_LABELS[n] for n in sorted(s.needs)] or ["-"],
                     "sides": list(s.sides), "options": token_forms(s), "summary": s.summary, "paper": s.paper})
     return out
 

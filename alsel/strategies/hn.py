@@ -182,6 +182,11 @@ class HardNegatives(Strategy):
 class HardNegativesDensity(HardNegatives):
     name = "hn-density"
     options = HardNegatives.options + ("clusters", "lam", "density_mix")
+    # one cluster per item to choose, uniform shares and a density term strong enough to hold them (up to a
+    # few hundred items): each of B regions of the pool gives its hardest item. Chosen on a pilot
+    # (benchmarks/strategy_report.md says which); the ASCMR defaults (20 clusters, λ = 1, mix 0.5) let the
+    # gains decide and concentrate the batch where hn does.
+    defaults = {"clusters": "auto", "lam": 100.0, "density_mix": 1.0}
     summary = ("hard-negative score → density-aware allocation over k-means clusters of the pool (ASCMR's), "
                "the best gains within each cluster, zero gains in fill order")
     paper = "Jo et al., arXiv 2405.16301; allocation of Zhang et al., TPAMI 2025"
@@ -196,7 +201,7 @@ class HardNegativesDensity(HardNegatives):
         from ..clustering import kmeans
 
         opts = ctx.opts
-        _, assign = kmeans(ctx.pool, min(opts.clusters, ctx.pool.n), ctx.inputs.seed, device=ctx.device,
+        _, assign = kmeans(ctx.pool, min(ctx.clusters(), ctx.pool.n), ctx.inputs.seed, device=ctx.device,
                            transform=ctx.transform, chunk_size=ctx.inputs.chunk_size)
         gain = np.where(g.score > 0, g.score, 0).astype(np.float64)
         lam = density_weight(gain[ctx.selectable], ctx.budget, opts.lam)

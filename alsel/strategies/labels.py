@@ -17,7 +17,7 @@ class LabelStrategy(Strategy):
 
     def allocate(self, ctx: Context, gain) -> Allocation:
         o, pool = ctx.opts, ctx.inputs.pool
-        config = AscmrConfig(clusters=o.clusters, lam=o.lam, mix=o.density_mix, samples=o.samples,
+        config = AscmrConfig(clusters=ctx.clusters(), lam=o.lam, mix=o.density_mix, samples=o.samples,
                              seed=ctx.inputs.seed).check()
         rows, g, info = choose_rows(self.name, ctx.head, pool.images, pool.texts, pool.text_image, ctx.budget,
                                     config, ctx.device, ctx.selectable)

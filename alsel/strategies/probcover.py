@@ -121,7 +121,7 @@ class ProbCover(Strategy):
         members = take(points, members_at)
         delta = ctx.opts.delta
         if delta == "auto":
-            k = min(ctx.opts.clusters, n_all)
+            k = min(ctx.clusters(), n_all)
             _, assign = kmeans(points, k, ctx.inputs.seed, device=ctx.device, chunk_size=ctx.inputs.chunk_size)
             delta, purity = auto_delta(members, assign[members_at], ctx.device)
             ctx.attrs.update(delta_auto=delta, purity=purity)

@@ -69,8 +69,8 @@ class TypiClust(Strategy):
     name = "typiclust"
     needs = frozenset({"paired"})
     options = ("max_clusters",)
-    summary = ("k-means over paired + pool (K = |P| + B, at most --max-clusters); B times the least covered "
-               "cluster gives its most typical pool item (1 / mean distance to 20 nearest neighbours)")
+    summary = ("k-means over paired + pool items (K = paired + B, at most --max-clusters); B times the least "
+               "covered cluster gives its most typical pool item (1 / mean distance to its 20 nearest neighbours)")
     paper = "Hacohen, Dekel, Weinshall, ICML 2022"
 
     def gain(self, ctx: Context):
