@@ -53,22 +53,35 @@ def take(points, rows: np.ndarray, device: torch.device = torch.device("cpu"), t
         return transform(x.to(device)).cpu().numpy()
 
 
+FIT_ROWS = 8192  # rows per block of the float64 fitting steps: temporaries of a block, not of the sample
+
+
 def nearest(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    """Index of the nearest center (squared Euclidean, float64; ties: the lower index)."""
-    d = (x ** 2).sum(axis=1)[:, None] - 2 * x @ centers.T + (centers ** 2).sum(axis=1)[None, :]
-    return np.argmin(d, axis=1)
+    """Index of the nearest center (squared Euclidean, float64; ties: the lower index), in row blocks."""
+    cc = (centers ** 2).sum(axis=1)[None, :]
+    return np.concatenate([np.argmin((b ** 2).sum(axis=1)[:, None] - 2 * b @ centers.T + cc, axis=1)
+                           for b in _blocks(x)]) if len(x) else np.zeros(0, np.int64)
+
+
+def _blocks(x: np.ndarray):
+    return (x[a:a + FIT_ROWS] for a in range(0, len(x), FIT_ROWS))
+
+
+def _sq_dist(s: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """||s_i - c||² per row, in row blocks."""
+    return np.concatenate([((b - c) ** 2).sum(axis=1) for b in _blocks(s)])
 
 
 def fit_centers(sample: np.ndarray, k: int, rng: np.random.Generator, iters: int = KMEANS_ITERS) -> np.ndarray:
     """k-means++ seeding and Lloyd steps on `sample` (float64); an empty cluster keeps its center."""
     s = np.asarray(sample, dtype=np.float64)
     centers = [s[rng.integers(len(s))]]
-    d2 = ((s - centers[0]) ** 2).sum(axis=1)
+    d2 = _sq_dist(s, centers[0])
     for _ in range(1, k):
         total = d2.sum()
         nxt = s[rng.choice(len(s), p=d2 / total)] if total > 0 else s[rng.integers(len(s))]
         centers.append(nxt)
-        d2 = np.minimum(d2, ((s - nxt) ** 2).sum(axis=1))
+        d2 = np.minimum(d2, _sq_dist(s, nxt))
     c = np.array(centers)
     for _ in range(iters):
         a = nearest(s, c)

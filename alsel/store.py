@@ -323,6 +323,8 @@ class Embeddings:
         raw = self._array[rows] if self._array is not None else self._ds[rows] if len(rows) else \
             np.zeros((0, self.d), self.dtype)
         out = torch.from_numpy(np.asarray(raw, dtype=np.float32))
+        if len(rows):  # the rows are copied: drop the mapped pages the scattered reads touched
+            self.release(int(rows[0]), int(rows[-1]) + 1)
         try:
             normalize_(out, self.path, self.name, 0)
         except AlselError:  # name the store's row, not the sample's

@@ -422,3 +422,17 @@ def test_select_hn_in_one_go_equals_score_then_select(tmp_path, run_cli):
     code, _, err = run_cli("select", "--scores", tmp_path / "s.h5", "--budget", "3", "--weight", "surplus",
                            "--out", tmp_path / "c.h5")
     assert code == 2 and "--weight surplus contradicts the file" in err
+
+
+def test_select_without_a_strategy_runs_the_default(tmp_path, run_cli):
+    """coreset, the report's recommendation (hn when --scores are given)."""
+    from alsel.synth import synth_stores
+
+    w = synth_stores(str(tmp_path / "w"), images=200, captions=2, classes=5, dim=16, seed=1)
+    code, _, err = run_cli("select", "--paired", w["paired"], "--unpaired", w["pool_images"], "--budget", "6",
+                           "--out", tmp_path / "a.h5", "--device", "cpu")
+    assert code == 0, err
+    code, _, err = run_cli("select", "--strategy", "coreset", "--paired", w["paired"], "--unpaired",
+                           w["pool_images"], "--budget", "6", "--out", tmp_path / "b.h5", "--device", "cpu")
+    a, b = read_selection(str(tmp_path / "a.h5")), read_selection(str(tmp_path / "b.h5"))
+    assert a.attrs["strategy"] == strategies.DEFAULT == "coreset" and list(a.rows) == list(b.rows)

@@ -14,7 +14,7 @@ from .base import (NEEDS, OPTION_SPECS, REGISTRY, Allocation, Context, Inputs, O
 from . import hn, baselines, typiclust, probcover, labels  # noqa: E402,F401  (registration)
 from .hn import ScoredPool, scored_pool  # noqa: E402,F401
 
-DEFAULT = "hn"  # `alsel select` without --strategy (set from benchmarks/strategy_report.md)
+DEFAULT = "coreset"  # `alsel select` without --strategy: the report's recommendation (benchmarks/strategy_report.md)
 
 
 def default_for(scores) -> str:

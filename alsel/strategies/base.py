@@ -129,7 +129,7 @@ class Options:
 
 @dataclass
 class Inputs:
-    """What a selection runs on. `pool` is an opened store (or `alsel.store.memory_store`); `paired` the
+    """What a selection runs on. `pool` is an opened store (None: hn on score files alone); `paired` the
     paired store, when the strategy needs one; `head` a retrieval head or a probabilistic head (compare
     in its space); hn may take score files (`scores`, all shards of one run) or a ξ file (`thresholds`)
     instead of computing them, and keeps what it computes in `scores_out` when given."""
