@@ -10,9 +10,9 @@ import numpy as np
 import torch
 
 from .errors import AlselError
-from .store import (Store, atomic_path, attrs_dict, dataset, int_attr, open_h5, pool_fingerprint,
+from .store import (Store, atomic_path, attrs_dict, dataset, int_attr, open_h5,
                     read_ids, read_ids_at, write_h5)
-from .stream import ArrayRows, Rows, collect, sweep, to_device
+from .stream import Rows, collect, sweep, to_device
 
 # attributes every shard of one scoring run shares
 SHARD_KEYS = ("weight", "select", "top_k", "batch", "batch_size", "margin", "form", "seed", "pool_size",
@@ -256,8 +256,3 @@ def read_selection(path: str) -> Selection:
     if attrs.get("select", "images") not in ("images", "texts"):
         raise AlselError(f"{path}: attribute 'select' is {attrs.get('select')!r}, expected 'images' or 'texts'")
     return Selection(rows, ids, score, attrs, parts)
-
-
-def paired_side(pool_or_paired: Store, select: str) -> np.ndarray:
-    """The paired items core-set distances are measured to: images or texts of the paired store."""
-    return pool_or_paired.side(select).read()

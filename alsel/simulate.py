@@ -4,8 +4,8 @@ For every strategy and seed, round r = 0..R:
     train a head on paired_r (from its initialisation, every round) → evaluate on the test store;
     if r < R: choose B pool items with the strategy in that head's space → write the oracle's
     annotations of exactly those items → merge → paired_{r+1}, pool_{r+1}.
-Every step calls the function its stage command calls (train_head, make_thresholds, score_pool,
-select_by_score / select_random / select_coreset, merge) on files in
+Every step calls the function its stage command calls (train_head, evaluate, strategies.select,
+merge) on files in
 OUT/runs/<strategy>/seed<s>/round<r>/, so each round can be inspected with `alsel info` and an
 interrupted simulation resumes: a round whose metrics.json exists (and whose successor's stores
 exist) is not redone. All strategies of one seed start from the same initial split.

@@ -120,15 +120,22 @@ def test_smoke_reproducible_and_resumable(world, tmp_path, run_cli):
     assert (run / "round1" / "head.pt").stat().st_mtime_ns == kept
 
 
-def test_texts_strategy_and_split_from_the_oracle(world, tmp_path, run_cli):
+@pytest.mark.parametrize("names,rounds,seed", [
+    (("hn-texts-top3-mini-counting", "coreset-texts"), 1, 3),
+    (("typiclust-texts", "probcover-texts", "hn-density-texts"), 2, 1),  # the new strategies, in the head's space
+])
+def test_texts_strategies_and_split_from_the_oracle(world, tmp_path, run_cli, names, rounds, seed):
     out = tmp_path / "t"
     code, _, err = run_cli("simulate", "--oracle", world["oracle"], "--test", world["test"], "--out", out,
-                           "--initial", "0.2", "--budget", "20", "--rounds", "1", "--strategies",
-                           "hn-texts-top3-mini-counting,coreset-texts", "--seeds", "3", *HEAD)
+                           "--initial", "0.2", "--budget", "20", "--rounds", str(rounds), "--strategies",
+                           ",".join(names), "--seeds", str(seed), *HEAD)
     assert code == 0, err
     rows = read_csv(out / "results.csv")
-    assert {r["strategy"] for r in rows} == {"hn-texts-top3-mini-counting", "coreset-texts"}
-    assert all(int(r["paired_texts"]) == 84 * 3 + 20 for r in rows if r["round"] == "1")
+    assert {r["strategy"] for r in rows} == set(names)
+    assert all(int(r["paired_texts"]) == 84 * 3 + 20 * int(r["round"]) for r in rows)
+    for name in names:
+        sel = read_selection(str(out / "runs" / name / f"seed{seed}" / f"round{rounds - 1}" / "selection.h5"))
+        assert sel.attrs["select"] == "texts" and sel.attrs["head"] != "none"
 
 
 def test_pool_runs_out(world, tmp_path, run_cli):
@@ -248,18 +255,3 @@ def test_labels_setting_refusals(labelled_world, world, tmp_path, run_cli):
     assert_bad_input(run_cli(*label_args(w, tmp_path / "x", "--budget", "5", "--annotate", "sounds")),
                      "--annotate", "captions or labels")
     assert not (tmp_path / "x").exists() and not (tmp_path / "z").exists()
-
-
-def test_new_strategies_on_the_text_side_in_simulate(world, tmp_path, run_cli):
-    """typiclust, probcover and hn-density choose pool captions round by round (the head's space)."""
-    out = tmp_path / "t"
-    code, _, err = run_cli("simulate", "--oracle", world["oracle"], "--test", world["test"], "--out", out,
-                           "--initial", "0.2", "--budget", "20", "--rounds", "2", "--strategies",
-                           "typiclust-texts,probcover-texts,hn-density-texts", "--seeds", "1", *HEAD)
-    assert code == 0, err
-    rows = read_csv(out / "results.csv")
-    assert {r["strategy"] for r in rows} == {"typiclust-texts", "probcover-texts", "hn-density-texts"}
-    assert all(int(r["paired_texts"]) == 84 * 3 + 20 * int(r["round"]) for r in rows)
-    for name in ("typiclust-texts", "probcover-texts", "hn-density-texts"):
-        sel = read_selection(str(out / "runs" / name / "seed1" / "round1" / "selection.h5"))
-        assert sel.attrs["select"] == "texts" and sel.attrs["head"] != "none"
