@@ -135,8 +135,17 @@ class LowTile:
             x = self.x[rows]
             dense = x @ self.cols.T if self.bias is None else torch.addmm(self.bias, x, self.cols.T)
             return dense[r, c]
-        vals = torch.linalg.vecdot(self.x[rows[r]], self.cols[c])
-        return vals if self.bias is None else vals + self.bias[c]
+        return self.gathered(rows, r, c)
+
+    def gathered(self, rows: torch.Tensor, r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """values() by gathered dot products (in blocks of GATHER_MAX entries), however many: for
+        candidates spread thinly over many rows, where a dense recompute would redo the whole tile."""
+        out = []
+        for a in range(0, len(r), self.GATHER_MAX):
+            rr, cc = r[a:a + self.GATHER_MAX], c[a:a + self.GATHER_MAX]
+            v = torch.linalg.vecdot(self.x[rows[rr]], self.cols[cc])
+            out.append(v if self.bias is None else v + self.bias[cc])
+        return torch.cat(out) if out else torch.zeros(0, device=self.x.device)
 
     def sign_candidates(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sign form: (rows, r, c) of the entries with approx >= 0 — the only ones that may be positive."""
@@ -160,7 +169,9 @@ class LowTile:
             approx - u|approx| - δ_j - err_i  <=  x·a + b  <=  approx + u|approx| - δ_j + err_i,
         so the row's largest value is at least F_i = max(best_i, lower bound of the row's largest approx),
         and only entries whose upper bound reaches F_i can be larger: those are recomputed in float32.
-        A row whose largest approx cannot reach F_i is skipped without a look at its entries."""
+        A row whose largest approx cannot reach F_i is skipped without a look at its entries, and so is
+        a row whose best is already positive: an entry above it is positive, so its approx is >= 0 and
+        the caller recomputed it with the sign candidates (and put it into `best` first)."""
         a, u, err = self.approx, self.out_rel, self.err
         dmin, dmax = float(self.shift.min()), float(self.shift.max())
         low_cpu = a.device.type == "cpu" and a.dtype != torch.float32
@@ -176,7 +187,7 @@ class LowTile:
         floor = torch.maximum(certain, best)
         t = floor + dmin - err
         reach = torch.where(t >= 0, t / (1 + u), t / (1 - u)) - SLACK * (1 + t.abs())  # least approx that may
-        rows = (top >= reach).nonzero().squeeze(1)
+        rows = ((top >= reach) & (best <= 0)).nonzero().squeeze(1)
         if not len(rows):
             return best
         if low_cpu:
@@ -195,7 +206,7 @@ class LowTile:
             r, c = torch.from_numpy(flat // a.shape[1]), torch.from_numpy(flat % a.shape[1])
         else:
             r, c = (a[rows].float() >= reach[rows, None]).nonzero(as_tuple=True)
-        vals = self.values(rows, r, c)
+        vals = self.gathered(rows, r, c)
         row_best = torch.full((len(rows),), -torch.inf, device=best.device).scatter_reduce_(
             0, r.to(best.device), vals.to(best.device), reduce="amax")
         best[rows] = torch.maximum(best[rows], row_best)

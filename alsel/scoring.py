@@ -54,11 +54,14 @@ class HingeSum:
 
     def update_low(self, state, tile, r0, c0):
         """Sign-form tile: approx < 0 certifies c <= 0, so only rows with some approx >= 0 are looked
-        at, and only their entries with approx >= 0 are recomputed in float32."""
+        at, and only their entries with approx >= 0 are recomputed in float32; closest from those and,
+        for rows with no positive value yet, from the band below each row's largest approx."""
         rows, r, c = tile.sign_candidates()
         if len(r):
-            vals = tile.values(rows, r, c).clamp_(min=0)
-            at = rows[r].to(vals.device)
+            exact = tile.values(rows, r, c)
+            at = rows[r].to(exact.device)
+            state[2].scatter_reduce_(0, at, exact, reduce="amax")
+            vals = exact.clamp_(min=0)
             if vals.device.type == "cpu":  # sequential, hence deterministic
                 state[0].index_add_(0, at, (vals > 0).long())
                 state[1].index_add_(0, at, vals.double())

@@ -145,7 +145,11 @@ def test_infinite_thresholds_keep_their_sign():
     xi[[2, 5]] = -np.inf
     count, surplus, closest = scores(pool, texts, xi, torch.bfloat16)
     count32, surplus32, closest32 = scores(pool, texts, xi, torch.float32)
-    assert np.array_equal(count, count32) and np.all(np.isinf(surplus)) and np.all(count >= 2)
+    c = c64(pool, texts, xi)  # counts within the SPEC tolerance of float64 (entries |c| < 1e-5 may go either way)
+    lo, hi = (c > 1e-5).sum(axis=1), (c > -1e-5).sum(axis=1)
+    for n in (count, count32):
+        assert np.all((n >= lo) & (n <= hi)), (n, lo, hi)
+    assert np.all(np.isinf(surplus)) and np.all(count >= 2)
     assert np.all(np.isposinf(closest)) and np.all(np.isposinf(closest32))
 
 
