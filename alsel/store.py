@@ -281,7 +281,8 @@ class Embeddings:
         self._base = 0
         self._array = None
         offset = ds.id.get_offset()
-        if ds.chunks is None and ds.compression is None and offset is not None and self.n > 0:
+        on_disk = f.driver != "core"  # an in-memory file (alsel.arrays) has no file to map
+        if on_disk and ds.chunks is None and ds.compression is None and offset is not None and self.n > 0:
             gran = mmap.ALLOCATIONGRANULARITY
             base = offset - offset % gran
             nbytes = self.n * self.d * self.dtype.itemsize
@@ -467,7 +468,11 @@ def open_store(path: str | os.PathLike, need: str | None = None) -> Store:
     values are checked as rows are read (Embeddings.read).
     """
     path = os.fspath(path)
-    f = open_h5(path, "store")
+    return open_store_file(open_h5(path, "store"), path, need)
+
+
+def open_store_file(f: h5py.File, path: str, need: str | None = None) -> Store:
+    """open_store on an h5py file already open (e.g. an in-memory one, alsel.arrays); closed on failure."""
     try:
         attrs = attrs_dict(f)
         if "model" not in attrs:
