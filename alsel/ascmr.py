@@ -38,6 +38,7 @@ def fuse_gaussians(mu_a: np.ndarray, logvar_a: np.ndarray, mu_b: np.ndarray, log
 
 
 def bernoulli_entropy(p: np.ndarray) -> np.ndarray:
+    """H(p) = -p log p - (1-p) log(1-p), elementwise (p clipped away from 0 and 1)."""
     p = np.clip(p, EPS, 1 - EPS)
     return -(p * np.log(p) + (1 - p) * np.log(1 - p))
 
@@ -84,6 +85,7 @@ def allocate(gains: list[np.ndarray], shares: np.ndarray, budget: int, lam: floa
 
 
 def objective(gains: list[np.ndarray], shares: np.ndarray, counts, budget: int, lam: float) -> float:
+    """The allocation objective: Σ_c (sum of the b_c best gains of cluster c) - λ Σ_c (b_c/B - t_c)²."""
     return sum(float(np.sum(g[:b])) for g, b in zip(gains, counts)) - lam * sum(
         (b / budget - t) ** 2 for b, t in zip(counts, shares))
 
@@ -214,6 +216,7 @@ class AscmrConfig:
     seed: int = 0
 
     def check(self) -> "AscmrConfig":
+        """The config with its values checked (bad values are one-line AlselErrors)."""
         if self.clusters < 1 or self.samples < 1:
             raise AlselError(f"--clusters and --samples must be at least 1, got {self.clusters} and {self.samples}")
         if not (np.isfinite(self.lam) and self.lam >= 0):
@@ -224,6 +227,7 @@ class AscmrConfig:
 
 
 def gains_for(strategy: str, info: dict[str, np.ndarray], entropy: np.ndarray) -> np.ndarray:
+    """The per-item gain of an ASCMR-family strategy from its uncertainty terms (intra, inter, entropy)."""
     if strategy in ("ascmr", "ascmr-no-density"):
         return info["intra"] + info["inter"]
     if strategy in ("ascmr-no-inter", "bald"):

@@ -40,6 +40,7 @@ class ArgMax:
 
 
 def as_rows(points) -> Rows:
+    """Rows (anything with load) as they are, an array as ArrayRows."""
     return points if hasattr(points, "load") else ArrayRows(np.asarray(points, dtype=np.float32))
 
 

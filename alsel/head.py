@@ -43,6 +43,7 @@ class TrainConfig:
     anchor: float | None = None  # pull toward the initial map; None: chosen on the split from ANCHORS (identity)
 
     def check(self, d_in: int) -> "TrainConfig":
+        """The config checked against the embedding dimension `d` (dim defaults to d)."""
         if self.init not in INITS:
             raise AlselError(f"--init {self.init!r}: expected identity or random")
         dim = d_in if self.dim is None else self.dim
@@ -89,6 +90,7 @@ class Head(nn.Module):
         self.meta = dict(meta or {})
 
     def reset(self, init: str, generator: torch.Generator) -> None:
+        """Identity maps (the raw space) or a seeded random initialisation."""
         with torch.no_grad():
             for lin in (self.image, self.text):
                 if init == "identity":
@@ -104,6 +106,7 @@ class Head(nn.Module):
             and not bool(lin.bias.any())
 
     def forward_side(self, x: torch.Tensor, side: str) -> torch.Tensor:
+        """Unit rows of one modality ('image' or 'text') through its map."""
         return F.normalize(getattr(self, side)(x), dim=1)
 
     def apply(self, x: torch.Tensor, side: str) -> torch.Tensor:
@@ -133,6 +136,7 @@ class Head(nn.Module):
         return encode_rows(lambda x: self.apply(x, side), rows, self.dim, device)
 
     def fingerprint(self) -> str:
+        """A hash of the head's weights: files made through a head record it, so a mismatch is caught."""
         h = hashlib.sha256(f"{self.d_in}x{self.dim}".encode())
         for k, v in sorted(self.state_dict().items()):
             h.update(k.encode())
@@ -319,6 +323,7 @@ def _fit(head: Head, initial: dict, data: tuple, anchor: float, config: TrainCon
 
 
 def steps_per_epoch(n_pairs: int, batch_size: int) -> int:
+    """Optimiser steps in one pass: batches of at least two pairs (a lone pair has no negative)."""
     return sum(1 for s in range(0, n_pairs, batch_size) if min(batch_size, n_pairs - s) >= 2)
 
 
@@ -353,6 +358,7 @@ def load_head(path: str, store=None) -> Head:
 
 
 def check_head_fits(head: Head, path: str, store) -> None:
+    """The head takes this store's embeddings (same D and model), else a one-line error."""
     if store.d != head.d_in:
         raise AlselError(f"{path}: head expects embeddings of D = {head.d_in}, {store.path} has D = {store.d}")
     model = head.meta.get("model")

@@ -28,6 +28,7 @@ def _stats(a: np.ndarray) -> str:
 
 
 def describe(path: str) -> dict:
+    """What `alsel info` shows: kind, root attributes, datasets (dtype, shape) and a short summary."""
     with open_h5(path, KINDS) as f:
         kind = str(attrs_dict(f)["kind"])
         attrs = attrs_dict(f)

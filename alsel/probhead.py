@@ -43,6 +43,7 @@ class ProbConfig:
     seed: int = 0
 
     def check(self) -> "ProbConfig":
+        """The config with its values checked (bad values are one-line AlselErrors)."""
         for name in ("dim", "samples", "batch_size"):
             if getattr(self, name) < 1:
                 raise AlselError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -59,6 +60,8 @@ class ProbConfig:
 
 
 class ProbHead(nn.Module):
+    """The ASCMR probabilistic head: per modality a Gaussian embedding (mean, log-variance) and a multi-label
+    classifier."""
     def __init__(self, d_in: int, n_classes: int, config: ProbConfig):
         super().__init__()
         self.d_in, self.n_classes, self.config = d_in, n_classes, config
@@ -86,6 +89,7 @@ class ProbHead(nn.Module):
         return f
 
     def fingerprint(self) -> str:
+        """A hash of the head's weights (recorded by what is computed through it)."""
         h = hashlib.sha256(f"{FORMAT}:{self.d_in}x{self.config.dim}x{self.n_classes}".encode())
         for k, v in sorted(self.state_dict().items()):
             h.update(k.encode())
@@ -103,6 +107,7 @@ def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 
 def prob_loss(head: ProbHead, x_img, x_txt, y_img, y_txt, owner, generator) -> torch.Tensor:
+    """The training loss of one batch: the max-of-hinges loss on sampled embeddings, the label loss and β·KL."""
     c = head.config
     loss = 0.0
     means = {}
@@ -171,6 +176,7 @@ def prob_epochs(config: ProbConfig, n_texts: int) -> int:
 
 
 def save_prob_head(out: str, head: ProbHead, inputs: tuple = ()) -> None:
+    """Write the head's config and weights atomically."""
     ckpt = {"format": FORMAT, "config": asdict(head.config), "d_in": head.d_in, "n_classes": head.n_classes,
             "state_dict": {k: v.detach().cpu() for k, v in head.state_dict().items()}}
     with atomic_path(out, inputs) as tmp:
@@ -187,6 +193,7 @@ def _checkpoint(path: str):
 
 
 def is_prob_head(path: str) -> bool:
+    """Whether a head file holds a probabilistic head (else a retrieval head)."""
     ckpt = _checkpoint(path)
     return isinstance(ckpt, dict) and ckpt.get("format") == FORMAT
 

@@ -36,6 +36,7 @@ SLACK = 2.0 ** -20  # covers the float32 arithmetic of the bound itself (|values
 
 
 def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU has native bfloat16 matmuls (then --precision auto picks bf16)."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -55,10 +56,12 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype:
 
 
 def precision_name(dtype: torch.dtype) -> str:
+    """bf16, fp16 or fp32 for a torch dtype."""
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
 
 
 def gamma(k: int) -> float:
+    """γ_k = k u / (1 - k u) for float32: the relative error bound of a k-term float32 dot product."""
     u = UNIT_ROUNDOFF[torch.float32]
     return k * u / (1 - k * u)
 

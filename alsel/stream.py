@@ -38,10 +38,12 @@ DEVICES = ("auto", "cpu", "cuda")
 
 
 def tile_rows_for(device: torch.device) -> int:
+    """Rows of one compute tile on this device."""
     return CPU_TILE_ROWS if device.type == "cpu" else CUDA_TILE_ROWS
 
 
 def available_host_bytes() -> int:
+    """Free host memory in bytes (0 where the system does not say)."""
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
@@ -68,6 +70,7 @@ def tile_layout(chunk_size: int, device: torch.device) -> str:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    """auto, cpu or cuda as a torch device (auto = CUDA when available); cuda without one is a one-line error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":
@@ -85,11 +88,14 @@ class Rows(Protocol):
     n: int
     d: int
 
-    def load(self, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor: ...
+    def load(self, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows [start, stop) as float32 unit rows (a tensor, in `out` when given)."""
 
-    def take(self, rows: np.ndarray) -> np.ndarray: ...  # rows (sorted ascending), float32 unit rows
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """The given rows (sorted ascending) as float32 unit rows."""
 
-    def release(self, start: int, stop: int) -> None: ...
+    def release(self, start: int, stop: int) -> None:
+        """Drop what rows [start, stop) hold in memory (mapped pages), once they are processed."""
 
 
 class ArrayRows:
@@ -100,15 +106,19 @@ class ArrayRows:
         self.n, self.d = self.array.shape
 
     def load(self, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """A view of rows [start, stop): nothing to copy."""
         return torch.from_numpy(self.array[start:stop])  # a view: nothing to copy
 
     def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) as the array itself."""
         return self.array[start:stop]
 
     def take(self, rows: np.ndarray) -> np.ndarray:
+        """The given rows."""
         return self.array[rows]
 
     def release(self, start: int, stop: int) -> None:
+        """Nothing to release: the rows are in memory."""
         pass
 
 
@@ -127,23 +137,31 @@ class ConcatRows:
                 yield p, lo - a, hi - a
 
     def load(self, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows [start, stop) across the parts."""
         return torch.cat([torch.as_tensor(p.load(a, b)) for p, a, b in self._pieces(start, stop)])
 
     def take(self, rows: np.ndarray) -> np.ndarray:
+        """The given rows (ascending) across the parts."""
         part = np.searchsorted(self.starts, rows, side="right") - 1
         return np.concatenate([self.parts[k].take(rows[part == k] - self.starts[k]) for k in range(len(self.parts))])
 
     def release(self, start: int, stop: int) -> None:
+        """Release rows [start, stop) of the parts they fall in."""
         for p, a, b in self._pieces(start, stop):
             p.release(a, b)
 
 
 class Reducer(Protocol):
-    def init(self, n: int, r0: int): ...
+    """What a sweep reduces each tile with: per-row state over the resident columns."""
 
-    def update(self, state, s: torch.Tensor, r0: int, c0: int): ...
+    def init(self, n: int, r0: int):
+        """The state of `n` rows starting at row r0."""
 
-    def finish(self, state) -> tuple[torch.Tensor, ...]: ...
+    def update(self, state, s: torch.Tensor, r0: int, c0: int):
+        """The state after tile `s` (rows r0.., columns c0..) of the similarity matrix."""
+
+    def finish(self, state) -> tuple[torch.Tensor, ...]:
+        """The results, one array per quantity, from the final state."""
 
 
 def out_rel(dtype: torch.dtype) -> float:
@@ -155,6 +173,7 @@ def out_rel(dtype: torch.dtype) -> float:
 
 
 def chunk_bounds(start: int, stop: int, chunk_size: int) -> Iterator[tuple[int, int]]:
+    """[a, b) bounds of consecutive chunks of `chunk_size` rows covering [start, stop)."""
     for a in range(start, stop, chunk_size):
         yield a, min(stop, a + chunk_size)
 
@@ -279,4 +298,5 @@ def collect(chunks: Iterator[tuple[int, int, tuple[np.ndarray, ...]]]) -> tuple[
 
 
 def to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A float32 contiguous tensor of `a` on `device`."""
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)

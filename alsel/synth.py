@@ -86,6 +86,7 @@ def make_world(images: int = 2000, captions: int = 5, classes: int = 50, fine_pe
 
 
 def split_sizes(n: int, paired: float, test: float) -> tuple[int, int, int]:
+    """Images in the paired, test and pool parts of a synthetic world of n images."""
     if not (0 < paired < 1 and 0 <= test < 1 and paired + test < 1):
         raise AlselError("synth: need 0 < --paired < 1, 0 <= --test < 1 and --paired + --test < 1")
     n_paired = max(1, int(round(n * paired)))

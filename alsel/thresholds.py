@@ -53,6 +53,7 @@ class ThresholdParams:
             raise AlselError(f"--margin must be a finite number, got {self.margin}")
 
     def as_attrs(self) -> dict:
+        """The parameters as file attributes."""
         return asdict(self)
 
     @classmethod
@@ -224,6 +225,7 @@ def progress_total(paired: Paired, params: ThresholdParams) -> int:
 
 
 def xi_fingerprint(xi: np.ndarray, params: ThresholdParams, paired_fp: str, head: str = "none") -> str:
+    """A hash of ξ, its parameters, the paired store and the head: scores files record it."""
     import hashlib
 
     h = hashlib.sha256(paired_fp.encode())
@@ -245,12 +247,14 @@ class Thresholds:
 
 def make_thresholds(paired: Paired, params: ThresholdParams, device, chunk_size=None, progress=None,
                     precision: torch.dtype = torch.float32) -> Thresholds:
+    """ξ of the paired set with its fingerprints (what threshold writes and score checks)."""
     xi = compute_xi(paired, params, device, chunk_size, progress, precision)
     fp = xi_fingerprint(xi, params, paired.fingerprint, paired.head)
     return Thresholds(xi, params, paired.fingerprint, fp, paired.head)
 
 
 def save_thresholds(out, th: Thresholds, paired: Paired, created_by: str | None = None, inputs: tuple = ()) -> None:
+    """Write the thresholds file atomically."""
     from .store import write_h5
 
     attrs = dict(th.params.as_attrs(), paired_fingerprint=th.paired_fingerprint, fingerprint=th.fingerprint,

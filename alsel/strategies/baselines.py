@@ -10,6 +10,7 @@ from .base import Allocation, Context, Strategy, register
 
 
 class Random(Strategy):
+    """random: B items uniformly at random among the selectable ones."""
     name = "random"
     summary = "uniform over the pool, seeded by --seed"
     paper = "-"
@@ -24,6 +25,7 @@ class Random(Strategy):
 
 
 class CoreSet(Strategy):
+    """coreset: k-center greedy from the paired items (Sener & Savarese, ICLR 2018)."""
     name = "coreset"
     needs = frozenset({"paired"})
     summary = "k-center greedy from the paired items: the farthest pool item, B times (score: its distance)"

@@ -8,6 +8,7 @@ from .base import Allocation, Context, Strategy, register
 
 
 class LabelStrategy(Strategy):
+    """The ASCMR family (labels setting): uncertainty gains of a probabilistic head, allocated as configured."""
     needs = frozenset({"pool_pairs", "prob_head"})
     sides = ("images",)
     paper = "Zhang et al., TPAMI 2025"
@@ -25,6 +26,7 @@ class LabelStrategy(Strategy):
 
 
 def label_strategy(name: str, options: tuple, summary: str) -> LabelStrategy:
+    """A registered member of the ASCMR family: its name, the options it reads and its summary."""
     return type(name.replace("-", "_"), (LabelStrategy,), {"name": name, "options": options, "summary": summary})()
 
 

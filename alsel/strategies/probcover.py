@@ -66,6 +66,7 @@ class Edges:
         return (state,)
 
     def pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """The (row, column) pairs of the δ-ball graph collected so far."""
         if not self.rows:
             return np.zeros(0, np.int64), np.zeros(0, np.int32)
         return np.concatenate(self.rows), np.concatenate(self.cols)
@@ -106,6 +107,7 @@ def auto_delta(members: np.ndarray, clusters: np.ndarray, device: torch.device) 
 
 
 class ProbCover(Strategy):
+    """probcover: greedy max coverage of δ-balls (Yehuda et al., NeurIPS 2022)."""
     name = "probcover"
     needs = frozenset({"paired"})
     options = ("delta", "clusters")

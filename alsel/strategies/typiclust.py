@@ -66,6 +66,8 @@ def typicality(vectors: np.ndarray, queries: np.ndarray, device: torch.device) -
 
 
 class TypiClust(Strategy):
+    """typiclust: the most typical item of each of the B largest uncovered k-means clusters (Hacohen et al., ICML
+    2022)."""
     name = "typiclust"
     needs = frozenset({"paired"})
     options = ("max_clusters",)
