@@ -6,31 +6,47 @@ function and reports. Exit codes: 0 done, 2 bad usage or input (one line `error:
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import inspect
-import json
 import os
-import shlex
 import signal
-import sys
-import time
-from enum import Enum
-from typing import Annotated, Iterator, Optional
 
-import click
-import numpy as np
-import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-import alsel
-from alsel import head as heads
-from alsel import metrics, scoring, selection, store, strategies, thresholds
-from alsel.errors import AlselError, Interrupted
-from alsel.stream import DEVICES, resolve_device
-from alsel.rounding import resolve_precision
+def _stop_while_starting(signum, frame):
+    """Ctrl-C or SIGTERM while the heavy modules load: one line, no traceback, nothing was written."""
+    os.write(2, b"stopped: interrupted while starting; nothing was written\n")
+    os._exit(130 if signum == signal.SIGINT else 143)
+
+
+try:  # until main() installs its own handlers (restored at the end of this module for importers)
+    _STARTUP_HANDLERS = {s: signal.signal(s, _stop_while_starting) for s in (signal.SIGINT, signal.SIGTERM)}
+except ValueError:  # imported outside the main thread
+    _STARTUP_HANDLERS = {}
+
+import contextlib  # noqa: E402
+import functools  # noqa: E402
+import inspect  # noqa: E402
+import json  # noqa: E402
+import shlex  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from enum import Enum  # noqa: E402
+from typing import Annotated, Iterator, Optional  # noqa: E402
+
+import click  # noqa: E402
+import numpy as np  # noqa: E402
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,  # noqa: E402
+                           TimeRemainingColumn)
+from rich.table import Table  # noqa: E402
+
+import alsel  # noqa: E402
+from alsel import figures  # noqa: E402
+from alsel import head as heads  # noqa: E402
+from alsel import metrics, scoring, selection, store, strategies, thresholds  # noqa: E402
+from alsel.errors import AlselError, Interrupted  # noqa: E402
+from alsel.stream import DEVICES, resolve_device  # noqa: E402
+from alsel.rounding import resolve_precision  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Active learning for image-text retrieval: choose which pool items to annotate next.")
@@ -71,8 +87,8 @@ HeadOpt = Annotated[Optional[str], typer.Option("--head", show_default=False,
                                                 help="Compare in the space of a head trained by `alsel train`.")]
 # head flags (train, simulate)
 InitOpt = Annotated[str, typer.Option(help="Head initialisation: identity (the raw space; dim = D) or random.")]
-DimOpt = Annotated[Optional[int], typer.Option(help="Head output dimension. (default: the embedding D)",
-                                               show_default=False)]
+DimOpt = Annotated[Optional[int], typer.Option(help="Head output dimension.",
+                                               show_default="the embedding D")]
 HeadMargin = Annotated[float, typer.Option(help="α of the max-of-hinges loss.")]
 EpochsOpt = Annotated[int, typer.Option(help="At most this many passes over the paired captions (early stopping "
                                              "on a held-out split usually ends sooner).")]
@@ -86,24 +102,25 @@ PatienceOpt = Annotated[int, typer.Option(help="Epochs without a better validati
 HeadBatch = Annotated[int, typer.Option("--batch-size", help="Pairs per training step.")]
 LrOpt = Annotated[float, typer.Option(help="Adam learning rate.")]
 # probabilistic-head flags (train --objective labels, simulate --annotate labels)
-SamplesOpt = Annotated[int, typer.Option(help="--objective labels: samples J of each Gaussian embedding.")]
-KlOpt = Annotated[float, typer.Option(help="--objective labels: weight β of the KL term.")]
-StepsOpt = Annotated[int, typer.Option(help="--objective labels: train for exactly this many steps instead of "
-                                            "--epochs passes (0 = use --epochs).")]
+SamplesOpt = Annotated[int, typer.Option(help="Probabilistic head (the labels setting): samples J of each Gaussian "
+                                              "embedding.")]
+KlOpt = Annotated[float, typer.Option(help="Probabilistic head (the labels setting): weight β of the KL term.")]
+StepsOpt = Annotated[int, typer.Option(help="Probabilistic head (the labels setting): train for exactly this many "
+                                            "steps instead of --epochs passes (0 = use --epochs).")]
 # threshold flags: None = not given (score checks given flags against a --thresholds file)
-SelectOpt = Annotated[Optional[Select], typer.Option("--select", show_default=False,
-                                                     help="Pool side to choose from. (default: images)")]
-TopK = Annotated[Optional[int], typer.Option("--top-k", show_default=False,
-                                             help="k of the k-th hardest negative. (default: 1)")]
-BatchOpt = Annotated[Optional[Batch], typer.Option("--batch", show_default=False,
-                                                   help="Negatives from the whole paired set or a mini-batch. (default: full)")]
-BatchSize = Annotated[Optional[int], typer.Option("--batch-size", show_default=False,
-                                                  help="Mini-batch size for --batch mini. (default: 128)")]
-Margin = Annotated[Optional[float], typer.Option("--margin", show_default=False, help="α. (default: 0.2)")]
-FormOpt = Annotated[Optional[Form], typer.Option("--form", show_default=False,
-                                                 help="ξ = max(h, p-α) (loss), h (rank) or p-α (margin). (default: loss)")]
-Seed = Annotated[Optional[int], typer.Option("--seed", show_default=False,
-                                             help="Seed of the mini-batch permutation. (default: 0)")]
+SelectOpt = Annotated[Optional[Select], typer.Option("--select", show_default="images",
+                                                     help="Pool side to choose from.")]
+TopK = Annotated[Optional[int], typer.Option("--top-k", show_default="1",
+                                             help="k of the k-th hardest negative.")]
+BatchOpt = Annotated[Optional[Batch], typer.Option("--batch", show_default="full",
+                                                   help="Negatives from the whole paired set or a mini-batch.")]
+BatchSize = Annotated[Optional[int], typer.Option("--batch-size", show_default="128",
+                                                  help="Mini-batch size for --batch mini.")]
+Margin = Annotated[Optional[float], typer.Option("--margin", show_default="0.2", help="α.")]
+FormOpt = Annotated[Optional[Form], typer.Option("--form", show_default="loss",
+                                                 help="ξ = max(h, p-α) (loss), h (rank) or p-α (margin).")]
+Seed = Annotated[Optional[int], typer.Option("--seed", show_default="0",
+                                             help="Seed of the mini-batch permutation.")]
 
 
 def strategy_option_params(exclude: tuple = ()) -> list[inspect.Parameter]:
@@ -126,24 +143,47 @@ def strategy_option_params(exclude: tuple = ()) -> list[inspect.Parameter]:
     return params
 
 
+def extend_command(fn, extra: list[inspect.Parameter], call):
+    """`fn` as a Typer command with the keyword options `extra` added to its signature; the command runs
+    call(fn, own_kwargs, extra_kwargs)."""
+    sig = inspect.signature(fn, eval_str=True)
+    own = [p for p in sig.parameters.values() if p.name not in {"strategy_options"}]
+    names = {p.name for p in extra}
+
+    params = own + extra
+    full = sig.replace(parameters=params)
+
+    @functools.wraps(fn)
+    def command(*args, **kw):  # Typer passes keywords; a call from Python may leave options out
+        bound = full.bind(*args, **kw)
+        bound.apply_defaults()
+        kw = bound.arguments
+        return call(fn, {k: v for k, v in kw.items() if k not in names}, {k: kw[k] for k in names})
+
+    command.__signature__ = full
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    del command.__wrapped__
+    return command
+
+
 def with_strategy_options(exclude: tuple = ()):
     """Add the strategy options to a command; the function receives them as `strategy_options` (a dict)."""
-    def wrap(fn):
-        extra = strategy_option_params(exclude)
-        sig = inspect.signature(fn, eval_str=True)
-        params = [p for p in sig.parameters.values() if p.name != "strategy_options"]
+    return lambda fn: extend_command(fn, strategy_option_params(exclude),
+                                     lambda f, kw, extra: f(**kw, strategy_options=extra))
 
-        @functools.wraps(fn)
-        def command(**kw):
-            return fn(**{k: v for k, v in kw.items() if k not in names}, strategy_options={p.name: kw[p.name]
-                                                                                             for p in extra})
 
-        names = {p.name for p in extra}
-        command.__signature__ = sig.replace(parameters=params + extra)
-        command.__annotations__ = {p.name: p.annotation for p in params + extra}
-        del command.__wrapped__
-        return command
-    return wrap
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr (errors and notes still).")]
+
+
+def command(name: str | None = None):
+    """app.command with the options every command shares (--quiet)."""
+    quiet = inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=QuietOpt)
+
+    def run(f, kw, extra):
+        _QUIET["on"] = extra["quiet"]
+        return f(**kw)
+
+    return lambda fn: app.command(name)(extend_command(fn, [quiet], run))
 
 
 def threshold_params(select, top_k, batch, batch_size, margin, form, seed) -> thresholds.ThresholdParams:
@@ -166,16 +206,165 @@ def check_flags_match(path: str, params: thresholds.ThresholdParams, given: dict
             raise AlselError(f"{path}: {flag} {value} contradicts the thresholds file ({key} = {getattr(params, key)})")
 
 
+_QUIET = {"on": False}
+
+
+def progress_seconds() -> float:
+    """ALSEL_PROGRESS_SECONDS: the most seconds between two plain progress lines (default 30)."""
+    try:
+        return max(0.0, float(os.environ.get("ALSEL_PROGRESS_SECONDS", "30")))
+    except ValueError:
+        return 30.0
+
+
+def duration(seconds: float) -> str:
+    """6m20s, 45s, 1h02m."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+class PlainTask:
+    """Progress as plain lines for logs and pipes (a SLURM log):
+    `score: 120,000/2,000,000 rows (6.0%), 4,950 rows/s, ETA 6m20s`, once the work has run a second (work
+    shorter than that prints nothing), then at most every ALSEL_PROGRESS_SECONDS seconds, and at the end."""
+
+    START_SECONDS = 1.0
+
+    def __init__(self, label: str, total: int | None, unit: str, completed: int = 0, extra=None):
+        self.label, self.total, self.unit, self.extra = label, total, unit, extra
+        self.done, self.start_done = completed, completed
+        self.t0 = time.monotonic()
+        self.every = progress_seconds()
+        self.last = None  # when the last line was printed (None: not yet)
+        self.shown = None  # the count the last line showed
+        self.fields: dict = {}
+        self.ended = False
+        self.lock = threading.Lock()
+        self.timer = None
+        if self.every == 0:
+            self.emit()
+        else:  # the first line a second in, even while the first chunk is still being worked on
+            self.timer = threading.Timer(min(self.START_SECONDS, self.every), self.first_line)
+            self.timer.daemon = True
+            self.timer.start()
+
+    def first_line(self) -> None:
+        if self.last is None and not self.ended:
+            self.emit()
+
+    def line(self) -> str:
+        now = time.monotonic()
+        text = f"{self.label}: {self.done:,}"
+        if self.total:
+            text += f"/{self.total:,} {self.unit} ({100 * self.done / self.total:.1f}%)"
+        else:
+            text += f" {self.unit}"
+        rate = (self.done - self.start_done) / (now - self.t0) if now > self.t0 else 0.0
+        if rate > 0:
+            text += f", {rate:,.0f} {self.unit}/s" if rate >= 10 else f", {rate:.2g} {self.unit}/s"
+            if self.total and self.done < self.total:
+                text += f", ETA {duration((self.total - self.done) / rate)}"
+        if self.done and (not self.total or self.done >= self.total):
+            text += f", done in {duration(now - self.t0)}"
+        if self.extra and self.fields:
+            text += f"; {self.extra(self.fields)}"
+        return text
+
+    def emit(self) -> None:
+        with self.lock:
+            print(self.line(), file=sys.stderr, flush=True)
+            self.last, self.shown = time.monotonic(), self.done
+
+    def advance(self, n: int = 1, total: int | None = None, **fields) -> None:
+        self.done += n
+        if total is not None:
+            self.total = total
+        self.fields.update(fields)
+        if self.last is not None and time.monotonic() - self.last >= self.every:
+            self.emit()
+
+    def end(self) -> None:
+        """The closing line, where a line was printed and the count moved since."""
+        if self.timer is not None:
+            self.timer.cancel()
+        if not self.ended and self.last is not None and self.shown != self.done:
+            self.emit()
+        self.ended = True
+
+
+class Reporter:
+    """Progress on stderr: rich bars with rate and ETA in a terminal, plain lines (PlainTask) otherwise,
+    nothing with --quiet. `task(...)` returns the advance(n, total=None, **fields) callback."""
+
+    def __init__(self):
+        self.mode = "quiet" if _QUIET["on"] else "bar" if err_console.is_terminal else "lines"
+        self.bar = None
+        self.plain: list[PlainTask] = []
+
+    def __enter__(self):
+        if self.mode == "bar":
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                                TimeRemainingColumn(), TextColumn("{task.fields[extra]}"),
+                                console=err_console, transient=True)
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, et, ev, tb):
+        if self.bar is not None:
+            self.bar.__exit__(et, ev, tb)
+        if et is None:
+            for t in self.plain:
+                t.end()
+
+    def task(self, label: str, total: int | None, unit: str = "rows", completed: int = 0, extra=None):
+        if self.mode == "quiet":
+            return lambda n=1, total=None, **fields: None
+        if self.mode == "lines":
+            t = PlainTask(label, total, unit, completed, extra)
+            self.plain.append(t)
+            return t.advance
+        bar, t0 = self.bar, time.monotonic()
+        task = bar.add_task(label, total=total, completed=completed, rate="", extra="")
+
+        def advance(n: int = 1, total: int | None = None, **fields) -> None:
+            done = bar.tasks[task].completed + n - completed
+            rate = done / max(time.monotonic() - t0, 1e-9)
+            bar.update(task, advance=n, total=total if total is not None else bar.tasks[task].total,
+                       rate=f"{rate:,.1f} {unit}/s", extra=extra(fields) if extra and fields else "")
+        return advance
+
+
 @contextlib.contextmanager
-def progress_bar(label: str, total: int, extra: str = "") -> Iterator:
-    """A rich progress bar on stderr; yields the advance(n, **fields) callback the library takes.
-    `extra` is a format string over the fields (e.g. "loss {task.fields[loss]:.4f}")."""
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    if extra:
-        columns.append(TextColumn(extra))
-    with Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as p:
-        task = p.add_task(label, total=total, loss=float("nan"))
-        yield lambda n, **fields: p.update(task, advance=n, **fields)
+def progress_bar(label: str, total: int | None, unit: str = "rows", extra=None, lazy: bool = False) -> Iterator:
+    """One progress task on stderr; yields the advance(n, total=None, **fields) callback the library
+    takes. `extra(fields)` formats fields given to advance (e.g. the loss). `lazy`: the task starts at
+    the first advance (checks that may fail come before it, and their error stays the only line)."""
+    with Reporter() as r:
+        if not lazy:
+            yield r.task(label, total, unit, extra=extra)
+            return
+        started: list = []
+
+        def advance(n: int = 1, total_now: int | None = None, **fields) -> None:
+            if not started:
+                started.append(r.task(label, total, unit, extra=extra))
+            started[0](n, total_now, **fields)
+        yield advance
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object (what was written, counts, timings) "
+                                                       "on stdout instead of the summary.")]
+
+
+def print_json(obj) -> None:
+    """One JSON object on one line of stdout (figures already rounded by alsel.figures)."""
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.flush()
 
 
 def open_paired(path: str, head_path: str | None, dev) -> tuple[store.Store, store.Paired, heads.Head | None]:
@@ -192,7 +381,7 @@ def open_paired(path: str, head_path: str | None, dev) -> tuple[store.Store, sto
 # --------------------------------------------------------------------------- commands
 
 
-@app.command()
+@command()
 def synth(
     out: Annotated[str, typer.Option("--out", help="Output folder (created).", show_default=False)],
     images: Annotated[int, typer.Option(help="Images in the world.")] = 2000,
@@ -228,14 +417,18 @@ def synth(
     out_console.print(table)
 
 
-@app.command("import")
+@command("import")
 def import_(
     out: Out,
     images: Annotated[Optional[str], typer.Option(help="Image embeddings .npy (N_i, D).", show_default=False)] = None,
     texts: Annotated[Optional[str], typer.Option(help="Text embeddings .npy (N_t, D).", show_default=False)] = None,
     text_image: Annotated[Optional[str], typer.Option("--text-image", show_default=False,
                                                       help="Int .npy (N_t,): image row of each text, -1 unpaired.")] = None,
-    aligned: Annotated[bool, typer.Option("--aligned", help="Text row i describes image row i.")] = False,
+    aligned: Annotated[bool, typer.Option("--aligned", help=(
+        "Text row i describes image row i. Identical image rows (a per-caption export) stop the import "
+        "unless --group-images."))] = False,
+    group_images: Annotated[bool, typer.Option("--group-images", help=(
+        "With --aligned: import each distinct image row once, with all the captions of its copies."))] = False,
     image_ids: Annotated[Optional[str], typer.Option("--image-ids", show_default=False,
                                                      help="Ids, one per line (or .npy). Default <file stem>:<row>.")] = None,
     text_ids: Annotated[Optional[str], typer.Option("--text-ids", show_default=False,
@@ -248,8 +441,8 @@ def import_(
                                                           help="A clip-retrieval inference output folder.")] = None,
     model: Annotated[str, typer.Option(help="Model name recorded in the store (must match stores used with it).")] = "imported",
     normalize: Annotated[bool, typer.Option("--normalize", help="L2-normalise rows (otherwise they must be unit length).")] = False,
-    dtype: Annotated[Optional[str], typer.Option(help="Storage dtype float16|float32 (default: as input).",
-                                                 show_default=False)] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="Storage dtype float16|float32.",
+                                                 show_default="as input")] = None,
 ):
     """Build a store from .npy arrays or a clip-retrieval output folder.
 
@@ -266,25 +459,45 @@ def import_(
         ingest.import_clip_retrieval(out, clip_retrieval, model=model, normalize=normalize, dtype=dtype,
                                      created_by=CREATED_BY)
     else:
-        ingest.import_arrays(out, images=images, texts=texts, text_image=text_image, aligned=aligned,
-                             image_ids=image_ids, text_ids=text_ids, model=model, normalize=normalize,
-                             dtype=dtype, created_by=CREATED_BY, image_labels=image_labels,
-                             text_labels=text_labels)
+        counts = ingest.import_arrays(out, images=images, texts=texts, text_image=text_image, aligned=aligned,
+                                      image_ids=image_ids, text_ids=text_ids, model=model, normalize=normalize,
+                                      dtype=dtype, created_by=CREATED_BY, image_labels=image_labels,
+                                      text_labels=text_labels, group_images=group_images)
+        if counts["grouped"]:
+            err_console.print(f"note: {counts['grouped'] + counts['images']:,} image rows were "
+                              f"{counts['images']:,} distinct images; each is stored once with its "
+                              f"{counts['texts'] / counts['images']:.1f} captions on average",
+                              markup=False, soft_wrap=True)
     info(out, as_json=False)
 
 
-@app.command()
+def embed_spec(model: str | None, pretrained: str | None, model_config: str | None, seed: int, precision: str):
+    """The open_clip model of the --model/--pretrained/--model-config flags (embed, merge --captions)."""
+    from alsel.embed import ModelSpec
+
+    if model_config is not None:
+        stem = os.path.splitext(os.path.basename(model_config))[0]
+        if model is not None and model != stem:
+            raise AlselError(f"{model_config}: --model {model} differs from the config's name {stem!r} "
+                             f"(open_clip names a config after its file)")
+        model = stem
+    tag = pretrained if pretrained is not None else ("none" if model_config else "openai")
+    return ModelSpec(name=model or "ViT-B-32", pretrained=None if tag.lower() == "none" else tag,
+                     config=model_config, seed=seed, precision=precision)
+
+
+@command()
 def embed(
     out: Out,
     images: Annotated[Optional[str], typer.Option(show_default=False,
                                                   help="Image folder (recursive), a text file of paths, or a CSV/Parquet with a path column.")] = None,
     captions: Annotated[Optional[str], typer.Option(show_default=False,
                                                     help="CSV or JSONL with id, text and optional image (the image's id).")] = None,
-    model: Annotated[Optional[str], typer.Option(show_default=False,
-                                                 help="open_clip model name. (default: ViT-B-32, or the --model-config file's name)")] = None,
-    pretrained: Annotated[Optional[str], typer.Option(show_default=False,
+    model: Annotated[Optional[str], typer.Option(show_default="ViT-B-32, or the --model-config file's name",
+                                                 help="open_clip model name.")] = None,
+    pretrained: Annotated[Optional[str], typer.Option(show_default="openai; none with --model-config",
                                                       help="open_clip tag (openai, laion2b_s34b_b79k, ...), a local checkpoint file, "
-                                                           "or none (random init from --seed). (default: openai; none with --model-config)")] = None,
+                                                           "or none (random init from --seed).")] = None,
     model_config: Annotated[Optional[str], typer.Option("--model-config", show_default=False,
                                                         help="open_clip model config JSON for a custom architecture.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of a random initialisation (--pretrained none).")] = 0,
@@ -292,49 +505,42 @@ def embed(
     precision: Annotated[str, typer.Option(help="Inference precision: fp32, fp16 or bf16.")] = "fp32",
     workers: Annotated[int, typer.Option(help="DataLoader workers decoding images.")] = 0,
     dtype: Annotated[str, typer.Option(help="Storage dtype: float16 or float32.")] = "float16",
-    path_column: Annotated[Optional[str], typer.Option("--path-column", show_default=False,
+    path_column: Annotated[Optional[str], typer.Option("--path-column", show_default="the first of path, image_path, "
+                                                                             "filepath, file",
                                                        help="Column of image paths in a CSV/Parquet list.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from OUT.partial.")] = False,
+    pool_out: Annotated[Optional[str], typer.Option("--pool-out", show_default=False, help=(
+        "Split in one pass: images with at least one caption go with their captions to --out (a paired store), "
+        "the others to this image pool."))] = None,
     device: Device = DeviceName.auto,
 ):
     """Embed images and captions with open_clip into a store (paired, image pool or text pool).
 
-    Examples: alsel embed --images photos/ --captions captions.csv --model ViT-B-32 --pretrained openai --out paired.h5
+    Stores made from a folder record it (image_root), so selections can name the files to caption.
+
+    Examples: alsel embed --images photos/ --captions captions.csv --pool-out pool.h5 --out paired.h5
               alsel embed --images pool.txt --pretrained /ckpt/vitb32.pt --out pool.h5 --resume
     """
     from alsel import embed as embedding
 
     dev = resolve_device(device.value)
-    if model_config is not None:
-        stem = os.path.splitext(os.path.basename(model_config))[0]
-        if model is not None and model != stem:
-            raise AlselError(f"{model_config}: --model {model} differs from the config's name {stem!r} "
-                             f"(open_clip names a config after its file)")
-        model = stem
-    name = model or "ViT-B-32"
-    tag = pretrained if pretrained is not None else ("none" if model_config else "openai")
-    spec = embedding.ModelSpec(name=name, pretrained=None if tag.lower() == "none" else tag, config=model_config,
-                               seed=seed, precision=precision)
+    spec = embed_spec(model, pretrained, model_config, seed, precision)
+    name = spec.name
     image_list = embedding.list_images(images, path_column) if images else None
     caption_list = embedding.read_captions(captions) if captions else None
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("{task.fields[rate]}")]
-    with Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
+    started = time.perf_counter()
+    with Reporter() as reporter, cooperative_stop() as stop:
         tasks: dict = {}
-        started = time.perf_counter()
 
         def progress(modality: str, n: int, total: int) -> None:
-            if modality not in tasks:
-                tasks[modality] = (bar.add_task(modality, total=total, completed=n, rate=""), time.perf_counter(), n)
-                return
-            task, t0, n0 = tasks[modality]
-            bar.advance(task, n)
-            done = bar.tasks[task].completed - n0
-            bar.update(task, rate=f"{done / max(time.perf_counter() - t0, 1e-9):.1f} {modality}/s")
+            if modality not in tasks:  # the first call gives the inputs already done (a resumed run)
+                tasks[modality] = reporter.task(f"embed {modality}", total, modality, completed=n)
+            else:
+                tasks[modality](n)
 
         report = embedding.embed(out, images=image_list, captions=caption_list, spec=spec, device=dev,
                                  batch_size=batch_size, workers=workers, dtype=dtype, resume=resume,
-                                 created_by=CREATED_BY, progress=progress)
+                                 created_by=CREATED_BY, progress=progress, should_stop=stop, pool_out=pool_out)
     elapsed = time.perf_counter() - started
     if report.failed:
         shown = "; ".join(f"{i} ({r})" for i, r in report.failed[:3])
@@ -346,11 +552,12 @@ def embed(
         more = f"; and {len(report.dropped) - 3} more" if len(report.dropped) > 3 else ""
         err_console.print(f"warning: {len(report.dropped)} captions name an image that is missing or failed and "
                           f"were left out (listed in /texts/dropped): {shown}{more}", markup=False, soft_wrap=True)
-    out_console.print(f"wrote {out} ({report.kind}): {report.images} images, {report.texts} captions, "
+    pool_part = f"; {pool_out} (image pool): {report.pool_images} images without a caption" if pool_out else ""
+    out_console.print(f"wrote {out} ({report.kind}): {report.images} images, {report.texts} captions{pool_part}; "
                       f"{name} / {spec.pretrained or 'random init'} in {elapsed:.1f} s")
 
 
-@app.command()
+@command()
 def info(
     file: Annotated[str, typer.Argument(help="Any alsel file.", show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
@@ -367,24 +574,24 @@ def info(
         return
     table = Table(title=f"{file} ({d['kind']})", show_header=False)
     for k, v in d["summary"].items():
-        table.add_row(k, str(v))
+        table.add_row(str(k), str(v))
     out_console.print(table)
     ds = Table("dataset", "dtype", "shape", title="datasets")
     for name, meta in d["datasets"].items():
-        ds.add_row(name, meta["dtype"], "x".join(map(str, meta["shape"])) or "scalar")
+        ds.add_row(str(name), str(meta["dtype"]), "x".join(map(str, meta["shape"])) or "scalar")
     out_console.print(ds)
     at = Table("attribute", "value", title="attributes")
     for k, v in d["attrs"].items():
-        at.add_row(k, str(v))
+        at.add_row(str(k), str(v))
     out_console.print(at)
 
 
-@app.command()
+@command()
 def threshold(paired: Paired, out: Out, select: SelectOpt = None, top_k: TopK = None, batch: BatchOpt = None,
               batch_size: BatchSize = None, margin: Margin = None, form: FormOpt = None, seed: Seed = None,
               device: Device = DeviceName.auto, chunk_size: ChunkSize = None, head: HeadOpt = None,
-              precision: PrecisionOpt = "auto"):
-    """Compute the per-pair thresholds ξ (SPEC §3) of a paired store.
+              precision: PrecisionOpt = "auto", as_json: JsonOpt = False):
+    """Compute the per-pair thresholds ξ of a paired store (README: "The math").
 
     Example: alsel threshold --paired paired.h5 --out xi.h5 --top-k 1 --batch full --form loss
     """
@@ -392,30 +599,38 @@ def threshold(paired: Paired, out: Out, select: SelectOpt = None, top_k: TopK = 
     params = threshold_params(select, top_k, batch, batch_size, margin, form, seed)
     dev = resolve_device(device.value)
     dtype = resolve_precision(precision, dev)
+    t0 = time.perf_counter()
     st, p, _ = open_paired(paired, head, dev)
     with st:
-        with progress_bar("thresholds", thresholds.progress_total(p, params)) as advance:
+        with progress_bar("threshold", thresholds.progress_total(p, params), "pairs") as advance:
             th = thresholds.make_thresholds(p, params, dev, chunk_size, advance, dtype)
         thresholds.save_thresholds(out, th, p, created_by=CREATED_BY, inputs=(head,))
     finite = th.xi[np.isfinite(th.xi)]
+    if as_json:
+        print_json({"wrote": out, "kind": "thresholds", "pairs": len(th.xi), **params.as_attrs(),
+                    "xi_mean": figures.sig(finite.mean()) if len(finite) else None,
+                    "xi_min": figures.sig(th.xi.min()), "xi_max": figures.sig(th.xi.max()),
+                    "infinite": int((~np.isfinite(th.xi)).sum()),
+                    "seconds": figures.seconds(time.perf_counter() - t0)})
+        return
     out_console.print(f"wrote {out}: ξ for {len(th.xi)} pairs ({params.select}, top-{params.top_k}, "
                       f"{params.batch}, {params.form}); ξ mean {finite.mean() if len(finite) else float('nan'):.4f}, "
                       f"min {th.xi.min():.4f}, max {th.xi.max():.4f}")
 
 
-@app.command()
+@command()
 def score(paired: Paired, unpaired: Unpaired, out: Out,
           thresholds_path: Annotated[Optional[str], typer.Option("--thresholds", show_default=False,
                                                                  help="ξ file from `alsel threshold` (else computed).")] = None,
           weight: Annotated[Weight, typer.Option(help="surplus: Σ max(0, c_j); counting: #{c_j > 0}.")] = Weight.surplus,
           shard: Annotated[Optional[str], typer.Option(help="Score pool rows of shard i of n (0-based), e.g. 0/4.",
-                                                       show_default=False)] = None,
+                                                       show_default="0/1, the whole pool")] = None,
           select: SelectOpt = None, top_k: TopK = None, batch: BatchOpt = None, batch_size: BatchSize = None,
           margin: Margin = None, form: FormOpt = None, seed: Seed = None,
           device: Device = DeviceName.auto, chunk_size: ChunkSize = None, head: HeadOpt = None,
           resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT.partial of a stopped run.")] = False,
-          precision: PrecisionOpt = "auto"):
-    """Score pool items by how strongly they would be hard negatives (SPEC §3), streamed in chunks.
+          precision: PrecisionOpt = "auto", as_json: JsonOpt = False):
+    """Score pool items by how strongly they would be hard negatives (README: "The math"), streamed in chunks.
 
     Example: alsel score --paired p.h5 --unpaired u.h5 --weight surplus --shard 0/4 --out s0.h5
     """
@@ -425,18 +640,19 @@ def score(paired: Paired, unpaired: Unpaired, out: Out,
     given = dict(select=select, top_k=top_k, batch=batch, batch_size=batch_size, margin=margin, form=form, seed=seed)
     st, p, head_model = open_paired(paired, head, dev)
     with st:
+        th = None
         if thresholds_path is not None:
             th = thresholds.load_thresholds(thresholds_path, p)
             check_flags_match(thresholds_path, th.params, given)
-        else:
-            params = threshold_params(**given)
-            with progress_bar("thresholds", thresholds.progress_total(p, params)) as advance:
-                th = thresholds.make_thresholds(p, params, dev, chunk_size, advance, dtype)
-        with store.open_store(unpaired, need=th.params.select) as pool:
+        params = th.params if th is not None else threshold_params(**given)
+        with store.open_store(unpaired, need=params.select) as pool:  # every input checked before the work
             store.check_compatible(st, pool)
+            if th is None:
+                with progress_bar("score: thresholds", thresholds.progress_total(p, params), "pairs") as advance:
+                    th = thresholds.make_thresholds(p, params, dev, chunk_size, advance, dtype)
             a, b = scoring.shard_range(*shard_i_n, pool.side(th.params.select).n)
             t0 = time.perf_counter()
-            with progress_bar(f"scoring {th.params.select}", b - a) as advance, cooperative_stop() as stop:
+            with progress_bar("score", b - a) as advance, cooperative_stop() as stop:
                 res = scoring.score_to_file(out, pool, p, th, weight.value, dev, shard_i_n, chunk_size, advance,
                                             head_model, resume, stop, inputs=(paired, unpaired, thresholds_path, head),
                                             created_by=CREATED_BY, precision=dtype)
@@ -445,19 +661,25 @@ def score(paired: Paired, unpaired: Unpaired, out: Out,
         err_console.print(f"note: {res.attrs['paired_left_out']} pool items are already paired and were left out",
                           markup=False, soft_wrap=True)
     rate = (b - a) / dt if dt > 0 else float("inf")
+    if as_json:
+        print_json({"wrote": out, "kind": "scores", "rows": b - a, "shard": f"{shard_i_n[0]}/{shard_i_n[1]}",
+                    "weight": weight.value, "hard_negative_rows": int((res.count > 0).sum()),
+                    "paired_left_out": int(res.attrs.get("paired_left_out", 0)),
+                    "rows_per_second": figures.sig(rate, 4), "seconds": figures.seconds(dt)})
+        return
     out_console.print(f"wrote {out}: {b - a} pool rows (shard {shard_i_n[0]}/{shard_i_n[1]}), "
                       f"{rate:,.0f} rows/s; {int((res.count > 0).sum())} rows are hard negatives "
                       f"for at least one pair")
 
 
-@app.command("select")
+@command("select")
 @with_strategy_options()
 def select_cmd(
     out: Out,
     budget: Annotated[int, typer.Option(help="How many pool items to choose (B).", show_default=False)],
     strategy: Annotated[Optional[str], typer.Option(show_default=False, help=(
         f"A strategy and its option tokens ({', '.join(strategies.names())}; e.g. hn-texts-top3-mini-counting); "
-        f"`alsel strategies` lists them (default: hn with --scores, else {strategies.DEFAULT})."))] = None,
+        f"`alsel strategies` lists them \\[default: hn with --scores, else {strategies.DEFAULT}]."))] = None,
     scores: Annotated[Optional[list[str]], typer.Option("--scores", show_default=False,
                                                         help="hn: score files of `alsel score` (all shards of one run).")] = None,
     thresholds_path: Annotated[Optional[str], typer.Option("--thresholds", show_default=False,
@@ -465,10 +687,17 @@ def select_cmd(
     paired: Annotated[Optional[str], typer.Option("--paired", show_default=False, help="Paired store.")] = None,
     unpaired: Annotated[Optional[str], typer.Option("--unpaired", show_default=False, help="Pool store.")] = None,
     seed: Annotated[int, typer.Option(help="Seed (random, the fill, k-means, samples).")] = 0,
-    csv: Annotated[Optional[str], typer.Option("--csv", show_default=False,
-                                               help="Also write rank,id,row,score as CSV.")] = None,
+    csv: Annotated[Optional[str], typer.Option("--csv", show_default=False, help=(
+        "Also write rank,id,row,score as CSV, with a path column (the file to show an annotator) where the "
+        "pool was embedded from a folder."))] = None,
+    labelstudio: Annotated[Optional[str], typer.Option("--labelstudio", show_default=False, help=(
+        "Also write a Label Studio import file (JSON tasks: data.image, id, rank, score) for an "
+        "image-captioning project."))] = None,
+    image_url_prefix: Annotated[Optional[str], typer.Option("--image-url-prefix", show_default=False, help=(
+        "--labelstudio: data.image = this prefix + id (e.g. /data/local-files/?d=photos/) instead of the "
+        "file's path."))] = None,
     device: Device = DeviceName.auto, chunk_size: ChunkSize = None, head: HeadOpt = None,
-    precision: PrecisionOpt = "auto",
+    precision: PrecisionOpt = "auto", as_json: JsonOpt = False,
     strategy_options: dict = None,
 ):
     """Choose B pool items with a strategy (`alsel strategies` lists them and what each needs).
@@ -481,7 +710,7 @@ def select_cmd(
               alsel select --strategy typiclust --paired p.h5 --unpaired u.h5 --budget 100 --out sel.h5
     """
     spec = strategy or strategies.default_for(scores)
-    for o in (out, csv):
+    for o in (out, csv, labelstudio):
         if o is not None:
             store.check_output(o, (*(scores or ()), paired, unpaired, head, thresholds_path))
     dev = resolve_device(device.value)
@@ -496,17 +725,40 @@ def select_cmd(
         inputs = strategies.Inputs(pool=pool, budget=budget, paired=pst, head=head_model, seed=seed, device=dev,
                                    chunk_size=chunk_size, precision=resolve_precision(precision, dev),
                                    scores=scores or None, thresholds=thresholds_path)
-        with progress_bar(spec, None) as advance:
-            inputs.progress = lambda what, k, total: advance(k)
+        with Reporter() as reporter:
+            phases: dict = {}
+
+            def progress(what: str, k: int, total: int) -> None:
+                if what not in phases:
+                    phases[what] = reporter.task(f"select: {what}", total, "rows" if what == "scoring" else "steps")
+                phases[what](k)
+
+            inputs.progress = progress
             sel = strategies.select(spec, inputs, **strategy_options)
     selection.save_selection(out, sel, csv, inputs=(*(scores or ()), paired, unpaired, head, thresholds_path),
-                             created_by=CREATED_BY)
+                             created_by=CREATED_BY, labelstudio=labelstudio, image_url_prefix=image_url_prefix)
     for note in sel.notes:
         err_console.print(f"note: {note}", markup=False, soft_wrap=True)
+    if as_json:
+        from alsel.annotation import image_path
+
+        root = sel.attrs.get("image_root")
+        print_json({"wrote": out, "kind": "selection", "csv": csv, "labelstudio": labelstudio,
+                    "strategy": sel.attrs["strategy"], "budget": int(sel.attrs["budget"]),
+                    "fill_count": int(sel.attrs["fill_count"]), "fill_rule": sel.attrs["fill_rule"],
+                    "paired_left_out": int(sel.attrs.get("paired_left_out", 0)),
+                    "selected": [{"rank": r + 1, "id": str(i), "row": int(row),
+                                  "score": None if np.isnan(v) else figures.sig(v),
+                                  **({"path": image_path(root, i)} if root else {})}
+                                 for r, (i, row, v) in enumerate(zip(sel.ids, sel.rows, sel.score))]})
+        return
     show_selection(out, sel)
+    written = [f for f in (csv, labelstudio) if f]
+    if written:
+        out_console.print(f"also wrote {' and '.join(written)}")
 
 
-@app.command("strategies")
+@command("strategies")
 def strategies_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON list.")] = False):
     """List the selection strategies: name, what each needs, its option tokens, what it does, its paper.
 
@@ -531,7 +783,7 @@ def show_selection(out: str, sel) -> None:
     out_console.print(table)
 
 
-@app.command()
+@command()
 def train(
     paired: Paired, out: Annotated[str, typer.Option("--out", help="Output head.pt (written atomically).", show_default=False)],
     init: InitOpt = "identity", dim: DimOpt = None, margin: HeadMargin = 0.2, epochs: EpochsOpt = 50,
@@ -542,9 +794,10 @@ def train(
                                                     "keep the best epoch by its MRR.")] = None,
     patience: PatienceOpt = 10, val_split: ValSplitOpt = 0.2, anchor: AnchorOpt = None,
     device: Device = DeviceName.auto,
-    objective: Annotated[str, typer.Option(help="retrieval: the SPEC §4 head; labels: the ASCMR probabilistic "
-                                                "head (needs /images/labels and /texts/labels).")] = "retrieval",
-    samples: SamplesOpt = 8, kl: KlOpt = 1e-3, steps: StepsOpt = 0,
+    objective: Annotated[str, typer.Option(help="retrieval: one linear map per modality, VSE++ max-of-hinges "
+                                                "loss; labels: the ASCMR probabilistic head (needs /images/labels "
+                                                "and /texts/labels).")] = "retrieval",
+    samples: SamplesOpt = 8, kl: KlOpt = 1e-3, steps: StepsOpt = 0, as_json: JsonOpt = False,
 ):
     """Fit a retrieval head (one linear map per modality, VSE++ loss) on a paired store, or with
     --objective labels the ASCMR probabilistic head (Gaussian embeddings + multi-label classifier).
@@ -556,7 +809,7 @@ def train(
     if objective not in ("retrieval", "labels"):
         raise AlselError(f"--objective {objective!r}: expected retrieval or labels")
     if objective == "labels":
-        train_labels(paired, out, dim, margin, epochs, batch_size, lr, seed, samples, kl, steps, dev)
+        train_labels(paired, out, dim, margin, epochs, batch_size, lr, seed, samples, kl, steps, dev, as_json)
         return
     config = heads.TrainConfig(init=init, dim=dim, margin=margin, epochs=epochs, batch_size=batch_size, lr=lr,
                                seed=seed, patience=patience, val_split=val_split, anchor=anchor)
@@ -568,10 +821,17 @@ def train(
             store.check_compatible(st, vst)
         p = store.load_paired(st)
         t0 = time.perf_counter()
-        with progress_bar("training", None, "loss {task.fields[loss]:.4f}") as advance:
+        with progress_bar("train", None, "steps", extra=lambda f: f"loss {f['loss']:.4f}") as advance:
             head, hist = heads.train_head(p, config, dev, vst, lambda step, loss: advance(1, loss=loss))
         dt = time.perf_counter() - t0
         heads.save_head(out, head, inputs=(paired, val))
+    if as_json:
+        print_json({"wrote": out, "kind": "head", "d_in": head.d_in, "dim": head.dim, "epochs": hist.best_epoch,
+                    "anchor": hist.anchor, "steps": hist.steps,
+                    "final_loss": figures.sig(hist.loss[-1]) if hist.loss else None,
+                    "best_val_mrr": figures.sig(max(hist.val_mrr)) if hist.val_mrr else None,
+                    "seconds": figures.seconds(dt)})
+        return
     msg = f"wrote {out}: {head.d_in} -> {head.dim}, {hist.best_epoch} epochs (anchor {hist.anchor:g}), " \
           f"{hist.steps} steps in {dt:.1f} s"
     if hist.loss:
@@ -582,7 +842,7 @@ def train(
     out_console.print(msg)
 
 
-def train_labels(paired, out, dim, margin, epochs, batch_size, lr, seed, samples, kl, steps, dev) -> None:
+def train_labels(paired, out, dim, margin, epochs, batch_size, lr, seed, samples, kl, steps, dev, as_json) -> None:
     from alsel import probhead
 
     config = probhead.ProbConfig(dim=dim or 64, samples=samples, epochs=epochs, steps=steps, batch_size=batch_size,
@@ -592,15 +852,21 @@ def train_labels(paired, out, dim, margin, epochs, batch_size, lr, seed, samples
         p = store.load_paired(st)
     t0 = time.perf_counter()
     epochs = probhead.prob_epochs(config, len(p.texts))
-    with progress_bar("training (labels)", epochs) as advance:
+    with progress_bar("train (labels)", epochs, "epochs") as advance:
         head, losses = probhead.train_prob_head(p.images, p.texts, p.text_image, yi, yt, config, dev, advance)
     probhead.save_prob_head(out, head, inputs=(paired,))
+    if as_json:
+        print_json({"wrote": out, "kind": "probabilistic head", "d_in": head.d_in, "dim": config.dim,
+                    "classes": int(yi.shape[1]), "epochs": epochs,
+                    "final_loss": figures.sig(losses[-1]) if losses else None,
+                    "seconds": figures.seconds(time.perf_counter() - t0)})
+        return
     final = f", final loss {losses[-1]:.4f}" if losses else ""
     out_console.print(f"wrote {out}: probabilistic head {head.d_in} -> {config.dim}, {yi.shape[1]} classes, "
                       f"{epochs} epochs in {time.perf_counter() - t0:.1f} s{final}")
 
 
-@app.command("eval")
+@command("eval")
 def eval_cmd(
     test: Annotated[str, typer.Option("--test", help="Paired test store.", show_default=False)],
     head: HeadOpt = None,
@@ -624,7 +890,7 @@ def eval_cmd(
         n_i, n_t = st.images.n, st.texts.n
     keys = metrics.KEYS + (metrics.MAP_KEYS if labels else ())
     if as_json:
-        out_console.print_json(json.dumps({k: result[k] for k in keys}))
+        print_json({k: figures.sig(result[k]) if k in metrics.MAP_KEYS else figures.percent(result[k]) for k in keys})
         return
     table = Table("direction", "R@1", "R@5", "R@10", title=f"{test}: {n_i} images, {n_t} captions"
                   + (f", head {head}" if head else ", raw embeddings"))
@@ -636,31 +902,62 @@ def eval_cmd(
         out_console.print(f"mAP@all image→text {result['i2t_map']:.4f}   text→image {result['t2i_map']:.4f}")
 
 
-@app.command("merge")
+@command("merge")
 def merge_cmd(
     paired: Paired, unpaired: Unpaired,
     selection_path: Annotated[str, typer.Option("--selection", help="The selection made on --unpaired.",
                                                 show_default=False)],
-    annotations: Annotated[str, typer.Option(help="Store with the new annotations (e.g. from alsel embed).",
-                                             show_default=False)],
     out_paired: Annotated[str, typer.Option("--out-paired", help="New paired store.", show_default=False)],
     out_pool: Annotated[str, typer.Option("--out-pool", help="Remaining pool.", show_default=False)],
+    captions: Annotated[Optional[str], typer.Option("--captions", show_default=False, help=(
+        "The new captions: CSV or JSONL with id (the selected image's id) and text, or the Label Studio JSON "
+        "export of the --labelstudio tasks. Only the captions are embedded; the images come from the pool."))] = None,
+    annotations: Annotated[Optional[str], typer.Option(show_default=False, help=(
+        "Instead of --captions: a store with the new annotations (e.g. from alsel embed), as for selected "
+        "texts or label annotations."))] = None,
+    model: Annotated[Optional[str], typer.Option(show_default="the model the paired store records", help=(
+        "--captions: open_clip model name."))] = None,
+    pretrained: Annotated[Optional[str], typer.Option(show_default="as the paired store records", help=(
+        "--captions: open_clip tag, a local checkpoint file, or none."))] = None,
+    model_config: Annotated[Optional[str], typer.Option("--model-config", show_default=False,
+                                                        help="--captions: open_clip model config JSON.")] = None,
+    seed: Annotated[int, typer.Option(help="--captions with --pretrained none: seed of the random init.")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="--captions: captions per forward pass.")] = 64,
     ignore_extra: Annotated[bool, typer.Option("--ignore-extra",
                                                help="Leave out annotations of items that were not selected.")] = False,
+    device: Device = DeviceName.auto, as_json: JsonOpt = False,
 ):
-    """Move the selected, now annotated pool items into the paired store.
+    """Move the selected, now captioned pool items into the paired store; the rest stays in the pool.
 
-    Example: alsel merge --paired p.h5 --unpaired u.h5 --selection sel.h5 --annotations new.h5 --out-paired p2.h5 --out-pool u2.h5
+    Examples: alsel merge --paired p.h5 --unpaired u.h5 --selection sel.h5 --captions new.csv --out-paired p2.h5 --out-pool u2.h5
+              alsel merge --paired p.h5 --unpaired u.h5 --selection sel.h5 --annotations new.h5 --out-paired p2.h5 --out-pool u2.h5
     """
-    from alsel.merge import merge
+    from alsel.merge import merge, merge_captions
 
-    counts = merge(paired, unpaired, selection_path, annotations, out_paired, out_pool, ignore_extra, CREATED_BY)
+    if (captions is None) == (annotations is None):
+        raise AlselError("merge: give the new captions with --captions FILE, or an annotations store with "
+                         "--annotations STORE (one of the two)")
+    if annotations is not None and (model or pretrained or model_config):
+        raise AlselError("merge: --model, --pretrained and --model-config are for --captions (embedding them)")
+    t0 = time.perf_counter()
+    if captions is not None:
+        spec = None
+        if model or pretrained or model_config:
+            spec = embed_spec(model, pretrained, model_config, seed, "fp32")
+        with progress_bar("merge: embed captions", None, "captions", lazy=True) as advance:
+            counts = merge_captions(paired, unpaired, selection_path, captions, out_paired, out_pool, spec,
+                                    resolve_device(device.value), batch_size, ignore_extra, CREATED_BY, advance)
+    else:
+        counts = merge(paired, unpaired, selection_path, annotations, out_paired, out_pool, ignore_extra, CREATED_BY)
+    if as_json:
+        print_json({"wrote": [out_paired, out_pool], **counts, "seconds": figures.seconds(time.perf_counter() - t0)})
+        return
     out_console.print(f"wrote {out_paired}: {counts['paired_images']} images, {counts['paired_texts']} texts "
                       f"(+{counts['new_images']} images, +{counts['new_texts']} texts); {out_pool}: "
                       f"{counts['pool']} items left")
 
 
-@app.command()
+@command()
 @with_strategy_options(exclude=("batch_size", "margin"))  # hn's are the head's --batch-size and --margin
 def simulate(
     oracle: Annotated[str, typer.Option(help="Paired store with the hidden annotations of every pool item.",
@@ -715,8 +1012,9 @@ def simulate(
         with store.open_store(paired or oracle, need="paired") as st:
             cfg.head = head_cfg.check(st.d)
     total = len(cfg.strategies) * len(cfg.seeds) * (rounds + 1)
-    with progress_bar("simulating", total, "{task.fields[loss]}") as advance:
-        rows = sim.simulate(cfg, lambda msg: advance(1, loss=msg))
+    _STOP["kept"] = f"finished rounds are kept in {out}; run the same command to continue"
+    with progress_bar("simulate", total, "evaluations", extra=lambda f: f["last"]) as advance:
+        rows = sim.simulate(cfg, lambda msg: advance(1, last=msg))
     sim.plot_curves(rows, os.path.join(out, "curves.png"), title=os.path.basename(os.path.normpath(out)))
     for metric, label in sim.panels(rows):
         table = Table("strategy", *[f"r{r} ({r * budget})" for r in range(rounds + 1)],
@@ -752,50 +1050,70 @@ def _expand_multi(argv: list[str]) -> list[str]:
     return out
 
 
-_STOP = {"cooperative": False, "requested": False}
+_STOP = {"cooperative": False, "requested": 0, "kept": "nothing was written"}
+SIGNAL_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 @contextlib.contextmanager
 def cooperative_stop() -> Iterator:
-    """While active, SIGTERM only requests a stop, which the library honours after the current chunk."""
-    _STOP.update(cooperative=True, requested=False)
+    """While active, the first SIGINT or SIGTERM only requests a stop, which the library honours after the
+    current chunk (progress on disk, then alsel.errors.Interrupted); a second one stops at once."""
+    _STOP.update(cooperative=True, requested=0)
     try:
-        yield lambda: _STOP["requested"]
+        yield lambda: bool(_STOP["requested"])
     finally:
         _STOP["cooperative"] = False
+
+
+class Stopped(BaseException):
+    """A signal outside a cooperative section: unwinds through the atomic writers (which remove their
+    temporary files) to main, which prints one line and exits 130 or 143."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 USAGE_ERRORS = tuple({click.ClickException, getattr(typer, "TyperException", click.ClickException)})
 
 
-def _on_sigterm(signum, frame):
-    if _STOP["cooperative"]:
-        _STOP["requested"] = True  # finish the chunk, record progress, then stop (alsel.errors.Interrupted)
+def _on_signal(signum, frame):
+    if _STOP["cooperative"] and not _STOP["requested"]:
+        _STOP["requested"] = signum  # finish the chunk, record progress, then stop
         return
-    raise SystemExit(143)  # unwinds through atomic writers, which remove their temporary files
+    raise Stopped(signum)
+
+
+def _signal_name(signum: int) -> str:
+    return "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (0, 1 or 2)."""
+    """Run the CLI; returns the exit code (0, 1, 2, or 130/143 when stopped by SIGINT/SIGTERM)."""
     global CREATED_BY
     argv = list(sys.argv[1:] if argv is None else argv) or ["--help"]
     CREATED_BY = shlex.join(["alsel"] + argv)
+    _QUIET["on"] = False
+    _STOP.update(cooperative=False, requested=0, kept="nothing was written")
+    previous = {}
     with contextlib.suppress(ValueError):  # not in the main thread
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        for s in SIGNAL_CODES:
+            previous[s] = signal.signal(s, _on_signal)
     try:
         rv = app(args=_expand_multi(argv), prog_name="alsel", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
     except Interrupted as e:
         print(f"stopped: {e}", file=sys.stderr)
-        return 143
+        return SIGNAL_CODES.get(_STOP["requested"], 143)
+    except (Stopped, KeyboardInterrupt, typer.Abort) as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"stopped ({_signal_name(signum)}): {_STOP['kept']}", file=sys.stderr)
+        return SIGNAL_CODES[signum]
     except AlselError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except typer.Exit as e:
         return e.exit_code
-    except (typer.Abort, KeyboardInterrupt):
-        print("error: interrupted", file=sys.stderr)
-        return 130
     except USAGE_ERRORS as e:  # click's (or typer's vendored click's) parse errors
         msg = " ".join(e.format_message().split())
         ctx = getattr(e, "ctx", None)
@@ -817,6 +1135,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: internal error ({type(e).__name__}: {short}); set ALSEL_DEBUG=1 for the traceback and "
               f"please report it", file=sys.stderr)
         return 1
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _damaged_input(e: BaseException) -> str | None:
@@ -848,6 +1169,9 @@ def _damaged_input(e: BaseException) -> str | None:
 def entry() -> None:
     sys.exit(main())
 
+
+for _sig, _handler in _STARTUP_HANDLERS.items():  # importers (tests, notebooks) keep their own handlers
+    signal.signal(_sig, _handler)
 
 if __name__ == "__main__":
     entry()

@@ -54,7 +54,7 @@ def memory_store(images=None, texts=None, text_image=None, *, image_ids=None, te
     """An opened store held in memory (an HDF5 core file, never written): what every stage that takes a
     Store accepts. Ids default to "<name>:<row>" (e.g. pool:17); texts of a store with images default to
     text_image = 0..N-1 (text i describes image i), a texts-only store (a text pool) to -1."""
-    f = h5py.File(f"{name}-{next(_COUNTER)}", "w", driver="core", backing_store=False)
+    f = h5py.File(f"alsel-memory-{next(_COUNTER)}", "w", driver="core", backing_store=False)  # never on disk
     try:
         set_root_attrs(f, "store", {"model": model, "pretrained": "arrays"}, "alsel.arrays")
         n_i = None

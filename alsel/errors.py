@@ -6,4 +6,5 @@ class AlselError(Exception):
 
 
 class Interrupted(Exception):
-    """A cooperative stop (SIGTERM) after progress was recorded; the CLI exits 143."""
+    """A cooperative stop (SIGINT or SIGTERM) after progress was recorded; the message says what is kept
+    and how to continue. The CLI prints `stopped: <message>` and exits 130 (SIGINT) or 143 (SIGTERM)."""

@@ -23,6 +23,7 @@ WRITE_ROWS = 65536
 
 
 def load_npy(path: str, what: str) -> np.ndarray:
+    """A .npy array, memory-mapped, checked to be embeddings (`emb`), an index (`index`) or as it is."""
     if not os.path.exists(path):
         raise AlselError(f"{path}: no such file")
     try:
@@ -89,8 +90,15 @@ def import_arrays(out: str, *, images: str | None = None, texts: str | None = No
                   text_image: str | None = None, aligned: bool = False, image_ids: str | None = None,
                   text_ids: str | None = None, model: str = "imported", normalize: bool = False,
                   dtype: str | None = None, created_by: str | None = None, image_labels: str | None = None,
-                  text_labels: str | None = None) -> None:
-    """Labels: optional multi-hot .npy arrays (N, C) for either side (SPEC §1 /images/labels, /texts/labels)."""
+                  text_labels: str | None = None, group_images: bool = False) -> dict:
+    """Labels: optional multi-hot .npy arrays (N, C) for either side (/images/labels, /texts/labels).
+
+    With `aligned`, identical image rows (a per-caption export: one image row repeated for each of its
+    captions) stop the import unless `group_images`, which keeps each distinct image once (its first row
+    and id) with all its captions. Returns counts (images, texts, grouped: image rows folded away)."""
+    if group_images and not aligned:
+        raise AlselError("import: --group-images goes with --aligned (it folds the repeated image rows of a "
+                         "per-caption export)")
     if images is None and texts is None:
         raise AlselError("import: give --images and/or --texts (or --clip-retrieval DIR)")
     img = load_npy(images, "emb") if images else None
@@ -105,6 +113,7 @@ def import_arrays(out: str, *, images: str | None = None, texts: str | None = No
     if img is not None and txt is not None and img.shape[1] != txt.shape[1]:
         raise AlselError(f"{texts}: D = {txt.shape[1]} does not match {images} (D = {img.shape[1]})")
     ti = None
+    keep_images = None  # with --group-images: the image rows kept (first of each distinct image)
     if txt is not None:
         if aligned and text_image:
             raise AlselError("import: give either --aligned or --text-image, not both")
@@ -112,6 +121,15 @@ def import_arrays(out: str, *, images: str | None = None, texts: str | None = No
             if img is None or len(img) != len(txt):
                 raise AlselError(f"{texts}: --aligned needs as many image rows as text rows")
             ti = np.arange(len(txt), dtype=np.int64)
+            first, group = distinct_rows(img)
+            if len(first) < len(img):
+                if not group_images:
+                    dup = int(np.flatnonzero(group != np.arange(len(img)))[0])
+                    raise AlselError(
+                        f"{images}: {len(img):,} image rows hold only {len(first):,} distinct images (row {dup} "
+                        f"repeats row {first[group[dup]]}): a per-caption export, one image row per caption; add "
+                        f"--group-images to import each image once with all its captions")
+                keep_images, ti = first, group
         elif text_image:
             ti = np.asarray(load_npy(text_image, "index"), dtype=np.int64)
             if len(ti) != len(txt):
@@ -123,13 +141,21 @@ def import_arrays(out: str, *, images: str | None = None, texts: str | None = No
                 raise AlselError(f"{text_image}: entry {r} = {ti[r]} is out of range (0..{n_i - 1}, or -1)")
         else:
             ti = np.full(len(txt), -1, dtype=np.int64)
+    if img is not None and keep_images is not None:
+        img_source = np.asarray(img[keep_images])
+        if "images" in labels:
+            labels["images"] = labels["images"][keep_images]
+    else:
+        img_source = img
     with StoreWriter(out, model=model, pretrained="imported",
                      inputs=(images, texts, text_image, image_labels, text_labels), created_by=created_by) as w:
         if img is not None:
             dt = np.dtype(dtype or (img.dtype if img.dtype in (np.float16, np.float32) else np.float32))
             ids = load_ids(image_ids, len(img), os.path.splitext(os.path.basename(images))[0])
-            w.add_group("images", len(img), img.shape[1], dt)
-            _copy_rows(w, "images", [(images, img)], ids, normalize, dt)
+            if keep_images is not None:
+                ids = ids[keep_images]
+            w.add_group("images", len(img_source), img.shape[1], dt)
+            _copy_rows(w, "images", [(images, img_source)], ids, normalize, dt)
         if txt is not None:
             dt = np.dtype(dtype or (txt.dtype if txt.dtype in (np.float16, np.float32) else np.float32))
             ids = load_ids(text_ids, len(txt), os.path.splitext(os.path.basename(texts))[0])
@@ -137,6 +163,30 @@ def import_arrays(out: str, *, images: str | None = None, texts: str | None = No
             _copy_rows(w, "texts", [(texts, txt)], ids, normalize, dt)
         for group, lab in labels.items():
             w.add_labels(group, lab)
+    n_images = 0 if img is None else len(img_source)
+    return {"images": n_images, "texts": 0 if txt is None else len(txt),
+            "grouped": 0 if keep_images is None else len(img) - len(keep_images)}
+
+
+def distinct_rows(arr: np.ndarray, block: int = WRITE_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    """(first, group): the first row of each distinct row value (ascending) and, per row, the index of its
+    distinct value in `first`. Rows are equal when their bytes are (hashed in blocks, then checked)."""
+    import hashlib
+
+    digests = np.empty(len(arr), dtype="S16")
+    for s in range(0, len(arr), block):
+        rows = np.ascontiguousarray(arr[s:s + block])
+        digests[s:s + len(rows)] = [hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in rows]
+    _, first, inverse = np.unique(digests, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")  # distinct values in order of first appearance
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    first, group = first[order], rank[inverse.ravel()]
+    for s in range(0, len(arr), block):  # a digest collision would merge two images: never silently
+        rows = np.asarray(arr[s:s + block])
+        if not np.array_equal(rows, np.asarray(arr[first[group[s:s + block]]])):
+            raise AlselError("import: two different image rows share a digest; cannot group them")
+    return first, group
 
 
 def _shards(folder: str, sub: str, prefix: str, ext: str) -> dict[int, str]:
@@ -164,6 +214,7 @@ def _metadata(path: str, n: int) -> dict[str, list]:
 
 def import_clip_retrieval(out: str, folder: str, *, model: str = "imported", normalize: bool = False,
                           dtype: str | None = None, created_by: str | None = None) -> None:
+    """A store from a clip-retrieval inference folder (see the module docstring), in constant memory."""
     if not os.path.isdir(folder):
         raise AlselError(f"{folder}: no such folder")
     img_sh = _shards(folder, "img_emb", "img_emb", "npy")

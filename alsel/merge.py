@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import AlselError
 from .selection import Selection, read_selection
-from .store import Store, StoreWriter, check_compatible, check_output, open_store, pool_fingerprint
+from .store import Store, StoreWriter, carried_attrs, check_compatible, check_output, open_store, pool_fingerprint
 
 COPY_ROWS = 65536
 
@@ -28,12 +28,12 @@ def _rows(store: Store, group: str, rows: np.ndarray) -> np.ndarray:
     return np.stack([emb.raw(int(r), int(r) + 1)[0] for r in rows]) if len(rows) else np.zeros((0, emb.d), emb.dtype)
 
 
-def merge(paired_path: str, pool_path: str, selection_path: str, annotations_path: str, out_paired: str,
+def merge(paired_path: str, pool_path: str, selection_path: str, annotations: str | Store, out_paired: str,
           out_pool: str, ignore_extra: bool = False, created_by: str | None = None) -> dict:
-    """Write the new paired store and the remaining pool; returns counts."""
-    outs = {os.path.abspath(out_paired), os.path.abspath(out_pool)}
-    if len(outs) < 2:
-        raise AlselError(f"{out_paired}: --out-paired and --out-pool must differ")
+    """Write the new paired store and the remaining pool; returns counts. `annotations`: a store's path
+    or an opened Store (e.g. the in-memory one of merge_captions)."""
+    check_outputs(out_paired, out_pool)
+    annotations_path = annotations if isinstance(annotations, str) else annotations.path
     inputs = (paired_path, pool_path, selection_path, annotations_path)
     for o in (out_paired, out_pool):
         check_output(o, inputs)
@@ -42,7 +42,7 @@ def merge(paired_path: str, pool_path: str, selection_path: str, annotations_pat
     with contextlib.ExitStack() as stack:
         paired = stack.enter_context(open_store(paired_path, need="paired"))
         pool = stack.enter_context(open_store(pool_path, need=select))
-        ann = stack.enter_context(open_store(annotations_path))
+        ann = stack.enter_context(open_store(annotations)) if isinstance(annotations, str) else annotations
         check_compatible(paired, pool)
         check_compatible(paired, ann)
         _check_selection(sel, pool, select, selection_path)
@@ -66,10 +66,10 @@ def merge(paired_path: str, pool_path: str, selection_path: str, annotations_pat
         _no_duplicates(txt_ids, paired_path, annotations_path, "text")
         keep = np.setdiff1d(np.arange(side.n), chosen)
         with StoreWriter(out_pool, model=pool.model, pretrained=str(pool.attrs.get("pretrained", "")),
-                         inputs=inputs, created_by=created_by) as wp:
+                         attrs=carried_attrs(pool), inputs=inputs, created_by=created_by) as wp:
             _copy_rows(wp, pool, select, keep, np.full(len(keep), -1, np.int64) if select == "texts" else None)
             with StoreWriter(out_paired, model=paired.model, pretrained=str(paired.attrs.get("pretrained", "")),
-                             inputs=inputs, created_by=created_by) as w:
+                             attrs=carried_attrs(paired), inputs=inputs, created_by=created_by) as w:
                 w.add_group("images", len(img_ids), paired.d, dtype)
                 w.write("images", 0, np.concatenate([old_img, new_img.astype(dtype)]), img_ids)
                 w.add_group("texts", len(txt_ids), paired.d, dtype,
@@ -82,6 +82,64 @@ def merge(paired_path: str, pool_path: str, selection_path: str, annotations_pat
                         w.add_labels(group, np.concatenate([old, new]))
     return {"paired_images": len(img_ids), "paired_texts": len(txt_ids), "new_images": len(new_img_ids),
             "new_texts": len(new_txt_ids), "pool": len(keep)}
+
+
+def check_outputs(out_paired: str, out_pool: str) -> None:
+    """The two outputs of merge must be two files."""
+    if os.path.abspath(out_paired) == os.path.abspath(out_pool):
+        raise AlselError(f"{out_paired}: --out-paired and --out-pool must differ")
+
+
+def merge_captions(paired_path: str, pool_path: str, selection_path: str, captions_path: str, out_paired: str,
+                   out_pool: str, spec=None, device=None, batch_size: int = 64, ignore_extra: bool = False,
+                   created_by: str | None = None, progress=None) -> dict:
+    """merge() with the new captions as a file (CSV/JSONL `id,text` or a Label Studio export, see
+    alsel.annotation): every check first, then only the captions are embedded (with `spec`, else the model
+    the paired store records) and the selected images' embeddings are taken from the pool."""
+    import torch
+
+    from .annotation import read_new_captions
+    from .arrays import memory_store
+    from .embed import embed_texts, spec_of_store
+
+    check_outputs(out_paired, out_pool)
+    inputs = (paired_path, pool_path, selection_path, captions_path)
+    for o in (out_paired, out_pool):
+        check_output(o, inputs)
+    sel = read_selection(selection_path)
+    if str(sel.attrs.get("select", "images")) != "images":
+        raise AlselError(f"{selection_path}: --captions is for selected images; for selected texts give "
+                         f"--annotations (a store of their images)")
+    caps = read_new_captions(captions_path)
+    chosen_ids = [str(x) for x in sel.ids]
+    chosen = set(chosen_ids)
+    extra = sorted({i for i in caps.images if i not in chosen})
+    if extra and not ignore_extra:
+        raise AlselError(f"{captions_path}: captions for {len(extra)} images that were not selected (e.g. "
+                         f"{extra[0]!r}); pass --ignore-extra to leave them out")
+    keep = [k for k, i in enumerate(caps.images) if i in chosen]
+    have = {caps.images[k] for k in keep}
+    missing = [i for i in chosen_ids if i not in have]
+    if missing:
+        raise AlselError(f"{captions_path}: selected image {missing[0]!r} has no caption ({len(missing)} of "
+                         f"{len(chosen_ids)} selected images have none)")
+    with open_store(paired_path, need="paired") as paired, open_store(pool_path, need="images") as pool:
+        check_compatible(paired, pool)
+        _check_selection(sel, pool, "images", selection_path)
+        spec = spec or spec_of_store(paired.attrs, paired_path)
+        if spec.name != paired.model:
+            raise AlselError(f"{paired_path}: holds {paired.model!r} embeddings; captions embedded with "
+                             f"{spec.name!r} would not compare with them")
+        images = pool.images.take(np.sort(sel.rows))[np.argsort(np.argsort(sel.rows))]  # selection order
+    texts = [caps.texts[k] for k in keep]
+    emb = embed_texts(texts, spec, device or torch.device("cpu"), batch_size, progress)
+    position = {x: r for r, x in enumerate(chosen_ids)}
+    ann = memory_store(images, emb, np.array([position[caps.images[k]] for k in keep]), image_ids=chosen_ids,
+                       text_ids=[caps.ids[k] for k in keep], model=paired.model, name=captions_path)
+    with ann:
+        counts = merge(paired_path, pool_path, selection_path, ann, out_paired, out_pool, ignore_extra, created_by)
+    counts["captions_embedded"] = len(texts)
+    return counts
 
 
 def _is_pairs_pool(pool: Store) -> bool:
@@ -137,12 +195,12 @@ def _merge_labelled_pairs(paired, pool, ann, chosen, chosen_ids, out_paired, out
     keep_caps = np.flatnonzero((ti < 0) | (owner_pos < 0))
     keep_ti = np.where(ti[keep_caps] >= 0, new_pos[np.maximum(ti[keep_caps], 0)], -1)
     dtype = paired.images.dtype
-    with StoreWriter(out_pool, model=pool.model, pretrained=str(pool.attrs.get("pretrained", "")), inputs=inputs,
-                     created_by=created_by) as wp:
+    with StoreWriter(out_pool, model=pool.model, pretrained=str(pool.attrs.get("pretrained", "")),
+                     attrs=carried_attrs(pool), inputs=inputs, created_by=created_by) as wp:
         _copy_rows(wp, pool, "images", keep)
         _copy_rows(wp, pool, "texts", keep_caps, keep_ti)
         with StoreWriter(out_paired, model=paired.model, pretrained=str(paired.attrs.get("pretrained", "")),
-                         inputs=inputs, created_by=created_by) as w:
+                         attrs=carried_attrs(paired), inputs=inputs, created_by=created_by) as w:
             w.add_group("images", len(img_ids), paired.d, dtype)
             w.write("images", 0, np.concatenate([paired.images.raw(0, paired.images.n),
                                                  _rows(pool, "images", chosen).astype(dtype)]), img_ids)

@@ -158,7 +158,8 @@ def scores_attrs(pool_store: Store, paired: Paired, th: Thresholds, weight: str,
     if (head.fingerprint() if head is not None else "none") != th.head:
         raise AlselError(f"{pool_store.path}: the pool and the thresholds must pass through the same head")
     pool = pool_store.side(th.params.select)
-    return dict(th.params.as_attrs(), weight=weight, shard=f"{shard[0]}/{shard[1]}", pool_size=pool.n,
+    root = str(pool_store.attrs.get("image_root", "")) if th.params.select == "images" else ""
+    return dict(th.params.as_attrs(), **({"image_root": root} if root else {}), weight=weight, shard=f"{shard[0]}/{shard[1]}", pool_size=pool.n,
                 pool_fingerprint=pool_fingerprint(pool, pool_store.model), pool_path=pool_store.path,
                 paired_fingerprint=th.paired_fingerprint, thresholds_fingerprint=th.fingerprint,
                 model=paired.model, head=th.head, precision=precision_name(precision))
@@ -184,6 +185,7 @@ def score_pool(pool_store: Store, paired: Paired, th: Thresholds, weight: str, d
 
 
 def save_scores(out, res: ScoreResult, inputs: tuple = (), created_by: str | None = None) -> None:
+    """Write a scores file (SPEC layout: /row, /id, /count, /score, /closest, /paired) atomically."""
     write_h5(out, "scores", {"row": res.rows, "id": res.ids, "count": res.count, "score": res.score,
                              "closest": res.closest, "paired": res.paired}, res.attrs, inputs=inputs,
              created_by=created_by)
@@ -270,8 +272,8 @@ def score_to_file(out: str, pool_store: Store, paired: Paired, th: Thresholds, w
                                                  transform, precision):
                     part.append(*weigh(*results, weight))
                     if should_stop is not None and should_stop() and part.done < b - a:
-                        raise Interrupted(f"{out}: stopped after {part.done} of {b - a} rows; progress is in "
-                                          f"{part.path}, continue with --resume")
+                        raise Interrupted(f"{part.path} holds {part.done:,} of {b - a:,} rows; run the same "
+                                          f"command with --resume")
             ids = pool_store.ids(select, a, b)
             res = ScoreResult(np.arange(a, b, dtype=np.int64), ids, part.f["count"][:], part.f["score"][:], attrs,
                               part.f["closest"][:]).leave_out_paired(paired.paired_mask(select, ids))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import json
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -163,6 +165,7 @@ def select_by_score(paths: list[str], budget: int, fill: str = "random", seed: i
 
 
 def select_random(pool_store: Store, select: str, budget: int, seed: int) -> Selection:
+    """B pool items uniformly at random (the registry's random strategy)."""
     from .strategies import Inputs, select as choose
 
     return choose("random", Inputs(pool=pool_store, budget=budget, seed=seed), select=select)
@@ -228,24 +231,37 @@ def select_coreset(pool_store: Store, paired_store: Store, select: str, budget: 
 
 
 def save_selection(out: str, sel: Selection, csv_path: str | None = None, inputs: tuple = (),
-                   created_by: str | None = None) -> None:
-    """Write the selection file and, optionally, `rank,id,row,score[,parts]` CSV (both atomically)."""
+                   created_by: str | None = None, labelstudio: str | None = None,
+                   image_url_prefix: str | None = None) -> None:
+    """Write the selection file and, optionally, a CSV (`rank,id,row,score`, then `path` where the pool
+    records an image_root, then the score's named parts) and a Label Studio import file; all or none
+    (each atomically, the HDF5 file last)."""
+    from .annotation import image_path, labelstudio_tasks
+    from .figures import csv_value
+
     datasets = {"row": sel.rows, "id": sel.ids, "score": sel.score, **sel.parts}
-    if csv_path is not None:
-        names = list(sel.parts)
-        with atomic_path(csv_path, inputs) as tmp_csv:
+    root = str(sel.attrs.get("image_root", "")) or None
+    with contextlib.ExitStack() as stack:
+        if labelstudio is not None:
+            tasks = labelstudio_tasks(sel.ids, sel.score, root, image_url_prefix)
+            tmp_ls = stack.enter_context(atomic_path(labelstudio, inputs))
+            with open(tmp_ls, "w", encoding="utf-8") as fh:
+                json.dump(tasks, fh, indent=1, ensure_ascii=False)
+                fh.write("\n")
+        if csv_path is not None:
+            names = list(sel.parts)
+            tmp_csv = stack.enter_context(atomic_path(csv_path, inputs))
             with open(tmp_csv, "w", newline="", encoding="utf-8") as fh:
                 w = csv.writer(fh)
-                w.writerow(["rank", "id", "row", "score", *names])
+                w.writerow(["rank", "id", "row", "score", *(["path"] if root else []), *names])
                 for r, (i, row, s) in enumerate(zip(sel.ids, sel.rows, sel.score), start=1):
-                    w.writerow([r, i, int(row), "" if np.isnan(s) else repr(float(s)),
-                                *(repr(float(sel.parts[k][r - 1])) for k in names)])
-            write_h5(out, "selection", datasets, sel.attrs, inputs=inputs, created_by=created_by)
-    else:
+                    w.writerow([r, i, int(row), csv_value(s), *([image_path(root, i)] if root else []),
+                                *(csv_value(sel.parts[k][r - 1]) for k in names)])
         write_h5(out, "selection", datasets, sel.attrs, inputs=inputs, created_by=created_by)
 
 
 def read_selection(path: str) -> Selection:
+    """A selection file, checked."""
     with open_h5(path, "selection") as f:
         attrs = attrs_dict(f)
         rows = np.asarray(dataset(f, "/row", path, ndim=1, kind="i")[:], dtype=np.int64)

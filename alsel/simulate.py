@@ -123,6 +123,7 @@ class SimConfig:
         return self.annotate == "labels"
 
     def describe(self) -> dict:
+        """The settings that define the experiment (kept in OUT/config.json; a resume must match them)."""
         d = asdict(self)
         for k in ("device", "chunk_size") + (("head",) if self.labels else ("annotate", "prob")):
             d.pop(k)
@@ -216,6 +217,8 @@ def initial_split(cfg: SimConfig, oracle: Oracle, seed: int, folder: str) -> dic
 
 def run_one(cfg: SimConfig, name: str, seed: int, start: dict[str, str], oracle: Oracle, test_store,
             device: torch.device, progress: Callable[[str], None] | None = None) -> list[dict]:
+    """Rounds 0..R of one strategy and seed: train, evaluate, select, annotate from the oracle, merge; rounds
+    already on disk are read back."""
     base = os.path.join(cfg.out, "runs", name, f"seed{seed}")
     paired = start["paired"]
     select = side_of(name)
@@ -232,6 +235,7 @@ def run_one(cfg: SimConfig, name: str, seed: int, start: dict[str, str], oracle:
                 row = json.load(fh)
         else:
             row = train_and_evaluate(cfg, name, seed, r, paired, head_path, test_store, device)
+            row = {k: _rounded(k, v) for k, v in row.items()}  # the figures kept are the figures shown
             _write_json(metrics_path, row)
         rows.append(row)
         if progress is not None:
@@ -256,6 +260,7 @@ def run_one(cfg: SimConfig, name: str, seed: int, start: dict[str, str], oracle:
 
 
 def side_of(name: str) -> str:
+    """The pool side (images or texts) a strategy spec chooses from."""
     return strategies.resolve(name, "--strategies")[1].select
 
 
@@ -376,6 +381,7 @@ def check_setting(cfg: SimConfig) -> None:
 
 
 def check_annotate(annotate: str) -> None:
+    """--annotate is captions or labels."""
     if annotate not in ANNOTATE:
         raise AlselError(f"--annotate {annotate!r}: expected {' or '.join(ANNOTATE)}")
 
@@ -407,6 +413,7 @@ LABEL_COLUMNS = COLUMNS + ["i2t_map", "t2i_map", "map"]
 
 
 def write_results(path: str, rows: list[dict]) -> None:
+    """OUT/results.csv, one row per strategy, seed and round, figures rounded (alsel.figures)."""
     from .store import atomic_path
 
     columns = LABEL_COLUMNS if rows and "map" in rows[0] else COLUMNS
@@ -415,7 +422,18 @@ def write_results(path: str, rows: list[dict]) -> None:
             w = csv.DictWriter(fh, fieldnames=columns)
             w.writeheader()
             for row in rows:
-                w.writerow({k: row[k] for k in columns})
+                w.writerow({k: _rounded(k, row[k]) for k in columns})
+
+
+def _rounded(key: str, value):
+    """R@K and R-sum in percent to 2 decimals, mAP to 6 significant digits; counts and names as they are."""
+    from .figures import percent, sig
+
+    if key in KEYS:
+        return percent(value)
+    if key in ("i2t_map", "t2i_map", "map"):
+        return sig(value)
+    return value
 
 
 def summarize(rows: list[dict], metric: str = "rsum") -> list[dict]:

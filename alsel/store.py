@@ -246,6 +246,7 @@ def check_labels(labels: np.ndarray, path: str, name: str, n: int) -> np.ndarray
 
 
 def check_unique(ids: np.ndarray, path: str, name: str) -> None:
+    """Duplicate ids are bad input: one line naming the first repeated id and its rows."""
     if len(ids) == 0:
         return
     seen: dict[str, int] = {}
@@ -348,6 +349,7 @@ class Embeddings:
             self._mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
     def close(self) -> None:
+        """Unmap the rows (views still alive keep the mapping until they go)."""
         self._array = None
         if self._mm is not None:
             with contextlib.suppress(BufferError):  # arrays from raw() still alive: unmapped when they go
@@ -441,6 +443,7 @@ class Store:
         return pool_fingerprint(self.side(group), self.model)
 
     def side(self, group: str) -> Embeddings:
+        """The embeddings of one side ('images' or 'texts'); a missing side is a one-line error."""
         emb = getattr(self, group)
         if emb is None:
             other = "texts" if group == "images" else "images"
@@ -449,6 +452,7 @@ class Store:
         return emb
 
     def close(self) -> None:
+        """Close the rows and the file."""
         for e in (self.images, self.texts):
             if e is not None:
                 e.close()
@@ -558,6 +562,7 @@ def already_paired(pool_ids: np.ndarray, paired_ids) -> np.ndarray:
 
 
 def load_paired(store: Store) -> Paired:
+    """The paired store's rows in memory (float32 unit rows) with its ids and fingerprint."""
     if not store.is_paired:
         raise AlselError(f"{store.path}: not a paired store")
     images = store.images.read()
@@ -591,6 +596,7 @@ def pool_fingerprint(emb: Embeddings, model: str) -> str:
 
 
 def command_line() -> str:
+    """The command line of this process (what files record as created_by)."""
     return shlex.join([os.path.basename(sys.argv[0])] + sys.argv[1:]) if sys.argv else "python"
 
 
@@ -772,6 +778,7 @@ def check_space(out: str, nbytes: int) -> None:
 
 
 def check_not_an_input(out: str, inputs: tuple) -> None:
+    """An output may not be one of the inputs (the same file under another name included)."""
     for p in inputs:
         if p is not None and os.path.exists(p) and os.path.exists(out) and os.path.samefile(p, out):
             raise AlselError(f"{out}: output path is also an input; choose another --out")
@@ -803,6 +810,7 @@ def open_partial(path: str, settings: dict, resume: bool, create: Callable[[h5py
 
 
 def set_root_attrs(f: h5py.File, kind: str, attrs: dict | None = None, created_by: str | None = None) -> None:
+    """The root attributes every alsel file carries (format, kind, version, created_by) plus `attrs`."""
     f.attrs["alsel_format"] = FORMAT
     f.attrs["kind"] = kind
     f.attrs["alsel_version"] = _version()
@@ -849,15 +857,25 @@ def write_store(out: str | os.PathLike, *, images: np.ndarray | None = None, ima
             w.put(name, arr)
 
 
+CARRIED_ATTRS = ("image_root", "model_config", "embed_seed", "embed_precision")  # what `embed` records
+
+
+def carried_attrs(store: "Store") -> dict:
+    """The attributes a store derived from `store` keeps (merge's outputs): where its images are and
+    how its embeddings were made."""
+    return {k: store.attrs[k] for k in CARRIED_ATTRS if k in store.attrs}
+
+
 class StoreWriter:
     """Streams rows into a new store: datasets are allocated contiguous up front, rows written in
     slices, every row checked (finite, unit length), ids checked unique on close; renamed into place
     only when complete."""
 
-    def __init__(self, out, *, model: str, pretrained: str, inputs: tuple = (), created_by: str | None = None):
+    def __init__(self, out, *, model: str, pretrained: str, inputs: tuple = (), created_by: str | None = None,
+                 attrs: dict | None = None):
         self.out = os.fspath(out)
         self._ctx = atomic_path(self.out, inputs)
-        self._attrs = {"model": model, "pretrained": pretrained}
+        self._attrs = {"model": model, "pretrained": pretrained, **(attrs or {})}
         self._created_by = created_by
         self.f: h5py.File | None = None
 
@@ -868,6 +886,7 @@ class StoreWriter:
         return self
 
     def add_group(self, group: str, n: int, d: int, dtype, text_image=None) -> None:
+        """Allocate /{group}/emb (n, d) contiguous and /{group}/id; texts also get /texts/image."""
         dtype = np.dtype(dtype)
         if dtype not in EMB_DTYPES:
             raise AlselError(f"{self.out}: embeddings must be stored as float16 or float32, not {dtype}")
@@ -881,6 +900,7 @@ class StoreWriter:
             g.create_dataset("image", data=np.asarray(text_image, dtype=np.int64))
 
     def write(self, group: str, start: int, rows: np.ndarray, ids) -> None:
+        """Rows [start, start + len) of a group with their ids; every row checked (finite, unit length)."""
         g = self.f[group]
         rows = np.asarray(rows)
         if len(rows):
@@ -899,6 +919,7 @@ class StoreWriter:
         self.f[group].create_dataset("labels", data=labels)
 
     def put(self, name: str, arr) -> None:
+        """Any extra dataset (strings stored as UTF-8)."""
         arr = np.asarray(arr)
         if arr.dtype == object or arr.dtype.kind == "U":
             self.f.create_dataset(name, data=np.asarray(arr, dtype=object), dtype=STR_DTYPE)

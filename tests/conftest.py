@@ -14,6 +14,16 @@ from alsel.store import write_store  # noqa: E402
 MODEL = "test-model"
 
 
+# a plain progress line (stderr off a terminal): `score: 1,024/200,000 rows (0.5%), ...`
+PROGRESS_LINE = __import__("re").compile(r"^[a-z][\w ():-]*: [\d,]+(/[\d,]+)? [a-z]+( \(\d+\.\d%\))?(, .*)?(; .*)?$")
+
+
+def stderr_lines(err: str) -> list[str]:
+    """stderr without progress lines: work that runs over a second before it meets bad input prints
+    progress first, and the error is then still the one other line."""
+    return [x for x in err.strip().splitlines() if not PROGRESS_LINE.match(x)]
+
+
 def unit(a):
     return (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)
 
@@ -40,6 +50,16 @@ def write_pool(path, rows, side="images", dtype="float32", model=MODEL):
           [f"u{i}" for i in range(len(rows))]}
     write_store(path, model=model, pretrained="test", created_by="test", **kw)
     return str(path)
+
+
+def slow_stores(d, n_pool, n_images=200, seed=0, dim=64):
+    """A paired store and a float16 pool of n_pool random rows in folder d: scoring them in small chunks
+    takes seconds, time to stop a run midway. Returns (d, paired path, pool path)."""
+    rng = np.random.default_rng(seed)
+    images, texts, ti = random_paired(rng, n_images=n_images, max_captions=3, d=dim)
+    paired = write_paired(d / "p.h5", images, texts, ti)
+    pool = write_pool(d / "u.h5", unit(rng.standard_normal((n_pool, dim))), dtype="float16")
+    return d, paired, pool
 
 
 def stored(path, group):

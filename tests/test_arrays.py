@@ -88,3 +88,17 @@ def test_bad_arrays_are_one_line_errors(world):
         alsel.xi(images, texts)  # 30 images, more texts: the pairing must be given
     with pytest.raises(AlselError, match="needs"):
         alsel.select("coreset", pool, 3, device="cpu")
+
+
+def test_the_notebook_example_runs():
+    """examples/notebook.py, plain Python a notebook would run: arrays in, thresholds, scores, strategies,
+    metrics."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, os.path.join(root, "examples", "notebook.py")], capture_output=True,
+                       text=True, timeout=600, cwd=root)
+    assert r.returncode == 0, r.stderr
+    assert "ξ: 500 thresholds" in r.stdout and "R-sum" in r.stdout and "typiclust" in r.stdout

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from alsel.store import write_store
-from conftest import MODEL, random_paired, unit, write_paired, write_pool
+from conftest import MODEL, random_paired, stderr_lines, unit, write_paired, write_pool
 
 
 @pytest.fixture
@@ -22,7 +22,7 @@ def world(tmp_path):
 
 def assert_bad_input(result, *needles, out=None):
     code, stdout, stderr = result
-    lines = stderr.strip().splitlines()
+    lines = stderr_lines(stderr)
     assert code == 2, (code, stdout, stderr)
     assert len(lines) == 1 and lines[0].startswith("error: "), stderr
     assert "Traceback" not in stderr

@@ -59,6 +59,7 @@ class OptionSpec:
         return self.check(value, where)
 
     def check(self, value, where: str):
+        """A value given apart from the spec (a flag or a keyword), checked and of the option's kind."""
         if self.kind == "choice" or isinstance(value, str):
             return self.parse(value, where)
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
@@ -68,6 +69,7 @@ class OptionSpec:
         return int(value) if self.kind in ("int", "count") else float(value)
 
     def to_token(self, value) -> str:
+        """How the value is written in a strategy spec (e.g. top3, fill-closest)."""
         if self.kind == "choice":
             return f"{self.token}-{value}" if self.token else str(value)
         return f"{self.token}{value:g}" if isinstance(value, float) else f"{self.token}{value}"
@@ -201,10 +203,12 @@ class Context:
         return rows if self.head is None else self.head.encode(rows, self.side, self.device)
 
     def progress(self, what: str, advance: int, total: int) -> None:
+        """Report `advance` more of `total` units of the phase `what` (to the command's progress)."""
         if self.inputs.progress is not None:
             self.inputs.progress(what, advance, total)
 
     def rng(self, stream: int = 0) -> np.random.Generator:
+        """A generator seeded by the selection seed and a stream number (one stream per use)."""
         return np.random.default_rng([self.inputs.seed, stream])
 
 
@@ -252,9 +256,11 @@ class Strategy:
     # the parts below are shared by every strategy
 
     def base_options(self) -> Options:
+        """Options with this strategy's own defaults."""
         return replace(Options(), **self.defaults)
 
     def reads(self) -> tuple:
+        """The options this strategy reads (select first)."""
         return ("select", *self.options)
 
     def canonical(self, opts: Options) -> str:
@@ -265,6 +271,7 @@ class Strategy:
         return "-".join([self.name, *tokens])
 
     def check(self, inputs: Inputs, opts: Options, where: str) -> None:
+        """The inputs meet the strategy's needs and side, else a one-line error naming what is missing."""
         if opts.select not in self.sides:
             raise AlselError(f"{where}: {self.name} chooses {' or '.join(self.sides)}, not {opts.select}")
         if "paired" in self.needs and inputs.paired is None:
@@ -295,10 +302,12 @@ def register(strategy: Strategy) -> Strategy:
 
 
 def names() -> list[str]:
+    """The registered strategies' names, sorted."""
     return sorted(REGISTRY)
 
 
 def get(name: str) -> Strategy:
+    """The registered strategy of that name (an unknown name is a one-line error listing them)."""
     if name not in REGISTRY:
         raise AlselError(f"--strategy {name!r}: unknown (strategies: {', '.join(names())}; see `alsel strategies`)")
     return REGISTRY[name]
@@ -421,6 +430,9 @@ def select(spec: str, inputs: Inputs, where: str = "--strategy", strict: bool = 
                  model=inputs.pool.model, head=head.fingerprint() if head is not None else "none",
                  paired_left_out=ctx.left_out, fill=f"{alloc.fill} {alloc.fill_rule or 'none'}",
                  fill_count=int(alloc.fill), fill_rule=alloc.fill_rule or "none")
+    root = str(getattr(inputs.pool, "attrs", {}).get("image_root", "")) if ctx.opts.select == "images" else ""
+    if root:  # the pool's images are files under this folder: selection CSVs get a path column
+        attrs["image_root"] = root
     sel = Selection(rows, inputs.pool.ids_at(ctx.opts.select, rows), np.asarray(alloc.score, np.float32), attrs,
                     {k: np.asarray(v, np.float32) for k, v in alloc.parts.items()})
     sel.notes = ctx.notes

@@ -39,26 +39,32 @@ class ScoredPool:
         self.path = merged.paths[0]
         self.model = str(merged.attrs.get("model", ""))
         self.select = str(merged.attrs["select"])
+        self.attrs = {"image_root": str(merged.attrs.get("image_root", ""))}  # what the pool recorded
         self.n = len(merged.rows)
         self.images = self.texts = self.text_image = None
 
     def side(self, group: str):
+        """The pool itself for its scored side (the other side is a one-line error)."""
         if group != self.select:
             raise AlselError(f"{self.path}: the scores are of pool {self.select}, not {group}")
         return self
 
     def fingerprint(self, group: str) -> str:
+        """The pool fingerprint the score files record."""
         return str(self.merged.attrs["pool_fingerprint"])
 
     def ids_at(self, group: str, rows: np.ndarray) -> np.ndarray:
+        """Ids of the given rows, read from the score files."""
         return self.merged.ids_at(np.asarray(rows, dtype=np.int64))
 
 
 def scored_pool(paths: list[str]) -> ScoredPool:
+    """The pool of a set of score files (all shards of one run)."""
     return ScoredPool(load_scores(list(paths)))
 
 
 def hn_gain(ctx: Context) -> HnGain:
+    """The hard-negative score (and closest) per pool row: from score files, or thresholds and a sweep here."""
     inputs, opts = ctx.inputs, ctx.opts
     if inputs.scores:
         merged = inputs.pool.merged if isinstance(inputs.pool, ScoredPool) else load_scores(list(inputs.scores))
@@ -133,6 +139,7 @@ def fill_rank(ctx: Context, g: HnGain) -> np.ndarray:
 
 
 def positives_then_fill(ctx: Context, g: HnGain) -> Allocation:
+    """Positive scores first (highest first, ties: lower row), then the fill rule among the rest."""
     rank = fill_rank(ctx, g)
     cand = np.flatnonzero(ctx.selectable)
     rows = cand[np.lexsort((rank[cand], -g.score[cand].astype(np.float64)))][:ctx.budget]
@@ -145,6 +152,7 @@ def _allocation(ctx: Context, g: HnGain, rows: np.ndarray) -> Allocation:
 
 
 class HardNegatives(Strategy):
+    """hn: the score of Jo et al. (arXiv 2405.16301) as the gain, positives first, then the fill."""
     name = "hn"
     needs = frozenset({"paired"})
     options = ("top_k", "batch", "batch_size", "margin", "form", "weight", "fill")
@@ -180,6 +188,7 @@ class HardNegatives(Strategy):
 
 
 class HardNegativesDensity(HardNegatives):
+    """hn-density: hn's gains into the density-aware allocation over k-means clusters of the pool."""
     name = "hn-density"
     options = HardNegatives.options + ("clusters", "lam", "density_mix")
     # one cluster per item to choose, uniform shares and a density term strong enough to hold them (up to a
