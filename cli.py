@@ -287,6 +287,11 @@ class PlainTask:
         if self.last is not None and time.monotonic() - self.last >= self.every:
             self.emit()
 
+    def resumed(self, n: int) -> None:
+        """n units done by an earlier run: counted as done, not in the rate."""
+        self.done += n
+        self.start_done += n
+
     def end(self) -> None:
         """The closing line, where a line was printed and the count moved since."""
         if self.timer is not None:
@@ -322,20 +327,35 @@ class Reporter:
                 t.end()
 
     def task(self, label: str, total: int | None, unit: str = "rows", completed: int = 0, extra=None):
+        """The advance(n, total=None, **fields) callback of a new task; its `resumed(n)` counts n units an
+        earlier run did (a --resume): shown as done, left out of the rate and the ETA."""
         if self.mode == "quiet":
-            return lambda n=1, total=None, **fields: None
+            def advance(n: int = 1, total: int | None = None, **fields) -> None:
+                pass
+            advance.resumed = advance
+            return advance
         if self.mode == "lines":
             t = PlainTask(label, total, unit, completed, extra)
             self.plain.append(t)
-            return t.advance
+
+            def advance(n: int = 1, total: int | None = None, **fields) -> None:
+                t.advance(n, total, **fields)
+            advance.resumed = t.resumed
+            return advance
         bar, t0 = self.bar, time.monotonic()
         task = bar.add_task(label, total=total, completed=completed, rate="", extra="")
+        base = [completed]
 
         def advance(n: int = 1, total: int | None = None, **fields) -> None:
-            done = bar.tasks[task].completed + n - completed
+            done = bar.tasks[task].completed + n - base[0]
             rate = done / max(time.monotonic() - t0, 1e-9)
             bar.update(task, advance=n, total=total if total is not None else bar.tasks[task].total,
                        rate=f"{rate:,.1f} {unit}/s", extra=extra(fields) if extra and fields else "")
+
+        def resumed(n: int) -> None:
+            base[0] += n
+            bar.update(task, advance=n)
+        advance.resumed = resumed
         return advance
 
 
@@ -652,7 +672,10 @@ def score(paired: Paired, unpaired: Unpaired, out: Out,
                     th = thresholds.make_thresholds(p, params, dev, chunk_size, advance, dtype)
             a, b = scoring.shard_range(*shard_i_n, pool.side(th.params.select).n)
             t0 = time.perf_counter()
+            earlier = [0]  # rows a stopped run scored (with --resume): not in this run's rate
             with progress_bar("score", b - a) as advance, cooperative_stop() as stop:
+                shown = advance.resumed
+                advance.resumed = lambda n: (earlier.__setitem__(0, earlier[0] + n), shown(n))
                 res = scoring.score_to_file(out, pool, p, th, weight.value, dev, shard_i_n, chunk_size, advance,
                                             head_model, resume, stop, inputs=(paired, unpaired, thresholds_path, head),
                                             created_by=CREATED_BY, precision=dtype)
@@ -660,7 +683,7 @@ def score(paired: Paired, unpaired: Unpaired, out: Out,
     if res.attrs.get("paired_left_out"):
         err_console.print(f"note: {res.attrs['paired_left_out']} pool items are already paired and were left out",
                           markup=False, soft_wrap=True)
-    rate = (b - a) / dt if dt > 0 else float("inf")
+    rate = (b - a - earlier[0]) / dt if dt > 0 else float("inf")
     if as_json:
         print_json({"wrote": out, "kind": "scores", "rows": b - a, "shard": f"{shard_i_n[0]}/{shard_i_n[1]}",
                     "weight": weight.value, "hard_negative_rows": int((res.count > 0).sum()),

@@ -264,8 +264,8 @@ def score_to_file(out: str, pool_store: Store, paired: Paired, th: Thresholds, w
         part = _PartialScores(out + ".partial", settings, resume)
         try:
             done = part.done
-            if progress is not None and done:
-                progress(done)
+            if progress is not None and done:  # rows of the stopped run: `progress.resumed` keeps them out of rates
+                getattr(progress, "resumed", progress)(done)
             if a + done < b:
                 transform = head.transform("image" if select == "images" else "text") if head is not None else None
                 for _, _, results in hinge_sweep(pool, paired, th, device, a + done, b, chunk_size, progress,

@@ -316,7 +316,7 @@ def test_sigterm_stops_after_a_chunk_and_resume_is_identical(tmp_path, run_cli):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
-    assert err.startswith("stopped: ") and "--resume" in err and "Traceback" not in err
+    assert stderr_lines(err)[-1].startswith("stopped: ") and "--resume" in err and "Traceback" not in err
     assert not out.exists() and os.path.exists(partial)
     with h5py.File(partial, "r") as f:
         done = int(f["done"][0])

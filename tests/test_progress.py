@@ -235,3 +235,17 @@ def test_help_lists_every_strategy_and_the_right_flags():
     text = _help("select")
     assert all(n in text for n in strategies.names())
     assert "--objective labels" not in _help("simulate")
+
+
+def test_resumed_rows_count_as_done_but_not_in_the_rate(monkeypatch, capsys):
+    """After --resume, the rows of the stopped run show as done; rate and ETA are of this run's rows."""
+    monkeypatch.setenv("ALSEL_PROGRESS_SECONDS", "0")
+    calls = []  # the task starts at t = 0; every later reading is t = 10 s
+    monkeypatch.setattr(cli.time, "monotonic", lambda: 0.0 if not calls.append(1) and len(calls) == 1 else 10.0)
+    with cli.Reporter() as r:
+        assert r.mode == "lines"
+        advance = r.task("score", 200_000)
+        advance.resumed(100_000)
+        advance(1_000)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("score: 101,000/200,000 rows (50.5%), 100 rows/s, ETA 16m30s"), lines
