@@ -590,7 +590,7 @@ def info(
 
     d = describe(file)
     if as_json:
-        out_console.print_json(json.dumps(d, default=str))
+        print_json(d)
         return
     table = Table(title=f"{file} ({d['kind']})", show_header=False)
     for k, v in d["summary"].items():
@@ -789,7 +789,7 @@ def strategies_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print o
     """
     rows = strategies.describe()
     if as_json:
-        out_console.print_json(json.dumps(rows))
+        print_json(rows)
         return
     table = Table("name", "needs", "options (tokens)", "what it does", "paper", title="strategies")
     for r in rows:
