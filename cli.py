@@ -143,11 +143,11 @@ def strategy_option_params(exclude: tuple = ()) -> list[inspect.Parameter]:
     return params
 
 
-def extend_command(fn, extra: list[inspect.Parameter], call):
-    """`fn` as a Typer command with the keyword options `extra` added to its signature; the command runs
-    call(fn, own_kwargs, extra_kwargs)."""
+def extend_command(fn, extra: list[inspect.Parameter], call, drop: tuple = ()):
+    """`fn` as a Typer command with the keyword options `extra` added to its signature and its parameters
+    `drop` left out of it (the ones `call` fills); the command runs call(fn, own_kwargs, extra_kwargs)."""
     sig = inspect.signature(fn, eval_str=True)
-    own = [p for p in sig.parameters.values() if p.name not in {"strategy_options"}]
+    own = [p for p in sig.parameters.values() if p.name not in drop]
     names = {p.name for p in extra}
 
     params = own + extra
@@ -169,7 +169,7 @@ def extend_command(fn, extra: list[inspect.Parameter], call):
 def with_strategy_options(exclude: tuple = ()):
     """Add the strategy options to a command; the function receives them as `strategy_options` (a dict)."""
     return lambda fn: extend_command(fn, strategy_option_params(exclude),
-                                     lambda f, kw, extra: f(**kw, strategy_options=extra))
+                                     lambda f, kw, extra: f(**kw, strategy_options=extra), drop=("strategy_options",))
 
 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr (errors and notes still).")]
@@ -672,10 +672,7 @@ def score(paired: Paired, unpaired: Unpaired, out: Out,
                     th = thresholds.make_thresholds(p, params, dev, chunk_size, advance, dtype)
             a, b = scoring.shard_range(*shard_i_n, pool.side(th.params.select).n)
             t0 = time.perf_counter()
-            earlier = [0]  # rows a stopped run scored (with --resume): not in this run's rate
             with progress_bar("score", b - a) as advance, cooperative_stop() as stop:
-                shown = advance.resumed
-                advance.resumed = lambda n: (earlier.__setitem__(0, earlier[0] + n), shown(n))
                 res = scoring.score_to_file(out, pool, p, th, weight.value, dev, shard_i_n, chunk_size, advance,
                                             head_model, resume, stop, inputs=(paired, unpaired, thresholds_path, head),
                                             created_by=CREATED_BY, precision=dtype)
@@ -683,7 +680,7 @@ def score(paired: Paired, unpaired: Unpaired, out: Out,
     if res.attrs.get("paired_left_out"):
         err_console.print(f"note: {res.attrs['paired_left_out']} pool items are already paired and were left out",
                           markup=False, soft_wrap=True)
-    rate = (b - a - earlier[0]) / dt if dt > 0 else float("inf")
+    rate = (b - a - res.resumed) / dt if dt > 0 else float("inf")
     if as_json:
         print_json({"wrote": out, "kind": "scores", "rows": b - a, "shard": f"{shard_i_n[0]}/{shard_i_n[1]}",
                     "weight": weight.value, "hard_negative_rows": int((res.count > 0).sum()),

@@ -28,66 +28,76 @@ def _rows(store: Store, group: str, rows: np.ndarray) -> np.ndarray:
     return np.stack([emb.raw(int(r), int(r) + 1)[0] for r in rows]) if len(rows) else np.zeros((0, emb.d), emb.dtype)
 
 
-def merge(paired_path: str, pool_path: str, selection_path: str, annotations: str | Store, out_paired: str,
+def merge(paired_path: str, pool_path: str, selection_path: str, annotations_path: str, out_paired: str,
           out_pool: str, ignore_extra: bool = False, created_by: str | None = None) -> dict:
-    """Write the new paired store and the remaining pool; returns counts. `annotations`: a store's path
-    or an opened Store (e.g. the in-memory one of merge_captions)."""
-    check_outputs(out_paired, out_pool)
-    annotations_path = annotations if isinstance(annotations, str) else annotations.path
+    """Write the new paired store and the remaining pool; returns counts."""
     inputs = (paired_path, pool_path, selection_path, annotations_path)
+    sel, select = _checked_selection(selection_path, out_paired, out_pool, inputs)
+    with contextlib.ExitStack() as stack:
+        paired, pool = _open_paired_and_pool(stack, paired_path, pool_path, sel, select, selection_path)
+        ann = stack.enter_context(open_store(annotations_path))
+        return _merge_opened(paired, pool, ann, sel, select, out_paired, out_pool, inputs, ignore_extra, created_by)
+
+
+def _checked_selection(selection_path: str, out_paired: str, out_pool: str, inputs: tuple):
+    """The outputs checked (two different writable files, not inputs), then the selection and its side."""
+    if os.path.abspath(out_paired) == os.path.abspath(out_pool):
+        raise AlselError(f"{out_paired}: --out-paired and --out-pool must differ")
     for o in (out_paired, out_pool):
         check_output(o, inputs)
     sel = read_selection(selection_path)
-    select = str(sel.attrs.get("select", "images"))
-    with contextlib.ExitStack() as stack:
-        paired = stack.enter_context(open_store(paired_path, need="paired"))
-        pool = stack.enter_context(open_store(pool_path, need=select))
-        ann = stack.enter_context(open_store(annotations)) if isinstance(annotations, str) else annotations
-        check_compatible(paired, pool)
-        check_compatible(paired, ann)
-        _check_selection(sel, pool, select, selection_path)
-        side = pool.side(select)
-        chosen = sel.rows
-        chosen_ids = [str(x) for x in sel.ids]
-        if select == "images" and _is_pairs_pool(pool):
-            return _merge_labelled_pairs(paired, pool, ann, chosen, chosen_ids, out_paired, out_pool, inputs,
-                                         annotations_path, ignore_extra, created_by)
-        if select == "images":
-            new_img, new_img_ids, new_txt, new_txt_ids, new_ti = _images_annotated(
-                paired, pool, ann, chosen, chosen_ids, annotations_path, ignore_extra)
-        else:
-            new_img, new_img_ids, new_txt, new_txt_ids, new_ti = _texts_annotated(
-                paired, pool, ann, chosen, chosen_ids, annotations_path, ignore_extra)
-        dtype = paired.images.dtype
-        old_img, old_txt = paired.images.raw(0, paired.images.n), paired.texts.raw(0, paired.texts.n)
-        img_ids = np.concatenate([paired.ids("images"), np.array(new_img_ids, dtype=object)])
-        txt_ids = np.concatenate([paired.ids("texts"), np.array(new_txt_ids, dtype=object)])
-        _no_duplicates(img_ids, paired_path, annotations_path, "image")
-        _no_duplicates(txt_ids, paired_path, annotations_path, "text")
-        keep = np.setdiff1d(np.arange(side.n), chosen)
-        with StoreWriter(out_pool, model=pool.model, pretrained=str(pool.attrs.get("pretrained", "")),
-                         attrs=carried_attrs(pool), inputs=inputs, created_by=created_by) as wp:
-            _copy_rows(wp, pool, select, keep, np.full(len(keep), -1, np.int64) if select == "texts" else None)
-            with StoreWriter(out_paired, model=paired.model, pretrained=str(paired.attrs.get("pretrained", "")),
-                             attrs=carried_attrs(paired), inputs=inputs, created_by=created_by) as w:
-                w.add_group("images", len(img_ids), paired.d, dtype)
-                w.write("images", 0, np.concatenate([old_img, new_img.astype(dtype)]), img_ids)
-                w.add_group("texts", len(txt_ids), paired.d, dtype,
-                            text_image=np.concatenate([paired.text_image, new_ti]))
-                w.write("texts", 0, np.concatenate([old_txt, new_txt.astype(dtype)]), txt_ids)
-                for group, ids in (("images", new_img_ids), ("texts", new_txt_ids)):
-                    old = paired.labels(group)
-                    if old is not None:  # a labelled paired set stays labelled: the new items need labels
-                        new = _labels_of(ann, group, ids, old.shape[1], annotations_path)
-                        w.add_labels(group, np.concatenate([old, new]))
+    return sel, str(sel.attrs.get("select", "images"))
+
+
+def _open_paired_and_pool(stack, paired_path, pool_path, sel, select, selection_path) -> tuple[Store, Store]:
+    """The paired store and the pool, opened into `stack`, compatible, the selection made on this pool."""
+    paired = stack.enter_context(open_store(paired_path, need="paired"))
+    pool = stack.enter_context(open_store(pool_path, need=select))
+    check_compatible(paired, pool)
+    _check_selection(sel, pool, select, selection_path)
+    return paired, pool
+
+
+def _merge_opened(paired, pool, ann, sel, select, out_paired, out_pool, inputs, ignore_extra, created_by) -> dict:
+    """merge() on opened stores (`ann`: the annotations, a file's store or merge_captions' in-memory one)."""
+    paired_path, annotations_path = paired.path, ann.path
+    check_compatible(paired, ann)
+    side = pool.side(select)
+    chosen = sel.rows
+    chosen_ids = [str(x) for x in sel.ids]
+    if select == "images" and _is_pairs_pool(pool):
+        return _merge_labelled_pairs(paired, pool, ann, chosen, chosen_ids, out_paired, out_pool, inputs,
+                                     annotations_path, ignore_extra, created_by)
+    if select == "images":
+        new_img, new_img_ids, new_txt, new_txt_ids, new_ti = _images_annotated(
+            paired, pool, ann, chosen, chosen_ids, annotations_path, ignore_extra)
+    else:
+        new_img, new_img_ids, new_txt, new_txt_ids, new_ti = _texts_annotated(
+            paired, pool, ann, chosen, chosen_ids, annotations_path, ignore_extra)
+    dtype = paired.images.dtype
+    old_img, old_txt = paired.images.raw(0, paired.images.n), paired.texts.raw(0, paired.texts.n)
+    img_ids = np.concatenate([paired.ids("images"), np.array(new_img_ids, dtype=object)])
+    txt_ids = np.concatenate([paired.ids("texts"), np.array(new_txt_ids, dtype=object)])
+    _no_duplicates(img_ids, paired_path, annotations_path, "image")
+    _no_duplicates(txt_ids, paired_path, annotations_path, "text")
+    keep = np.setdiff1d(np.arange(side.n), chosen)
+    with StoreWriter(out_pool, model=pool.model, pretrained=str(pool.attrs.get("pretrained", "")),
+                     attrs=carried_attrs(pool), inputs=inputs, created_by=created_by) as wp:
+        _copy_rows(wp, pool, select, keep, np.full(len(keep), -1, np.int64) if select == "texts" else None)
+        with StoreWriter(out_paired, model=paired.model, pretrained=str(paired.attrs.get("pretrained", "")),
+                         attrs=carried_attrs(paired), inputs=inputs, created_by=created_by) as w:
+            w.add_group("images", len(img_ids), paired.d, dtype)
+            w.write("images", 0, np.concatenate([old_img, new_img.astype(dtype)]), img_ids)
+            w.add_group("texts", len(txt_ids), paired.d, dtype,
+                        text_image=np.concatenate([paired.text_image, new_ti]))
+            w.write("texts", 0, np.concatenate([old_txt, new_txt.astype(dtype)]), txt_ids)
+            for group, ids in (("images", new_img_ids), ("texts", new_txt_ids)):
+                old = paired.labels(group)
+                if old is not None:  # a labelled paired set stays labelled: the new items need labels
+                    new = _labels_of(ann, group, ids, old.shape[1], annotations_path)
+                    w.add_labels(group, np.concatenate([old, new]))
     return {"paired_images": len(img_ids), "paired_texts": len(txt_ids), "new_images": len(new_img_ids),
             "new_texts": len(new_txt_ids), "pool": len(keep)}
-
-
-def check_outputs(out_paired: str, out_pool: str) -> None:
-    """The two outputs of merge must be two files."""
-    if os.path.abspath(out_paired) == os.path.abspath(out_pool):
-        raise AlselError(f"{out_paired}: --out-paired and --out-pool must differ")
 
 
 def merge_captions(paired_path: str, pool_path: str, selection_path: str, captions_path: str, out_paired: str,
@@ -102,12 +112,9 @@ def merge_captions(paired_path: str, pool_path: str, selection_path: str, captio
     from .arrays import memory_store
     from .embed import embed_texts, spec_of_store
 
-    check_outputs(out_paired, out_pool)
     inputs = (paired_path, pool_path, selection_path, captions_path)
-    for o in (out_paired, out_pool):
-        check_output(o, inputs)
-    sel = read_selection(selection_path)
-    if str(sel.attrs.get("select", "images")) != "images":
+    sel, select = _checked_selection(selection_path, out_paired, out_pool, inputs)
+    if select != "images":
         raise AlselError(f"{selection_path}: --captions is for selected images; for selected texts give "
                          f"--annotations (a store of their images)")
     caps = read_new_captions(captions_path)
@@ -123,21 +130,21 @@ def merge_captions(paired_path: str, pool_path: str, selection_path: str, captio
     if missing:
         raise AlselError(f"{captions_path}: selected image {missing[0]!r} has no caption ({len(missing)} of "
                          f"{len(chosen_ids)} selected images have none)")
-    with open_store(paired_path, need="paired") as paired, open_store(pool_path, need="images") as pool:
-        check_compatible(paired, pool)
-        _check_selection(sel, pool, "images", selection_path)
+    with contextlib.ExitStack() as stack:
+        paired, pool = _open_paired_and_pool(stack, paired_path, pool_path, sel, select, selection_path)
         spec = spec or spec_of_store(paired.attrs, paired_path)
         if spec.name != paired.model:
             raise AlselError(f"{paired_path}: holds {paired.model!r} embeddings; captions embedded with "
                              f"{spec.name!r} would not compare with them")
         images = pool.images.take(np.sort(sel.rows))[np.argsort(np.argsort(sel.rows))]  # selection order
-    texts = [caps.texts[k] for k in keep]
-    emb = embed_texts(texts, spec, device or torch.device("cpu"), batch_size, progress)
-    position = {x: r for r, x in enumerate(chosen_ids)}
-    ann = memory_store(images, emb, np.array([position[caps.images[k]] for k in keep]), image_ids=chosen_ids,
-                       text_ids=[caps.ids[k] for k in keep], model=paired.model, name=captions_path)
-    with ann:
-        counts = merge(paired_path, pool_path, selection_path, ann, out_paired, out_pool, ignore_extra, created_by)
+        texts = [caps.texts[k] for k in keep]
+        emb = embed_texts(texts, spec, device or torch.device("cpu"), batch_size, progress)
+        position = {x: r for r, x in enumerate(chosen_ids)}
+        ann = stack.enter_context(memory_store(images, emb, np.array([position[caps.images[k]] for k in keep]),
+                                               image_ids=chosen_ids, text_ids=[caps.ids[k] for k in keep],
+                                               model=paired.model, name=captions_path))
+        counts = _merge_opened(paired, pool, ann, sel, select, out_paired, out_pool, inputs, ignore_extra,
+                               created_by)
     counts["captions_embedded"] = len(texts)
     return counts
 

@@ -141,6 +141,7 @@ class ScoreResult:
     attrs: dict
     closest: np.ndarray | None = None
     paired: np.ndarray | None = None  # uint8: 1 = already paired (count 0, score 0, closest -inf)
+    resumed: int = 0  # rows an earlier, stopped run had scored (score_to_file with resume): not in this run's rate
 
     def leave_out_paired(self, mask: np.ndarray) -> "ScoreResult":
         """Mark already-paired rows (SPEC §3) and clear their figures."""
@@ -276,7 +277,7 @@ def score_to_file(out: str, pool_store: Store, paired: Paired, th: Thresholds, w
                                           f"command with --resume")
             ids = pool_store.ids(select, a, b)
             res = ScoreResult(np.arange(a, b, dtype=np.int64), ids, part.f["count"][:], part.f["score"][:], attrs,
-                              part.f["closest"][:]).leave_out_paired(paired.paired_mask(select, ids))
+                              part.f["closest"][:], resumed=done).leave_out_paired(paired.paired_mask(select, ids))
         except AlselError:  # bad input: nothing to resume from, nothing left behind
             part.close()
             with contextlib.suppress(OSError):
