@@ -42,12 +42,30 @@ from rich.table import Table  # noqa: E402
 
 import alsel  # noqa: E402
 from alsel import figures  # noqa: E402
-from alsel import head as heads  # noqa: E402
+from alsel._lazy import LazyModule  # noqa: E402
 from alsel import metrics, scoring, selection, store, strategies, thresholds  # noqa: E402
 from alsel.errors import AlselError, Interrupted  # noqa: E402
 from alsel.stream import DEVICES, resolve_device  # noqa: E402
 from alsel.rounding import resolve_precision  # noqa: E402
 
+heads = LazyModule("alsel.head")  # torch's nn: imported when a command trains or loads a head
+
+def _flag_shows_no_type() -> None:
+    """typer >= 0.2x renders a boolean flag as `--json <bool>`, as if it took a value; show flags as flags
+    (the value column left empty), as click and earlier typer do."""
+    option = getattr(getattr(typer, "core", None), "TyperOption", None)
+    shown = getattr(option, "display_type_rich", None)
+    if shown is None or getattr(shown, "alsel_flags", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return "" if getattr(self, "is_flag", False) and not getattr(self, "count", False) else shown(self, ctx)
+
+    display_type_rich.alsel_flags = True
+    option.display_type_rich = display_type_rich
+
+
+_flag_shows_no_type()
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Active learning for image-text retrieval: choose which pool items to annotate next.")
 out_console = Console(highlight=False, soft_wrap=True)
@@ -387,7 +405,7 @@ def print_json(obj) -> None:
     sys.stdout.flush()
 
 
-def open_paired(path: str, head_path: str | None, dev) -> tuple[store.Store, store.Paired, heads.Head | None]:
+def open_paired(path: str, head_path: str | None, dev) -> tuple[store.Store, store.Paired, object]:
     """The paired store, its rows in memory, and the head (checked against it), rows through the head."""
     st = store.open_store(path, need="paired")
     try:

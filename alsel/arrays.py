@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import h5py
 import numpy as np
-import torch
+from ._lazy import torch  # imported on first use (fast start)
 
 from .errors import AlselError
 from .store import STR_DTYPE, Store, load_paired, normalize_rows, open_store_file, set_root_attrs

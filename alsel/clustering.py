@@ -11,8 +11,7 @@ when `transform` is given).
 from __future__ import annotations
 
 import numpy as np
-import torch
-from scipy import sparse
+from ._lazy import torch  # imported on first use (fast start)
 
 from .errors import AlselError
 from .stream import ArrayRows, Rows, collect, sweep, to_device
@@ -44,14 +43,15 @@ def as_rows(points) -> Rows:
     return points if hasattr(points, "load") else ArrayRows(np.asarray(points, dtype=np.float32))
 
 
-def take(points, rows: np.ndarray, device: torch.device = torch.device("cpu"), transform=None) -> np.ndarray:
-    """float32 rows `rows` (sorted ascending) of an array or a Rows source, through `transform`."""
+def take(points, rows: np.ndarray, device: torch.device | None = None, transform=None) -> np.ndarray:
+    """float32 rows `rows` (sorted ascending) of an array or a Rows source, through `transform` (on
+    `device`, default the CPU)."""
     src = as_rows(points)
     x = torch.from_numpy(np.ascontiguousarray(src.take(np.asarray(rows, dtype=np.int64)), dtype=np.float32))
     if transform is None:
         return x.numpy()
     with torch.no_grad():
-        return transform(x.to(device)).cpu().numpy()
+        return transform(x.to(device or "cpu")).cpu().numpy()
 
 
 FIT_ROWS = 8192  # rows per block of the float64 fitting steps: temporaries of a block, not of the sample
@@ -83,6 +83,8 @@ def fit_centers(sample: np.ndarray, k: int, rng: np.random.Generator, iters: int
         nxt = s[rng.choice(len(s), p=d2 / total)] if total > 0 else s[rng.integers(len(s))]
         centers.append(nxt)
         d2 = np.minimum(d2, _sq_dist(s, nxt))
+    from scipy import sparse
+
     c = np.array(centers)
     for _ in range(iters):
         a = nearest(s, c)
@@ -96,9 +98,10 @@ def fit_centers(sample: np.ndarray, k: int, rng: np.random.Generator, iters: int
     return c
 
 
-def assign(points, centers: np.ndarray, device: torch.device = torch.device("cpu"), transform=None,
+def assign(points, centers: np.ndarray, device: torch.device | None = None, transform=None,
            chunk_size: int | None = None) -> np.ndarray:
     """Nearest center of every row (streamed; ties: the lower center)."""
+    device = device or torch.device("cpu")
     c = np.asarray(centers, dtype=np.float64)
     bias = torch.from_numpy((-0.5 * (c ** 2).sum(axis=1)).astype(np.float32)).to(device)
     (index,) = collect(sweep(as_rows(points), to_device(c, device), ArgMax(), device=device, bias=bias,
@@ -107,7 +110,7 @@ def assign(points, centers: np.ndarray, device: torch.device = torch.device("cpu
 
 
 def kmeans(points, k: int, seed: int = 0, sample: int = KMEANS_SAMPLE, iters: int = KMEANS_ITERS,
-           device: torch.device = torch.device("cpu"), transform=None, chunk_size: int | None = None
+           device: torch.device | None = None, transform=None, chunk_size: int | None = None
            ) -> tuple[np.ndarray, np.ndarray]:
     """(centers (k, d) float64, assignment (N,) int64) of an array or a Rows source (e.g. a store's
     Embeddings, through `transform`): centers from a seeded sample of at most `sample` rows, then every

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-import torch
+from ._lazy import torch  # imported on first use (fast start)
 
 from .errors import AlselError
 from .stream import ArrayRows, collect, own_columns, sweep, to_device

@@ -25,13 +25,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
+from ._lazy import torch  # imported on first use (fast start)
 
 from .errors import AlselError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-LOW_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-UNIT_ROUNDOFF = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11, torch.float32: 2.0 ** -24}
+UNIT_ROUNDOFF_BITS = {"bfloat16": 8, "float16": 11, "float32": 24}  # u = 2^-bits, by dtype name
+
+
+def unit_roundoff(dtype) -> float:
+    """u of a torch dtype: 2^-8 (bfloat16), 2^-11 (float16), 2^-24 (float32)."""
+    return 2.0 ** -UNIT_ROUNDOFF_BITS[str(dtype).removeprefix("torch.")]
+
+
+def low_dtype(name: str):
+    """The torch dtype of --precision bf16 / fp16 (float32 for anything else)."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(name, torch.float32)
 SLACK = 2.0 ** -20  # covers the float32 arithmetic of the bound itself (|values| <= ~2)
 
 
@@ -52,7 +61,7 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype:
         if device.type == "cuda":
             return torch.float16
         return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
-    return LOW_DTYPES.get(name, torch.float32)
+    return low_dtype(name)
 
 
 def precision_name(dtype: torch.dtype) -> str:
@@ -62,7 +71,7 @@ def precision_name(dtype: torch.dtype) -> str:
 
 def gamma(k: int) -> float:
     """γ_k = k u / (1 - k u) for float32: the relative error bound of a k-term float32 dot product."""
-    u = UNIT_ROUNDOFF[torch.float32]
+    u = unit_roundoff(torch.float32)
     return k * u / (1 - k * u)
 
 

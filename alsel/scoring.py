@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import torch
+from ._lazy import torch  # imported on first use (fast start)
 
 from .errors import AlselError
 from .rounding import precision_name
@@ -32,7 +32,7 @@ class HingeSum:
     """Reducer over S = s - ξ: per row, the number and the sum of the positive entries, and the
     largest entry (closest = max_j c_j)."""
 
-    def __init__(self, device: torch.device = torch.device("cpu")):
+    def __init__(self, device: torch.device | str = "cpu"):
         self.device = device
 
     def init(self, n, r0):
@@ -101,7 +101,7 @@ def shard_range(i: int, n: int, size: int) -> tuple[int, int]:
 
 
 def hinge_sweep(pool: Embeddings, paired: Paired, th: Thresholds, device: torch.device, start: int, stop: int,
-                chunk_size: int | None = None, progress=None, transform=None, precision: torch.dtype = torch.float32):
+                chunk_size: int | None = None, progress=None, transform=None, precision: torch.dtype | None = None):
     """The sweep of SPEC §3's c_j over pool rows [start, stop): yields (r0, r1, (count, surplus, closest))."""
     resident = to_device(anchors(paired, th.params.select), device)
     bias = torch.from_numpy(-th.xi.astype(np.float32)).to(device)
@@ -119,7 +119,7 @@ def weigh(count: np.ndarray, surplus: np.ndarray, closest: np.ndarray, weight: s
 def score_rows(pool: Embeddings, paired: Paired, th: Thresholds, weight: str, device: torch.device,
                start: int = 0, stop: int | None = None, chunk_size: int | None = None,
                progress: Callable[[int], None] | None = None, transform=None,
-               precision: torch.dtype = torch.float32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               precision: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(count int64, score float32, closest float32) for pool rows [start, stop); `transform`: the head
     of the pool side; `precision` bfloat16/float16: the exact low-precision path (same answers within
     SPEC §3)."""
@@ -152,7 +152,7 @@ class ScoreResult:
 
 
 def scores_attrs(pool_store: Store, paired: Paired, th: Thresholds, weight: str, shard: tuple[int, int],
-                 head=None, precision: torch.dtype = torch.float32) -> dict:
+                 head=None, precision: torch.dtype | None = None) -> dict:
     """The scores file's attributes (SPEC §1); checks the head matches the thresholds'."""
     if weight not in WEIGHTS:
         raise AlselError(f"--weight {weight!r}: expected surplus or counting")
@@ -169,7 +169,7 @@ def scores_attrs(pool_store: Store, paired: Paired, th: Thresholds, weight: str,
 def score_pool(pool_store: Store, paired: Paired, th: Thresholds, weight: str, device: torch.device,
                shard: tuple[int, int] = (0, 1), chunk_size: int | None = None,
                progress: Callable[[int], None] | None = None, head=None,
-               precision: torch.dtype = torch.float32) -> ScoreResult:
+               precision: torch.dtype | None = None) -> ScoreResult:
     """Score one shard of the pool's `select` side; with `head`, `paired` must be through it too."""
     select = th.params.select
     pool = pool_store.side(select)
@@ -239,7 +239,7 @@ class _PartialScores:
 def score_to_file(out: str, pool_store: Store, paired: Paired, th: Thresholds, weight: str, device: torch.device,
                   shard: tuple[int, int] = (0, 1), chunk_size: int | None = None, progress=None, head=None,
                   resume: bool = False, should_stop: Callable[[], bool] | None = None, inputs: tuple = (),
-                  created_by: str | None = None, precision: torch.dtype = torch.float32) -> ScoreResult:
+                  created_by: str | None = None, precision: torch.dtype | None = None) -> ScoreResult:
     """score_pool, streamed chunk by chunk into OUT.partial and finished into OUT.
 
     `resume` continues from the last recorded chunk (same settings and chunk size, hence the same

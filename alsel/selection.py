@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-import torch
+from ._lazy import torch  # imported on first use (fast start)
 
 from .errors import AlselError
 from .store import (Store, atomic_path, attrs_dict, dataset, int_attr, open_h5,

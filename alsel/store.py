@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 
 import h5py
 import numpy as np
-import torch
+from ._lazy import torch  # imported on first use (fast start)
 
 from .errors import AlselError
 

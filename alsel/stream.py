@@ -24,10 +24,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator, Protocol
 
 import numpy as np
-import torch
+from ._lazy import torch  # imported on first use (fast start)
 
 from .errors import AlselError
-from .rounding import UNIT_ROUNDOFF, LowResident, LowTile
+from .rounding import LowResident, LowTile, unit_roundoff
 
 CPU_TILE_ROWS = 1024
 CPU_COL_BLOCK = 512
@@ -168,7 +168,7 @@ def out_rel(dtype: torch.dtype) -> float:
     """Relative error of rounding a float32 sum to `dtype`, relative to the rounded value: u / (1 - u)."""
     if dtype == torch.float32:
         return 0.0  # the float32 rounding of the sum is inside the γ_K term of the bound
-    u = UNIT_ROUNDOFF[dtype]
+    u = unit_roundoff(dtype)
     return u / (1 - u)
 
 
@@ -187,7 +187,7 @@ def own_columns(row_owner: torch.Tensor, col_owner: torch.Tensor, r0: int, c0: i
 def sweep(rows: Rows, resident: torch.Tensor, reducer: Reducer, *, device: torch.device,
           bias: torch.Tensor | None = None, transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
           start: int = 0, stop: int | None = None, chunk_size: int | None = None,
-          progress: Callable[[int], None] | None = None, precision: torch.dtype = torch.float32,
+          progress: Callable[[int], None] | None = None, precision: torch.dtype | None = None,
           ) -> Iterator[tuple[int, int, tuple[np.ndarray, ...]]]:
     """Yield (r0, r1, results) for consecutive row ranges of `rows[start:stop]`.
 
@@ -205,7 +205,7 @@ def sweep(rows: Rows, resident: torch.Tensor, reducer: Reducer, *, device: torch
         raise AlselError(f"--chunk-size must be at least 1, got {chunk_size}")
     tile_rows = tile_rows_for(device)
     low = None
-    if precision != torch.float32 and hasattr(reducer, "update_low"):
+    if precision is not None and precision != torch.float32 and hasattr(reducer, "update_low"):
         low = LowResident(resident, bias, precision)
     col_block = CUDA_COL_BLOCK if kind != "cpu" else CPU_COL_BLOCK if low is None else CPU_LOW_COL_BLOCK
     m = resident.shape[0]

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np
-import torch
+from ._lazy import torch  # imported on first use (fast start)
 
 from .errors import AlselError
 from .store import Paired
@@ -132,7 +132,7 @@ def positives(paired: Paired, device: torch.device) -> np.ndarray:
 
 
 def hardest_full(paired: Paired, params: ThresholdParams, device, chunk_size=None, progress=None,
-                 precision: torch.dtype = torch.float32) -> np.ndarray:
+                 precision: torch.dtype | None = None) -> np.ndarray:
     """h_j over the whole paired set, tiled over both sides with a running top-k (exact at any precision)."""
     ti = torch.from_numpy(paired.text_image).to(device)
     if params.select == "images":
@@ -198,7 +198,7 @@ def hardest_mini(paired: Paired, params: ThresholdParams, device, progress=None)
 
 
 def compute_xi(paired: Paired, params: ThresholdParams, device: torch.device, chunk_size: int | None = None,
-               progress: Callable[[int], None] | None = None, precision: torch.dtype = torch.float32) -> np.ndarray:
+               progress: Callable[[int], None] | None = None, precision: torch.dtype | None = None) -> np.ndarray:
     """ξ (N_t,) float32 for the paired set."""
     p = positives(paired, device)
     if params.form == "margin":
@@ -246,7 +246,7 @@ class Thresholds:
 
 
 def make_thresholds(paired: Paired, params: ThresholdParams, device, chunk_size=None, progress=None,
-                    precision: torch.dtype = torch.float32) -> Thresholds:
+                    precision: torch.dtype | None = None) -> Thresholds:
     """ξ of the paired set with its fingerprints (what threshold writes and score checks)."""
     xi = compute_xi(paired, params, device, chunk_size, progress, precision)
     fp = xi_fingerprint(xi, params, paired.fingerprint, paired.head)

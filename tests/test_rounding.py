@@ -59,7 +59,7 @@ def test_value_bound_holds_on_every_entry(dtype):
     slack = err.double().numpy()[:, None] + u * np.abs(approx)
     assert np.all(np.abs(approx - exact) <= slack)
     # and the bound is not vacuous: about the measured error, well under the worst case 2u
-    assert float(err.max()) < rounding.UNIT_ROUNDOFF[dtype] * 1.5
+    assert float(err.max()) < rounding.unit_roundoff(dtype) * 1.5
 
 
 @pytest.mark.parametrize("dtype", LOW)
@@ -174,7 +174,7 @@ def test_running_top_k_exact_on_near_ties(dtype, k, spread, monkeypatch):
     monkeypatch.setattr("alsel.stream.CPU_LOW_COL_BLOCK", 64)
     rng = np.random.default_rng(4)
     center = unit(rng.standard_normal((1, 64)))
-    band = rounding.UNIT_ROUNDOFF[dtype]
+    band = rounding.unit_roundoff(dtype)
     cols = unit(center + band * spread * rng.standard_normal((700, 64)))  # spread within the rounding band
     rows = unit(center + 0.3 * rng.standard_normal((90, 64)))
     own = torch.from_numpy(rng.integers(0, 700, 90))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
-import torch
+from .._lazy import torch  # imported on first use (fast start)
 
 from ..errors import AlselError
 from ..selection import Selection, check_budget
@@ -141,9 +141,9 @@ class Inputs:
     paired: Store | None = None
     head: object = None
     seed: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    device: torch.device | str = "cpu"
     chunk_size: int | None = None
-    precision: torch.dtype = torch.float32
+    precision: torch.dtype | None = None  # None: float32
     scores: list | None = None
     thresholds: str | None = None
     scores_out: str | None = None
@@ -166,7 +166,7 @@ class Context:
 
     @property
     def device(self) -> torch.device:
-        return self.inputs.device
+        return torch.device(self.inputs.device)
 
     @property
     def budget(self) -> int:

@@ -18,7 +18,7 @@ through the reverse edges, O(edges) in all.
 from __future__ import annotations
 
 import numpy as np
-import torch
+from .._lazy import torch  # imported on first use (fast start)
 
 from ..clustering import kmeans, take
 from ..selection import MaxSim

@@ -13,7 +13,7 @@ pool items against its points: memory is one cluster, time Σ n_c² over the vis
 from __future__ import annotations
 
 import numpy as np
-import torch
+from .._lazy import torch  # imported on first use (fast start)
 
 from ..clustering import kmeans, take
 from ..stream import ArrayRows, ConcatRows, collect, sweep, to_device
