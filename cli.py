@@ -475,6 +475,9 @@ def import_(
                                                         help="Multi-hot .npy (N_i, C) of 0/1: class labels.")] = None,
     text_labels: Annotated[Optional[str], typer.Option("--text-labels", show_default=False,
                                                        help="Multi-hot .npy (N_t, C) of 0/1: class labels.")] = None,
+    texts_text: Annotated[Optional[str], typer.Option("--texts-text", show_default=False, help=(
+        "The caption strings of --texts, one per row: .txt (one per line), .jsonl (one JSON string per line), "
+        ".json list or .npy; kept as /texts/text."))] = None,
     clip_retrieval: Annotated[Optional[str], typer.Option("--clip-retrieval", show_default=False,
                                                           help="A clip-retrieval inference output folder.")] = None,
     model: Annotated[str, typer.Option(help="Model name recorded in the store (must match stores used with it).")] = "imported",
@@ -492,7 +495,7 @@ def import_(
     if dtype is not None and dtype not in ("float16", "float32"):
         raise AlselError(f"--dtype {dtype!r}: expected float16 or float32")
     if clip_retrieval is not None:
-        if images or texts or image_labels or text_labels:
+        if images or texts or image_labels or text_labels or texts_text:
             raise AlselError("import: give either --clip-retrieval or --images/--texts (and labels), not both")
         ingest.import_clip_retrieval(out, clip_retrieval, model=model, normalize=normalize, dtype=dtype,
                                      created_by=CREATED_BY)
@@ -500,13 +503,13 @@ def import_(
         counts = ingest.import_arrays(out, images=images, texts=texts, text_image=text_image, aligned=aligned,
                                       image_ids=image_ids, text_ids=text_ids, model=model, normalize=normalize,
                                       dtype=dtype, created_by=CREATED_BY, image_labels=image_labels,
-                                      text_labels=text_labels, group_images=group_images)
+                                      text_labels=text_labels, group_images=group_images, texts_text=texts_text)
         if counts["grouped"]:
             err_console.print(f"note: {counts['grouped'] + counts['images']:,} image rows were "
                               f"{counts['images']:,} distinct images; each is stored once with its "
                               f"{counts['texts'] / counts['images']:.1f} captions on average",
                               markup=False, soft_wrap=True)
-    info(out, as_json=False)
+    info([out], as_json=False)
 
 
 def embed_spec(model: str | None, pretrained: str | None, model_config: str | None, seed: int, precision: str):
@@ -597,31 +600,34 @@ def embed(
 
 @command()
 def info(
-    file: Annotated[str, typer.Argument(help="Any alsel file.", show_default=False)],
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    files: Annotated[list[str], typer.Argument(help="Alsel files (stores, thresholds, scores, selections).",
+                                               show_default=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per file, one per line.")] = False,
 ):
-    """Show what an alsel file holds: kind, attributes, datasets, summary.
+    """Show what alsel files hold: kind, attributes, datasets, summary (for a store: whether it holds the
+    caption text). Every file is read before anything is printed.
 
-    Example: alsel info pool.h5 --json
+    Example: alsel info paired.h5 pool.h5 --json
     """
     from alsel.inspect import describe
 
-    d = describe(file)
-    if as_json:
-        print_json(d)
-        return
-    table = Table(title=f"{file} ({d['kind']})", show_header=False)
-    for k, v in d["summary"].items():
-        table.add_row(str(k), str(v))
-    out_console.print(table)
-    ds = Table("dataset", "dtype", "shape", title="datasets")
-    for name, meta in d["datasets"].items():
-        ds.add_row(str(name), str(meta["dtype"]), "x".join(map(str, meta["shape"])) or "scalar")
-    out_console.print(ds)
-    at = Table("attribute", "value", title="attributes")
-    for k, v in d["attrs"].items():
-        at.add_row(str(k), str(v))
-    out_console.print(at)
+    described = [(f, describe(f)) for f in files]
+    for file, d in described:
+        if as_json:
+            print_json(d)
+            continue
+        table = Table(title=f"{file} ({d['kind']})", show_header=False)
+        for k, v in d["summary"].items():
+            table.add_row(str(k), str(v))
+        out_console.print(table)
+        ds = Table("dataset", "dtype", "shape", title="datasets")
+        for name, meta in d["datasets"].items():
+            ds.add_row(str(name), str(meta["dtype"]), "x".join(map(str, meta["shape"])) or "scalar")
+        out_console.print(ds)
+        at = Table("attribute", "value", title="attributes")
+        for k, v in d["attrs"].items():
+            at.add_row(str(k), str(v))
+        out_console.print(at)
 
 
 @command()
@@ -698,6 +704,9 @@ def score(paired: Paired, unpaired: Unpaired, out: Out,
     if res.attrs.get("paired_left_out"):
         err_console.print(f"note: {res.attrs['paired_left_out']} pool items are already paired and were left out",
                           markup=False, soft_wrap=True)
+    if res.attrs.get("skipped_left_out"):
+        err_console.print(f"note: {res.attrs['skipped_left_out']} pool items were skipped by annotators in an "
+                          f"earlier round and were left out", markup=False, soft_wrap=True)
     rate = (b - a - res.resumed) / dt if dt > 0 else float("inf")
     if as_json:
         print_json({"wrote": out, "kind": "scores", "rows": b - a, "shard": f"{shard_i_n[0]}/{shard_i_n[1]}",
@@ -730,10 +739,17 @@ def select_cmd(
         "pool was embedded from a folder."))] = None,
     labelstudio: Annotated[Optional[str], typer.Option("--labelstudio", show_default=False, help=(
         "Also write a Label Studio import file (JSON tasks: data.image, id, rank, score) for an "
-        "image-captioning project."))] = None,
+        "image-captioning project; data.image is the photo's local-files URL (/data/local-files/?d=...), "
+        "or see `alsel labelstudio push`."))] = None,
+    document_root: Annotated[Optional[str], typer.Option("--document-root", show_default=(
+        "$LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, else the folder above the photos"), help=(
+        "--labelstudio: Label Studio's local-files document root (the URLs are paths under it)."))] = None,
     image_url_prefix: Annotated[Optional[str], typer.Option("--image-url-prefix", show_default=False, help=(
-        "--labelstudio: data.image = this prefix + id (e.g. /data/local-files/?d=photos/) instead of the "
-        "file's path."))] = None,
+        "--labelstudio: data.image = this prefix + id, for another image server, instead of the local-files "
+        "URL."))] = None,
+    html_page: Annotated[Optional[str], typer.Option("--html", show_default=False, help=(
+        "Also write the batch as one self-contained HTML page: thumbnails in rank order with the reason for "
+        "each, a PCA map of paired, pool and batch, the fill share."))] = None,
     device: Device = DeviceName.auto, chunk_size: ChunkSize = None, head: HeadOpt = None,
     precision: PrecisionOpt = "auto", as_json: JsonOpt = False,
     strategy_options: dict = None,
@@ -748,7 +764,9 @@ def select_cmd(
               alsel select --strategy typiclust --paired p.h5 --unpaired u.h5 --budget 100 --out sel.h5
     """
     spec = strategy or strategies.default_for(scores)
-    for o in (out, csv, labelstudio):
+    if html_page is not None and unpaired is None:
+        raise AlselError("--html: give the pool (--unpaired POOL.h5): the page shows its photos and maps it")
+    for o in (out, csv, labelstudio, html_page):
         if o is not None:
             store.check_output(o, (*(scores or ()), paired, unpaired, head, thresholds_path))
     dev = resolve_device(device.value)
@@ -773,15 +791,21 @@ def select_cmd(
 
             inputs.progress = progress
             sel = strategies.select(spec, inputs, **strategy_options)
-    selection.save_selection(out, sel, csv, inputs=(*(scores or ()), paired, unpaired, head, thresholds_path),
-                             created_by=CREATED_BY, labelstudio=labelstudio, image_url_prefix=image_url_prefix)
+        page = None
+        if html_page is not None:
+            from alsel.page import page_html
+
+            page = (html_page, page_html(sel, pool, pst))
+        selection.save_selection(out, sel, csv, inputs=(*(scores or ()), paired, unpaired, head, thresholds_path),
+                                 created_by=CREATED_BY, labelstudio=labelstudio, image_url_prefix=image_url_prefix,
+                                 document_root=document_root, page=page)
     for note in sel.notes:
         err_console.print(f"note: {note}", markup=False, soft_wrap=True)
     if as_json:
         from alsel.annotation import image_path
 
         root = sel.attrs.get("image_root")
-        print_json({"wrote": out, "kind": "selection", "csv": csv, "labelstudio": labelstudio,
+        print_json({"wrote": out, "kind": "selection", "csv": csv, "labelstudio": labelstudio, "html": html_page,
                     "strategy": sel.attrs["strategy"], "budget": int(sel.attrs["budget"]),
                     "fill_count": int(sel.attrs["fill_count"]), "fill_rule": sel.attrs["fill_rule"],
                     "paired_left_out": int(sel.attrs.get("paired_left_out", 0)),
@@ -791,7 +815,7 @@ def select_cmd(
                                  for r, (i, row, v) in enumerate(zip(sel.ids, sel.rows, sel.score))]})
         return
     show_selection(out, sel)
-    written = [f for f in (csv, labelstudio) if f]
+    written = [f for f in (csv, labelstudio, html_page) if f]
     if written:
         out_console.print(f"also wrote {' and '.join(written)}")
 
@@ -810,6 +834,37 @@ def strategies_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print o
     for r in rows:
         table.add_row(r["name"], "; ".join(r["needs"]), " ".join(r["options"]), r["summary"], r["paper"])
     out_console.print(table)
+
+
+@command("html")
+def html_cmd(
+    selection_path: Annotated[str, typer.Option("--selection", help="A selection (alsel select).", show_default=False)],
+    unpaired: Unpaired, out: Annotated[str, typer.Option("--out", help="Output HTML page (written atomically).",
+                                                         show_default=False)],
+    paired: Annotated[Optional[str], typer.Option("--paired", show_default=False,
+                                                  help="The paired store (shown on the map).")] = None,
+):
+    """The batch as one self-contained HTML page (what `select --html` writes) for an existing selection.
+
+    Thumbnails in rank order with id, rank, score and the strategy's reason in words; a PCA map of the paired
+    items, the pool and the batch; the strategy, budget and fill share. Opens offline in a browser.
+
+    Example: alsel html --selection batch.h5 --unpaired pool.h5 --paired paired.h5 --out batch.html
+    """
+    from alsel.merge import _check_selection
+    from alsel.page import write_page
+
+    store.check_output(out, (selection_path, unpaired, paired))
+    sel = selection.read_selection(selection_path)
+    select = str(sel.attrs.get("select", "images"))
+    with contextlib.ExitStack() as stack:
+        pool = stack.enter_context(store.open_store(unpaired, need=select))
+        _check_selection(sel, pool, select, selection_path)
+        pst = stack.enter_context(store.open_store(paired, need="paired")) if paired else None
+        if pst is not None:
+            store.check_compatible(pst, pool)
+        write_page(out, sel, pool, pst, inputs=(selection_path, unpaired, paired))
+    out_console.print(f"wrote {out}: {len(sel.rows)} {select} by {sel.attrs.get('strategy', '?')}")
 
 
 def show_selection(out: str, sel) -> None:
@@ -963,6 +1018,9 @@ def merge_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", help="--captions: captions per forward pass.")] = 64,
     ignore_extra: Annotated[bool, typer.Option("--ignore-extra",
                                                help="Leave out annotations of items that were not selected.")] = False,
+    skipped: Annotated[str, typer.Option("--skipped", help=(
+        "keep: a selected item that came back without a caption (or only cancelled annotations) stays in the "
+        "pool, marked skipped, and is never selected again; error: stop instead."))] = "keep",
     device: Device = DeviceName.auto, as_json: JsonOpt = False,
 ):
     """Move the selected, now captioned pool items into the paired store; the rest stays in the pool.
@@ -984,15 +1042,27 @@ def merge_cmd(
             spec = embed_spec(model, pretrained, model_config, seed, "fp32")
         with progress_bar("merge: embed captions", None, "captions", lazy=True) as advance:
             counts = merge_captions(paired, unpaired, selection_path, captions, out_paired, out_pool, spec,
-                                    resolve_device(device.value), batch_size, ignore_extra, CREATED_BY, advance)
+                                    resolve_device(device.value), batch_size, ignore_extra, CREATED_BY, advance,
+                                    skipped=skipped)
     else:
-        counts = merge(paired, unpaired, selection_path, annotations, out_paired, out_pool, ignore_extra, CREATED_BY)
+        counts = merge(paired, unpaired, selection_path, annotations, out_paired, out_pool, ignore_extra, CREATED_BY,
+                       skipped=skipped)
+    for note in counts.pop("notes", []):
+        err_console.print(f"note: {note}", markup=False, soft_wrap=True)
     if as_json:
         print_json({"wrote": [out_paired, out_pool], **counts, "seconds": figures.seconds(time.perf_counter() - t0)})
         return
+    n_skipped = counts["skipped"]
+    what = "photos" if counts.get("new_images") or captions is not None else "items"
+    skipped_part = ""
+    if n_skipped:
+        cancelled = f", {counts['cancelled']} cancelled in Label Studio" if counts.get("cancelled") else ""
+        shown = ", ".join(counts["skipped_ids"][:5]) + (" ..." if n_skipped > 5 else "")
+        skipped_part = (f"; {n_skipped} skipped (no caption{cancelled}: {shown}), kept in the pool and never "
+                        f"selected again")
     out_console.print(f"wrote {out_paired}: {counts['paired_images']} images, {counts['paired_texts']} texts "
                       f"(+{counts['new_images']} images, +{counts['new_texts']} texts); {out_pool}: "
-                      f"{counts['pool']} items left")
+                      f"{counts['pool']} {what if what == 'items' else 'items'} left{skipped_part}")
 
 
 @command()

@@ -50,7 +50,8 @@ def _ids(ids, n: int, where: str) -> np.ndarray:
 
 
 def memory_store(images=None, texts=None, text_image=None, *, image_ids=None, text_ids=None,
-                 image_labels=None, text_labels=None, model: str = "arrays", name: str = "arrays") -> Store:
+                 image_labels=None, text_labels=None, text_strings=None, model: str = "arrays",
+                 name: str = "arrays") -> Store:
     """An opened store held in memory (an HDF5 core file, never written): what every stage that takes a
     Store accepts. Ids default to "<name>:<row>" (e.g. pool:17); texts of a store with images default to
     text_image = 0..N-1 (text i describes image i), a texts-only store (a text pool) to -1."""
@@ -81,6 +82,9 @@ def memory_store(images=None, texts=None, text_image=None, *, image_ids=None, te
                     if ti.shape != (len(rows),):
                         raise AlselError(f"{name}: text_image has shape {ti.shape}, expected ({len(rows)},)")
                 g.create_dataset("image", data=ti.astype(np.int64))
+                if text_strings is not None:  # the caption strings (/texts/text)
+                    g.create_dataset("text", data=np.asarray([str(x) for x in text_strings], dtype=object),
+                                     dtype=STR_DTYPE)
         return open_store_file(f, name)
     except BaseException:
         f.close()

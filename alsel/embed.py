@@ -608,7 +608,7 @@ def _finish(part: Partial, out: str, images: ImageList | None, captions: Caption
             for s in range(0, len(keep_txt), COPY_ROWS):
                 rows = keep_txt[s:s + COPY_ROWS]
                 w.write("texts", s, emb[rows[0]:rows[-1] + 1][rows - rows[0]], ids[s:s + COPY_ROWS])
-            w.put("texts/text", np.array(captions.texts, dtype=object)[keep_txt])
+            w.add_text(np.array(captions.texts, dtype=object)[keep_txt])
             w.put("texts/dropped", np.array([i for i, _ in report.dropped], dtype=object))
             report.texts = len(keep_txt)
     report.kind = ("paired store" if text_image is not None else

@@ -90,19 +90,23 @@ def import_arrays(out: str, *, images: str | None = None, texts: str | None = No
                   text_image: str | None = None, aligned: bool = False, image_ids: str | None = None,
                   text_ids: str | None = None, model: str = "imported", normalize: bool = False,
                   dtype: str | None = None, created_by: str | None = None, image_labels: str | None = None,
-                  text_labels: str | None = None, group_images: bool = False) -> dict:
+                  text_labels: str | None = None, group_images: bool = False, texts_text: str | None = None) -> dict:
     """Labels: optional multi-hot .npy arrays (N, C) for either side (/images/labels, /texts/labels).
 
     With `aligned`, identical image rows (a per-caption export: one image row repeated for each of its
     captions) stop the import unless `group_images`, which keeps each distinct image once (its first row
-    and id) with all its captions. Returns counts (images, texts, grouped: image rows folded away)."""
+    and id) with all its captions. `texts_text`: the caption strings, one per text row (read_texts), kept as
+    /texts/text. Returns counts (images, texts, grouped: image rows folded away)."""
     if group_images and not aligned:
         raise AlselError("import: --group-images goes with --aligned (it folds the repeated image rows of a "
                          "per-caption export)")
     if images is None and texts is None:
         raise AlselError("import: give --images and/or --texts (or --clip-retrieval DIR)")
+    if texts_text is not None and texts is None:
+        raise AlselError(f"{texts_text}: --texts-text gives the strings of --texts, which is missing")
     img = load_npy(images, "emb") if images else None
     txt = load_npy(texts, "emb") if texts else None
+    strings = read_texts(texts_text, len(txt)) if texts_text is not None else None
     labels = {}
     for group, rows, lab_path, flag in (("images", img, image_labels, "--image-labels"),
                                         ("texts", txt, text_labels, "--text-labels")):
@@ -148,7 +152,8 @@ def import_arrays(out: str, *, images: str | None = None, texts: str | None = No
     else:
         img_source = img
     with StoreWriter(out, model=model, pretrained="imported",
-                     inputs=(images, texts, text_image, image_labels, text_labels), created_by=created_by) as w:
+                     inputs=(images, texts, text_image, image_labels, text_labels, texts_text),
+                     created_by=created_by) as w:
         if img is not None:
             dt = np.dtype(dtype or (img.dtype if img.dtype in (np.float16, np.float32) else np.float32))
             ids = load_ids(image_ids, len(img), os.path.splitext(os.path.basename(images))[0])
@@ -161,11 +166,49 @@ def import_arrays(out: str, *, images: str | None = None, texts: str | None = No
             ids = load_ids(text_ids, len(txt), os.path.splitext(os.path.basename(texts))[0])
             w.add_group("texts", len(txt), txt.shape[1], dt, text_image=ti)
             _copy_rows(w, "texts", [(texts, txt)], ids, normalize, dt)
+            if strings is not None:
+                w.add_text(strings)
         for group, lab in labels.items():
             w.add_labels(group, lab)
     n_images = 0 if img is None else len(img_source)
     return {"images": n_images, "texts": 0 if txt is None else len(txt),
             "grouped": 0 if keep_images is None else len(img) - len(keep_images)}
+
+
+def read_texts(path: str, n: int) -> list[str]:
+    """Caption strings, one per text row: a .txt file (one per line), a .npy array of strings, a .json list
+    of strings or a .jsonl file (one JSON string per line: captions with line breaks)."""
+    import json
+
+    if not os.path.exists(path):
+        raise AlselError(f"{path}: no such file")
+    low = path.lower()
+    try:
+        if low.endswith(".npy"):
+            try:
+                strings = [str(x) for x in np.load(path, allow_pickle=False)]
+            except ValueError as e:
+                raise AlselError(f"{path}: not a .npy array of strings ({e})") from None
+        elif low.endswith(".json"):
+            with open(path, encoding="utf-8") as fh:
+                strings = json.load(fh)
+        elif low.endswith(".jsonl"):
+            with open(path, encoding="utf-8") as fh:
+                strings = [json.loads(line) for line in fh if line.strip()]
+        else:
+            with open(path, encoding="utf-8") as fh:
+                strings = [line.rstrip("\r\n") for line in fh]
+            if strings and strings[-1] == "":
+                strings.pop()
+    except json.JSONDecodeError as e:
+        raise AlselError(f"{path}: not JSON ({e.msg}, line {e.lineno})") from None
+    except UnicodeDecodeError as e:
+        raise AlselError(f"{path}: not UTF-8 text ({e.reason})") from None
+    if not isinstance(strings, list) or not all(isinstance(x, str) for x in strings):
+        raise AlselError(f"{path}: expected caption strings (a list of strings)")
+    if len(strings) != n:
+        raise AlselError(f"{path}: {len(strings)} caption strings for {n} text rows")
+    return strings
 
 
 def distinct_rows(arr: np.ndarray, block: int = WRITE_ROWS) -> tuple[np.ndarray, np.ndarray]:
@@ -260,4 +303,4 @@ def import_clip_retrieval(out: str, folder: str, *, model: str = "imported", nor
             text_ids = base_ids + "#caption" if img else base_ids
             _copy_rows(w, "texts", txt, np.asarray(text_ids, dtype=object), normalize, dt)
             if any(c is not None for c in captions):
-                w.put("texts/text", np.array(["" if c is None else str(c) for c in captions], dtype=object))
+                w.add_text(captions)

@@ -53,6 +53,13 @@ def describe(path: str) -> dict:
         with open_store(path) as st:
             summary.update(model=st.model, pretrained=st.attrs.get("pretrained"), D=st.d,
                            images=st.images.n if st.images else 0, texts=st.texts.n if st.texts else 0)
+            if st.texts is not None:
+                summary["text"] = (f"yes: the caption strings of {st.texts.n} texts (/texts/text)" if st.has_text
+                                   else "no: embeddings only (/texts/text absent)")
+            for group in ("images", "texts"):
+                n_skipped = int(st.flags(group, "skipped").sum())
+                if n_skipped:
+                    summary[f"skipped_{group}"] = f"{n_skipped} (annotators skipped them; never selected again)"
             if st.images is not None:
                 summary["images_dtype"] = str(st.images.dtype)
                 summary["memory_mapped"] = st.images.memory_mapped

@@ -6,13 +6,20 @@ are their new captions, as `alsel embed --images ... --captions ...` writes; for
 store whose texts carry the selected pool text ids and point at their new images). Outputs: a new
 paired store (old pairs first, then the new ones in selection order) and the remaining pool (the
 pool without the selected rows, order kept). Every id must line up; anything unmatched is an error,
-and no item is lost or duplicated.
+and no item is lost or duplicated. Caption strings (/texts/text) travel with their rows (SPEC §8).
+
+A selected item the annotators skipped (no caption, or only cancelled annotations) stays in the pool,
+flagged in `/images/skipped` (`/texts/skipped` for selected texts), and no strategy chooses it again;
+`skipped="error"` makes it an error instead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
+import posixpath
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -21,6 +28,7 @@ from .selection import Selection, read_selection
 from .store import Store, StoreWriter, carried_attrs, check_compatible, check_output, open_store, pool_fingerprint
 
 COPY_ROWS = 65536
+SKIPPED = ("keep", "error")  # what merge does with selected items that came back without an annotation
 
 
 def _rows(store: Store, group: str, rows: np.ndarray) -> np.ndarray:
@@ -29,14 +37,62 @@ def _rows(store: Store, group: str, rows: np.ndarray) -> np.ndarray:
 
 
 def merge(paired_path: str, pool_path: str, selection_path: str, annotations_path: str, out_paired: str,
-          out_pool: str, ignore_extra: bool = False, created_by: str | None = None) -> dict:
-    """Write the new paired store and the remaining pool; returns counts."""
+          out_pool: str, ignore_extra: bool = False, created_by: str | None = None, skipped: str = "keep") -> dict:
+    """Write the new paired store and the remaining pool; returns counts (and the skipped ids)."""
+    check_skipped_policy(skipped)
     inputs = (paired_path, pool_path, selection_path, annotations_path)
     sel, select = _checked_selection(selection_path, out_paired, out_pool, inputs)
     with contextlib.ExitStack() as stack:
         paired, pool = _open_paired_and_pool(stack, paired_path, pool_path, sel, select, selection_path)
         ann = stack.enter_context(open_store(annotations_path))
-        return _merge_opened(paired, pool, ann, sel, select, out_paired, out_pool, inputs, ignore_extra, created_by)
+        return _merge_opened(paired, pool, ann, sel, select, out_paired, out_pool, inputs, ignore_extra, created_by,
+                             skipped)
+
+
+def check_skipped_policy(skipped: str) -> None:
+    if skipped not in SKIPPED:
+        raise AlselError(f"--skipped {skipped!r}: expected keep or error")
+
+
+def nearest_id(x: str, candidates: list[str]) -> str | None:
+    """The selected id a wrong id most likely meant: the same file name in a subfolder
+    ('DSC067.jpg' -> 'trip/DSC067.jpg'), else the closest spelling (difflib ratio >= 0.6)."""
+    base = posixpath.basename(x.replace("\\", "/"))
+    same = [c for c in candidates if posixpath.basename(c) == base]
+    if same:
+        return same[0]
+    close = difflib.get_close_matches(x, candidates, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _quoted(ids, limit: int = 3) -> str:
+    shown = ", ".join(repr(x) for x in list(ids)[:limit])
+    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+def check_annotated(path: str, chosen_ids: list[str], annotated: set, extra: list[str], ignore_extra: bool,
+                    skipped: str, what: str = "image", noun: str = "caption") -> list[str]:
+    """The selected ids without an annotation (the skipped ones), after the checks that stop a merge:
+    annotations of ids that were not selected (unless `ignore_extra`) and, with skipped="error", selected
+    ids without one. Both are reported together, each wrong id with the selected id it most likely meant."""
+    missing = [x for x in chosen_ids if x not in annotated]
+    if extra and not ignore_extra:
+        pool = missing or chosen_ids
+        named = []
+        for x in extra[:3]:
+            guess = nearest_id(x, pool)
+            named.append(f"{x!r}" + (f" (did you mean {guess!r}?)" if guess else ""))
+        more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""
+        gap = (f"; {len(missing)} selected {what}s have no {noun}: {_quoted(missing)}" if missing else "")
+        after = (f" (the {len(missing)} without one then count as skipped)" if missing and skipped == "keep"
+                 else "")
+        raise AlselError(f"{path}: {len(extra)} {noun}s are for {what}s that were not selected: "
+                         f"{', '.join(named)}{more}{gap}. Use the selection's ids (the id column of its CSV); "
+                         f"--ignore-extra leaves those {noun}s out{after}")
+    if missing and skipped == "error":
+        raise AlselError(f"{path}: {len(missing)} of {len(chosen_ids)} selected {what}s have no {noun}: "
+                         f"{_quoted(missing)} (--skipped error; by default they are kept out as skipped)")
+    return missing
 
 
 def _checked_selection(selection_path: str, out_paired: str, out_pool: str, inputs: tuple):
@@ -58,7 +114,8 @@ def _open_paired_and_pool(stack, paired_path, pool_path, sel, select, selection_
     return paired, pool
 
 
-def _merge_opened(paired, pool, ann, sel, select, out_paired, out_pool, inputs, ignore_extra, created_by) -> dict:
+def _merge_opened(paired, pool, ann, sel, select, out_paired, out_pool, inputs, ignore_extra, created_by,
+                  skipped: str = "keep") -> dict:
     """merge() on opened stores (`ann`: the annotations, a file's store or merge_captions' in-memory one)."""
     paired_path, annotations_path = paired.path, ann.path
     check_compatible(paired, ann)
@@ -68,84 +125,110 @@ def _merge_opened(paired, pool, ann, sel, select, out_paired, out_pool, inputs, 
     if select == "images" and _is_pairs_pool(pool):
         return _merge_labelled_pairs(paired, pool, ann, chosen, chosen_ids, out_paired, out_pool, inputs,
                                      annotations_path, ignore_extra, created_by)
-    if select == "images":
-        new_img, new_img_ids, new_txt, new_txt_ids, new_ti = _images_annotated(
-            paired, pool, ann, chosen, chosen_ids, annotations_path, ignore_extra)
-    else:
-        new_img, new_img_ids, new_txt, new_txt_ids, new_ti = _texts_annotated(
-            paired, pool, ann, chosen, chosen_ids, annotations_path, ignore_extra)
+    annotate = _images_annotated if select == "images" else _texts_annotated
+    new = annotate(paired, pool, ann, chosen, chosen_ids, annotations_path, ignore_extra, skipped)
     dtype = paired.images.dtype
     old_img, old_txt = paired.images.raw(0, paired.images.n), paired.texts.raw(0, paired.texts.n)
-    img_ids = np.concatenate([paired.ids("images"), np.array(new_img_ids, dtype=object)])
-    txt_ids = np.concatenate([paired.ids("texts"), np.array(new_txt_ids, dtype=object)])
+    img_ids = np.concatenate([paired.ids("images"), np.array(new.img_ids, dtype=object)])
+    txt_ids = np.concatenate([paired.ids("texts"), np.array(new.txt_ids, dtype=object)])
     _no_duplicates(img_ids, paired_path, annotations_path, "image")
     _no_duplicates(txt_ids, paired_path, annotations_path, "text")
-    keep = np.setdiff1d(np.arange(side.n), chosen)
+    text = _joined_text(paired.text_strings(), new.text, paired.texts.n, len(new.txt_ids))
+    taken = chosen[~np.isin(np.array(chosen_ids, dtype=object), list(new.skipped))] if new.skipped else chosen
+    keep = np.setdiff1d(np.arange(side.n), taken)
+    now_skipped = pool.flags(select, "skipped")[keep] | np.isin(keep, np.setdiff1d(chosen, taken))
     with StoreWriter(out_pool, model=pool.model, pretrained=str(pool.attrs.get("pretrained", "")),
                      attrs=carried_attrs(pool), inputs=inputs, created_by=created_by) as wp:
-        _copy_rows(wp, pool, select, keep, np.full(len(keep), -1, np.int64) if select == "texts" else None)
+        _copy_rows(wp, pool, select, keep, np.full(len(keep), -1, np.int64) if select == "texts" else None,
+                   skipped=now_skipped)
         with StoreWriter(out_paired, model=paired.model, pretrained=str(paired.attrs.get("pretrained", "")),
                          attrs=carried_attrs(paired), inputs=inputs, created_by=created_by) as w:
             w.add_group("images", len(img_ids), paired.d, dtype)
-            w.write("images", 0, np.concatenate([old_img, new_img.astype(dtype)]), img_ids)
+            w.write("images", 0, np.concatenate([old_img, new.images.astype(dtype)]), img_ids)
             w.add_group("texts", len(txt_ids), paired.d, dtype,
-                        text_image=np.concatenate([paired.text_image, new_ti]))
-            w.write("texts", 0, np.concatenate([old_txt, new_txt.astype(dtype)]), txt_ids)
-            for group, ids in (("images", new_img_ids), ("texts", new_txt_ids)):
+                        text_image=np.concatenate([paired.text_image, new.text_image]))
+            w.write("texts", 0, np.concatenate([old_txt, new.texts.astype(dtype)]), txt_ids)
+            if text is not None:
+                w.add_text(text)
+            for group, ids in (("images", new.img_ids), ("texts", new.txt_ids)):
                 old = paired.labels(group)
                 if old is not None:  # a labelled paired set stays labelled: the new items need labels
-                    new = _labels_of(ann, group, ids, old.shape[1], annotations_path)
-                    w.add_labels(group, np.concatenate([old, new]))
-    return {"paired_images": len(img_ids), "paired_texts": len(txt_ids), "new_images": len(new_img_ids),
-            "new_texts": len(new_txt_ids), "pool": len(keep)}
+                    labels = _labels_of(ann, group, ids, old.shape[1], annotations_path)
+                    w.add_labels(group, np.concatenate([old, labels]))
+    skipped_ids = [x for x in chosen_ids if x in new.skipped]
+    return {"paired_images": len(img_ids), "paired_texts": len(txt_ids), "new_images": len(new.img_ids),
+            "new_texts": len(new.txt_ids), "pool": len(keep), "skipped": len(skipped_ids),
+            "skipped_ids": skipped_ids, "text": text is not None}
+
+
+def _joined_text(old, new, n_old: int, n_new: int):
+    """/texts/text of the merged store: the old strings, then the new (\"\" where one side has none);
+    None when neither side holds text (a store from bare arrays stays without)."""
+    if old is None and new is None:
+        return None
+    old = old if old is not None else np.full(n_old, "", dtype=object)
+    new = np.asarray(new, dtype=object) if new is not None else np.full(n_new, "", dtype=object)
+    return np.concatenate([old, new])
 
 
 def merge_captions(paired_path: str, pool_path: str, selection_path: str, captions_path: str, out_paired: str,
                    out_pool: str, spec=None, device=None, batch_size: int = 64, ignore_extra: bool = False,
-                   created_by: str | None = None, progress=None) -> dict:
+                   created_by: str | None = None, progress=None, skipped: str = "keep") -> dict:
     """merge() with the new captions as a file (CSV/JSONL `id,text` or a Label Studio export, see
     alsel.annotation): every check first, then only the captions are embedded (with `spec`, else the model
-    the paired store records) and the selected images' embeddings are taken from the pool."""
+    the paired store records) and the selected images' embeddings are taken from the pool. Captions of
+    images already paired or skipped in an earlier round (an export of a project used for several rounds)
+    are left out with a note."""
     import torch
 
     from .annotation import read_new_captions
     from .arrays import memory_store
     from .embed import embed_texts, spec_of_store
 
+    check_skipped_policy(skipped)
     inputs = (paired_path, pool_path, selection_path, captions_path)
     sel, select = _checked_selection(selection_path, out_paired, out_pool, inputs)
     if select != "images":
         raise AlselError(f"{selection_path}: --captions is for selected images; for selected texts give "
                          f"--annotations (a store of their images)")
-    caps = read_new_captions(captions_path)
+    new = read_new_captions(captions_path)
+    caps = new.captions
     chosen_ids = [str(x) for x in sel.ids]
     chosen = set(chosen_ids)
-    extra = sorted({i for i in caps.images if i not in chosen})
-    if extra and not ignore_extra:
-        raise AlselError(f"{captions_path}: captions for {len(extra)} images that were not selected (e.g. "
-                         f"{extra[0]!r}); pass --ignore-extra to leave them out")
-    keep = [k for k, i in enumerate(caps.images) if i in chosen]
-    have = {caps.images[k] for k in keep}
-    missing = [i for i in chosen_ids if i not in have]
-    if missing:
-        raise AlselError(f"{captions_path}: selected image {missing[0]!r} has no caption ({len(missing)} of "
-                         f"{len(chosen_ids)} selected images have none)")
+    notes = list(new.notes)
     with contextlib.ExitStack() as stack:
         paired, pool = _open_paired_and_pool(stack, paired_path, pool_path, sel, select, selection_path)
+        unselected = list(dict.fromkeys(i for i in caps.images if i not in chosen))
+        if unselected:  # an export of a project used for several rounds holds the earlier rounds' tasks
+            earlier = set(paired.ids("images")) | set(pool.ids("images")[pool.flags("images", "skipped")])
+            old = [i for i in unselected if i in earlier]
+            if old:
+                notes.append(f"{captions_path}: captions of {len(old)} images of earlier rounds (already paired or "
+                             f"skipped) were left out")
+            unselected = [i for i in unselected if i not in earlier]
+        keep = [k for k, i in enumerate(caps.images) if i in chosen]
+        missing = check_annotated(captions_path, chosen_ids, {caps.images[k] for k in keep}, unselected,
+                                  ignore_extra, skipped)
         spec = spec or spec_of_store(paired.attrs, paired_path)
         if spec.name != paired.model:
             raise AlselError(f"{paired_path}: holds {paired.model!r} embeddings; captions embedded with "
                              f"{spec.name!r} would not compare with them")
-        images = pool.images.take(np.sort(sel.rows))[np.argsort(np.argsort(sel.rows))]  # selection order
+        annotated = [x for x in chosen_ids if x not in set(missing)]
+        rows = sel.rows[np.isin(np.array(chosen_ids, dtype=object), annotated)]
+        images = pool.images.take(np.sort(rows))[np.argsort(np.argsort(rows))]  # selection order
         texts = [caps.texts[k] for k in keep]
-        emb = embed_texts(texts, spec, device or torch.device("cpu"), batch_size, progress)
-        position = {x: r for r, x in enumerate(chosen_ids)}
-        ann = stack.enter_context(memory_store(images, emb, np.array([position[caps.images[k]] for k in keep]),
-                                               image_ids=chosen_ids, text_ids=[caps.ids[k] for k in keep],
-                                               model=paired.model, name=captions_path))
-        counts = _merge_opened(paired, pool, ann, sel, select, out_paired, out_pool, inputs, ignore_extra,
-                               created_by)
+        emb = embed_texts(texts, spec, device or torch.device("cpu"), batch_size, progress) if texts else \
+            np.zeros((0, pool.d), np.float32)
+        position = {x: r for r, x in enumerate(annotated)}
+        ann = stack.enter_context(memory_store(images, emb, np.array([position[caps.images[k]] for k in keep],
+                                                                     dtype=np.int64),
+                                               image_ids=annotated, text_ids=[caps.ids[k] for k in keep],
+                                               text_strings=texts, model=paired.model, name=captions_path))
+        counts = _merge_opened(paired, pool, ann, sel, select, out_paired, out_pool, inputs, True, created_by,
+                               skipped)
     counts["captions_embedded"] = len(texts)
+    counts["cancelled"] = sum(1 for x in counts["skipped_ids"] if x in set(new.cancelled))
+    counts["notes"] = notes
     return counts
 
 
@@ -217,8 +300,11 @@ def _merge_labelled_pairs(paired, pool, ann, chosen, chosen_ids, out_paired, out
                                                 _rows(pool, "texts", caps).astype(dtype)]), txt_ids)
             w.add_labels("images", np.concatenate([old_img_labels, new_img_labels]))
             w.add_labels("texts", np.concatenate([old_txt_labels, new_txt_labels]))
+            text = _joined_text(paired.text_strings(), pool.text_strings(caps), paired.texts.n, len(caps))
+            if text is not None:
+                w.add_text(text)
     return {"paired_images": len(img_ids), "paired_texts": len(txt_ids), "new_images": len(chosen_ids),
-            "new_texts": len(caps), "pool": len(keep)}
+            "new_texts": len(caps), "pool": len(keep), "skipped": 0, "skipped_ids": [], "text": text is not None}
 
 
 def _labels_of(ann: Store, group: str, ids, n_classes: int, path: str) -> np.ndarray:
@@ -232,8 +318,10 @@ def _labels_of(ann: Store, group: str, ids, n_classes: int, path: str) -> np.nda
     return labels[np.array([row[str(x)] for x in ids], dtype=np.int64)].reshape(len(ids), n_classes)
 
 
-def _copy_rows(writer: StoreWriter, store: Store, group: str, rows: np.ndarray, text_image=None) -> None:
-    """Rows (ascending) of one group of `store`, with their ids and labels, into a new group of `writer`."""
+def _copy_rows(writer: StoreWriter, store: Store, group: str, rows: np.ndarray, text_image=None,
+               skipped: np.ndarray | None = None) -> None:
+    """Rows (ascending) of one group of `store`, with their ids, labels and caption strings, into a new group
+    of `writer`; `skipped` flags the rows annotators skipped (default: as `store` flags them)."""
     emb = store.side(group)
     writer.add_group(group, len(rows), emb.d, emb.dtype, text_image=text_image)
     ids = store.ids(group)
@@ -243,6 +331,9 @@ def _copy_rows(writer: StoreWriter, store: Store, group: str, rows: np.ndarray, 
     labels = store.labels(group)
     if labels is not None:
         writer.add_labels(group, labels[rows])
+    if group == "texts" and store.has_text:
+        writer.add_text(store.text_strings(rows))
+    writer.add_flags(group, "skipped", store.flags(group, "skipped")[rows] if skipped is None else skipped)
 
 
 def _gather(emb, rows: np.ndarray) -> np.ndarray:
@@ -278,70 +369,79 @@ def _no_duplicates(ids: np.ndarray, paired_path: str, ann_path: str, what: str) 
         seen.add(x)
 
 
-def _images_annotated(paired, pool, ann, chosen, chosen_ids, ann_path, ignore_extra):
+@dataclass
+class NewItems:
+    """What the annotations add to the paired store, and the selected items they left out (skipped)."""
+
+    images: np.ndarray  # new image rows (as stored)
+    img_ids: list
+    texts: np.ndarray  # new text rows (as stored)
+    txt_ids: list
+    text_image: np.ndarray  # row in the merged store's /images of each new text
+    text: np.ndarray | None  # caption strings of the new texts (None: the source has none)
+    skipped: set  # selected ids without an annotation
+
+
+def _images_annotated(paired, pool, ann, chosen, chosen_ids, ann_path, ignore_extra, skipped) -> NewItems:
     """Selected pool images + their new captions from the annotation store."""
     if ann.images is None or ann.texts is None or ann.text_image is None:
         raise AlselError(f"{ann_path}: annotations for selected images need /images (with the pool ids) and "
                          f"/texts (their captions, /texts/image pointing at them)")
-    ann_row = {x: r for r, x in enumerate(ann.ids("images"))}
+    ann_ids = [str(x) for x in ann.ids("images")]
+    ann_row = {x: r for r, x in enumerate(ann_ids)}
     caps_of: dict[int, list[int]] = {}
     for j, i in enumerate(ann.text_image):
         if i >= 0:
             caps_of.setdefault(int(i), []).append(j)
-    rows, ti = [], []
+    chosen_set = set(chosen_ids)
+    captioned = {x for x in ann_ids if ann_row[x] in caps_of}
+    extra = [x for x in ann_ids if x in captioned and x not in chosen_set]
+    missing = set(check_annotated(ann_path, chosen_ids, captioned, extra, ignore_extra, skipped))
+    rows, ti, take = [], [], []
     for k, x in enumerate(chosen_ids):
-        r = ann_row.get(x)
-        if r is None:
-            raise AlselError(f"{ann_path}: selected image {x!r} has no annotation (not among its /images/id)")
-        caps = caps_of.get(r)
-        if not caps:
-            raise AlselError(f"{ann_path}: selected image {x!r} has no caption")
+        if x in missing:
+            continue
+        caps = caps_of[ann_row[x]]
         rows.extend(caps)
-        ti.extend([paired.images.n + k] * len(caps))
-    if not ignore_extra:
-        chosen_set = set(chosen_ids)
-        extra = [x for r, x in enumerate(ann.ids("images")) if r in caps_of and x not in chosen_set]
-        if extra:
-            raise AlselError(f"{ann_path}: captions for {len(extra)} images that were not selected "
-                             f"(e.g. {extra[0]!r}); pass --ignore-extra to leave them out")
-    new_img = _rows(pool, "images", chosen)
+        ti.extend([paired.images.n + len(take)] * len(caps))
+        take.append(k)
+    take = np.array(take, dtype=np.int64)
     rows = np.array(rows, dtype=np.int64)
-    new_txt = _rows(ann, "texts", rows)
-    return new_img, chosen_ids, new_txt, [str(x) for x in ann.ids("texts")[rows]], np.array(ti, dtype=np.int64)
+    return NewItems(_rows(pool, "images", chosen[take]), [chosen_ids[k] for k in take], _rows(ann, "texts", rows),
+                    [str(x) for x in ann.ids("texts")[rows]], np.array(ti, dtype=np.int64),
+                    ann.text_strings(rows), missing)
 
 
-def _texts_annotated(paired, pool, ann, chosen, chosen_ids, ann_path, ignore_extra):
+def _texts_annotated(paired, pool, ann, chosen, chosen_ids, ann_path, ignore_extra, skipped) -> NewItems:
     """Selected pool texts + the images annotators found for them (new, or already paired)."""
     if ann.images is None or ann.texts is None or ann.text_image is None:
         raise AlselError(f"{ann_path}: annotations for selected texts need /texts (with the pool ids) pointing "
                          f"at /images (their images)")
-    ann_txt = {x: r for r, x in enumerate(ann.ids("texts"))}
+    ann_txt_ids = [str(x) for x in ann.ids("texts")]
+    ann_txt = {x: r for r, x in enumerate(ann_txt_ids)}
     ann_img_ids = ann.ids("images")
     paired_row = {x: r for r, x in enumerate(paired.ids("images"))}
+    with_image = {x for x in ann_txt_ids if ann.text_image[ann_txt[x]] >= 0}
+    chosen_set = set(chosen_ids)
+    extra = [x for x in ann_txt_ids if x not in chosen_set]
+    missing = set(check_annotated(ann_path, chosen_ids, with_image, extra, ignore_extra, skipped,
+                                  what="text", noun="image"))
     new_rows: dict[str, int] = {}
     new_img_src: list[int] = []
-    ti = []
-    for x in chosen_ids:
-        r = ann_txt.get(x)
-        if r is None:
-            raise AlselError(f"{ann_path}: selected text {x!r} has no annotation (not among its /texts/id)")
-        i = int(ann.text_image[r])
-        if i < 0:
-            raise AlselError(f"{ann_path}: selected text {x!r} has no image (/texts/image = -1)")
-        img_id = str(ann_img_ids[i])
+    ti, take = [], []
+    for k, x in enumerate(chosen_ids):
+        if x in missing:
+            continue
+        img_id = str(ann_img_ids[int(ann.text_image[ann_txt[x]])])
         if img_id in paired_row:
             ti.append(paired_row[img_id])
         else:
             if img_id not in new_rows:
                 new_rows[img_id] = paired.images.n + len(new_img_src)
-                new_img_src.append(i)
+                new_img_src.append(int(ann.text_image[ann_txt[x]]))
             ti.append(new_rows[img_id])
-    if not ignore_extra:
-        chosen_set = set(chosen_ids)
-        extra = [x for x in ann.ids("texts") if x not in chosen_set]
-        if extra:
-            raise AlselError(f"{ann_path}: annotations for {len(extra)} texts that were not selected "
-                             f"(e.g. {extra[0]!r}); pass --ignore-extra to leave them out")
-    new_img = _rows(ann, "images", np.array(new_img_src, dtype=np.int64))
-    new_txt = _rows(pool, "texts", chosen)
-    return new_img, list(new_rows), new_txt, chosen_ids, np.array(ti, dtype=np.int64)
+        take.append(k)
+    take = np.array(take, dtype=np.int64)
+    return NewItems(_rows(ann, "images", np.array(new_img_src, dtype=np.int64)), list(new_rows),
+                    _rows(pool, "texts", chosen[take]), [chosen_ids[k] for k in take], np.array(ti, dtype=np.int64),
+                    pool.text_strings(chosen[take]), missing)

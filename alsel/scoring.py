@@ -142,12 +142,16 @@ class ScoreResult:
     closest: np.ndarray | None = None
     paired: np.ndarray | None = None  # uint8: 1 = already paired (count 0, score 0, closest -inf)
     resumed: int = 0  # rows an earlier, stopped run had scored (score_to_file with resume): not in this run's rate
+    skipped: np.ndarray | None = None  # uint8: 1 = skipped by annotators (SPEC §8), never selected again
 
-    def leave_out_paired(self, mask: np.ndarray) -> "ScoreResult":
-        """Mark already-paired rows (SPEC §3) and clear their figures."""
+    def leave_out_paired(self, mask: np.ndarray, skipped: np.ndarray | None = None) -> "ScoreResult":
+        """Mark already-paired rows (SPEC §3) and rows annotators skipped (SPEC §8); clear their figures."""
         self.paired = mask.astype(np.uint8)
-        self.count[mask], self.score[mask], self.closest[mask] = 0, 0, -np.inf
+        self.skipped = None if skipped is None or not skipped.any() else skipped.astype(np.uint8)
+        out = mask | (skipped if skipped is not None else False)
+        self.count[out], self.score[out], self.closest[out] = 0, 0, -np.inf
         self.attrs["paired_left_out"] = int(mask.sum())
+        self.attrs["skipped_left_out"] = int(0 if skipped is None else (skipped & ~mask).sum())
         return self
 
 
@@ -182,13 +186,15 @@ def score_pool(pool_store: Store, paired: Paired, th: Thresholds, weight: str, d
                                        precision)
     ids = pool_store.ids(select, a, b)
     res = ScoreResult(np.arange(a, b, dtype=np.int64), ids, count, score, attrs, closest)
-    return res.leave_out_paired(paired.paired_mask(select, ids))
+    return res.leave_out_paired(paired.paired_mask(select, ids), pool_store.flags(select, "skipped")[a:b])
 
 
 def save_scores(out, res: ScoreResult, inputs: tuple = (), created_by: str | None = None) -> None:
-    """Write a scores file (SPEC layout: /row, /id, /count, /score, /closest, /paired) atomically."""
+    """Write a scores file (SPEC layout: /row, /id, /count, /score, /closest, /paired, and /skipped where
+    annotators skipped pool items) atomically."""
+    extra = {"skipped": res.skipped} if res.skipped is not None else {}
     write_h5(out, "scores", {"row": res.rows, "id": res.ids, "count": res.count, "score": res.score,
-                             "closest": res.closest, "paired": res.paired}, res.attrs, inputs=inputs,
+                             "closest": res.closest, "paired": res.paired, **extra}, res.attrs, inputs=inputs,
              created_by=created_by)
 
 
@@ -277,7 +283,8 @@ def score_to_file(out: str, pool_store: Store, paired: Paired, th: Thresholds, w
                                           f"command with --resume")
             ids = pool_store.ids(select, a, b)
             res = ScoreResult(np.arange(a, b, dtype=np.int64), ids, part.f["count"][:], part.f["score"][:], attrs,
-                              part.f["closest"][:], resumed=done).leave_out_paired(paired.paired_mask(select, ids))
+                              part.f["closest"][:], resumed=done).leave_out_paired(
+                                  paired.paired_mask(select, ids), pool_store.flags(select, "skipped")[a:b])
         except AlselError:  # bad input: nothing to resume from, nothing left behind
             part.close()
             with contextlib.suppress(OSError):

@@ -32,12 +32,15 @@ class Selection:
     notes: list = field(default_factory=list)  # what a command says on stderr (left-out items, the fill)
 
 
-def check_budget(budget: int, pool_size: int, where: str, left_out: int = 0) -> None:
-    """`pool_size`: the items that may be chosen; `left_out`: already paired ones besides them."""
+def check_budget(budget: int, pool_size: int, where: str, left_out: int = 0, skipped: int = 0) -> None:
+    """`pool_size`: the items that may be chosen; `left_out`: already paired ones besides them; `skipped`:
+    ones annotators skipped."""
     if budget <= 0:
         raise AlselError(f"--budget must be at least 1, got {budget}")
     if budget > pool_size:
-        extra = f" that may be chosen; {left_out} more are already paired" if left_out else ""
+        why = [f"{left_out} more are already paired"] * bool(left_out) + \
+              [f"{skipped} more were skipped by annotators"] * bool(skipped)
+        extra = f" that may be chosen; {'; '.join(why)}" if why else ""
         raise AlselError(f"{where}: --budget {budget} is larger than the pool ({pool_size} items{extra})")
 
 
@@ -55,6 +58,7 @@ class MergedScores:
     local: np.ndarray  # and at which index of that file
     closest: np.ndarray | None = None  # None when a file predates /closest
     paired: np.ndarray | None = None  # bool: already paired (never selected)
+    skipped: np.ndarray | None = None  # bool: skipped by annotators (never selected again)
 
     def ids_at(self, pick: np.ndarray) -> np.ndarray:
         """Ids of the merged rows `pick`, read from their shard files (only those rows: a selection
@@ -97,12 +101,16 @@ def load_scores(paths: list[str]) -> MergedScores:
                 if "closest" in f else None
             paired = np.asarray(dataset(f, "/paired", p, ndim=1, kind="i", length=n)[:]) if "paired" in f \
                 else np.zeros(n, np.uint8)
+            skipped = np.asarray(dataset(f, "/skipped", p, ndim=1, kind="i", length=n)[:]) if "skipped" in f \
+                else np.zeros(n, np.uint8)
         if np.isnan(score).any():
             raise AlselError(f"{p}: /score holds NaN values")
         if closest is not None and np.isnan(closest).any():
             raise AlselError(f"{p}: /closest holds NaN values")
         if not np.isin(paired, (0, 1)).all():
             raise AlselError(f"{p}: /paired holds values other than 0 and 1")
+        if not np.isin(skipped, (0, 1)).all():
+            raise AlselError(f"{p}: /skipped holds values other than 0 and 1")
         if first_attrs is None:
             first_attrs, first_path = attrs, p
         else:
@@ -114,7 +122,7 @@ def load_scores(paths: list[str]) -> MergedScores:
         int_attr(attrs, "seed", p)
         if n and (rows.min() < 0 or rows.max() >= pool_size):
             raise AlselError(f"{p}: /row values outside 0..{pool_size - 1}")
-        parts.append((p, rows, None, score, count, closest, paired.astype(bool)))
+        parts.append((p, rows, skipped.astype(bool), score, count, closest, paired.astype(bool)))
     pool_size = int(first_attrs["pool_size"])
     rows = np.concatenate([x[1] for x in parts])
     owner = np.concatenate([np.full(len(x[1]), i) for i, x in enumerate(parts)])
@@ -140,8 +148,9 @@ def load_scores(paths: list[str]) -> MergedScores:
     count = np.concatenate([x[4] for x in parts])[order]
     closest = None if any(x[5] is None for x in parts) else np.concatenate([x[5] for x in parts])[order]
     paired = np.concatenate([x[6] for x in parts])[order]
+    skipped = np.concatenate([x[2] for x in parts])[order]
     return MergedScores(rows_sorted, score, count, first_attrs, [x[0] for x in parts], owner[order], local,
-                        closest, paired)
+                        closest, paired, skipped)
 
 
 def top_b(score: np.ndarray, budget: int) -> np.ndarray:
@@ -232,10 +241,11 @@ def select_coreset(pool_store: Store, paired_store: Store, select: str, budget: 
 
 def save_selection(out: str, sel: Selection, csv_path: str | None = None, inputs: tuple = (),
                    created_by: str | None = None, labelstudio: str | None = None,
-                   image_url_prefix: str | None = None) -> None:
+                   image_url_prefix: str | None = None, document_root: str | None = None,
+                   page: tuple[str, str] | None = None) -> None:
     """Write the selection file and, optionally, a CSV (`rank,id,row,score`, then `path` where the pool
-    records an image_root, then the score's named parts) and a Label Studio import file; all or none
-    (each atomically, the HDF5 file last)."""
+    records an image_root, then the score's named parts), a Label Studio import file and the batch page
+    (`page`: its path and its HTML, alsel.page); all or none (each atomically, the HDF5 file last)."""
     from .annotation import image_path, labelstudio_tasks
     from .figures import csv_value
 
@@ -243,11 +253,15 @@ def save_selection(out: str, sel: Selection, csv_path: str | None = None, inputs
     root = str(sel.attrs.get("image_root", "")) or None
     with contextlib.ExitStack() as stack:
         if labelstudio is not None:
-            tasks = labelstudio_tasks(sel.ids, sel.score, root, image_url_prefix)
+            tasks = labelstudio_tasks(sel.ids, sel.score, root, image_url_prefix, document_root)
             tmp_ls = stack.enter_context(atomic_path(labelstudio, inputs))
             with open(tmp_ls, "w", encoding="utf-8") as fh:
                 json.dump(tasks, fh, indent=1, ensure_ascii=False)
                 fh.write("\n")
+        if page is not None:
+            tmp_page = stack.enter_context(atomic_path(page[0], inputs))
+            with open(tmp_page, "w", encoding="utf-8") as fh:
+                fh.write(page[1])
         if csv_path is not None:
             names = list(sel.parts)
             tmp_csv = stack.enter_context(atomic_path(csv_path, inputs))

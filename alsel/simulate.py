@@ -147,6 +147,7 @@ class Oracle:
             self.text_ids = st.ids("texts")
             self.text_image = st.text_image.copy()
             self.image_labels, self.text_labels = st.labels("images"), st.labels("texts")
+            self.text_strings = st.text_strings()  # the captions' text, carried into every round's stores
             self.model, self.pretrained = st.model, str(st.attrs.get("pretrained", ""))
         self.image_row = {x: r for r, x in enumerate(self.image_ids)}
         self.text_row = {x: r for r, x in enumerate(self.text_ids)}
@@ -169,6 +170,8 @@ class Oracle:
                 kw.update(image_labels=self.image_labels[image_rows])
         if texts:
             kw.update(texts=self.texts[text_rows], text_ids=self.text_ids[text_rows], text_image=ti)
+            if self.text_strings is not None:
+                kw.update(text_strings=self.text_strings[text_rows])
             if self.text_labels is not None and labels:
                 kw.update(text_labels=self.text_labels[text_rows])
         write_store(out, model=self.model, pretrained=self.pretrained, created_by="alsel simulate", **kw)

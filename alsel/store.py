@@ -425,6 +425,32 @@ class Store:
         ds = dataset(self.file, f"/{group}/labels", self.path, ndim=2, length=emb.n)
         return check_labels(ds[:], self.path, f"/{group}/labels", emb.n)
 
+    @property
+    def has_text(self) -> bool:
+        """Whether the store holds caption strings (/texts/text)."""
+        return self.texts is not None and "text" in self.file["texts"]
+
+    def text_strings(self, rows: np.ndarray | None = None) -> np.ndarray | None:
+        """/texts/text (the caption strings, SPEC §8) of `rows` (all when None) as Python str, or None
+        when the store holds no text (made from bare arrays)."""
+        if not self.has_text:
+            return None
+        ds = dataset(self.file, "/texts/text", self.path, ndim=1, kind="S", length=self.texts.n)
+        if rows is None:
+            return read_ids(ds, self.path)
+        return read_ids_at(ds, self.path, np.asarray(rows, dtype=np.int64))
+
+    def flags(self, group: str, name: str) -> np.ndarray:
+        """A per-row 0/1 dataset of a group (e.g. /images/skipped) as bool; all False when absent."""
+        emb = getattr(self, group)
+        if emb is None or name not in self.file[group]:
+            return np.zeros(0 if emb is None else emb.n, dtype=bool)
+        ds = dataset(self.file, f"/{group}/{name}", self.path, ndim=1, kind="i", length=emb.n)
+        values = np.asarray(ds[:])
+        if not np.isin(values, (0, 1)).all():
+            raise AlselError(f"{self.path}: /{group}/{name} holds values other than 0 and 1")
+        return values.astype(bool)
+
     def ids_at(self, group: str, rows: np.ndarray) -> np.ndarray:
         """Ids of the given rows (any order), reading only those rows."""
         if group in self._ids:
@@ -836,7 +862,7 @@ def write_h5(out: str | os.PathLike, kind: str, datasets: dict, attrs: dict | No
 def write_store(out: str | os.PathLike, *, images: np.ndarray | None = None, image_ids=None,
                 texts: np.ndarray | None = None, text_ids=None, text_image: np.ndarray | None = None,
                 image_labels: np.ndarray | None = None, text_labels: np.ndarray | None = None,
-                model: str, pretrained: str, dtype: str | np.dtype | None = None,
+                text_strings=None, model: str, pretrained: str, dtype: str | np.dtype | None = None,
                 extra: dict | None = None, inputs: tuple = (), created_by: str | None = None) -> None:
     """Write an embedding store atomically from in-memory arrays (rows must already be unit length).
 
@@ -850,6 +876,8 @@ def write_store(out: str | os.PathLike, *, images: np.ndarray | None = None, ima
             w.add_group("texts", len(texts), texts.shape[1], dtype or texts.dtype,
                         text_image=text_image if text_image is not None else np.full(len(texts), -1))
             w.write("texts", 0, texts, text_ids)
+            if text_strings is not None:
+                w.add_text(text_strings)
         for group, labels in (("images", image_labels), ("texts", text_labels)):
             if labels is not None:
                 w.add_labels(group, labels)
@@ -917,6 +945,20 @@ class StoreWriter:
         """Optional multi-hot class labels (SPEC §1): uint8 (N, C) of 0/1."""
         labels = check_labels(np.asarray(labels), self.out, f"/{group}/labels", self.f[group]["emb"].shape[0])
         self.f[group].create_dataset("labels", data=labels)
+
+    def add_text(self, strings) -> None:
+        """The caption strings of /texts (SPEC §8): one UTF-8 string per text row."""
+        n = self.f["texts"]["emb"].shape[0]
+        strings = ["" if x is None else str(x) for x in strings]
+        if len(strings) != n:
+            raise AlselError(f"{self.out}: {len(strings)} caption strings for {n} texts")
+        self.f["texts"].create_dataset("text", data=np.asarray(strings, dtype=object), dtype=STR_DTYPE)
+
+    def add_flags(self, group: str, name: str, flags) -> None:
+        """A per-row 0/1 uint8 dataset of a group (e.g. /images/skipped), written only when a flag is set."""
+        flags = np.asarray(flags, dtype=bool)
+        if flags.any():
+            self.f[group].create_dataset(name, data=flags.astype(np.uint8))
 
     def put(self, name: str, arr) -> None:
         """Any extra dataset (strings stored as UTF-8)."""

@@ -108,9 +108,10 @@ def test_merge_errors(world, tmp_path, run_cli):
     args = ["merge", "--paired", world["paired"], "--unpaired", world["pool_images"], "--selection", sel_path,
             "--out-paired", tmp_path / "p2.h5", "--out-pool", tmp_path / "u2.h5"]
     out = tmp_path / "p2.h5"
-    assert_bad_input(run_cli(*args, "--annotations", ann_some), "some.h5", f"selected image {sel.ids[4]!r}",
-                     "no annotation", out=out)
+    assert_bad_input(run_cli(*args, "--annotations", ann_some, "--skipped", "error"), "some.h5",
+                     "1 of 5 selected images have no caption", repr(sel.ids[4]), "--skipped error", out=out)
     assert not (tmp_path / "u2.h5").exists()
+    assert_bad_input(run_cli(*args, "--annotations", ann_some, "--skipped", "later"), "--skipped", out=out)
     assert_bad_input(run_cli(*args, "--annotations", world["oracle"]), "oracle.h5", "not selected",
                      "--ignore-extra", out=out)
     code, _, err = run_cli(*args, "--annotations", world["oracle"], "--ignore-extra")

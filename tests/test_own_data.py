@@ -90,8 +90,21 @@ def test_select_names_files_and_writes_label_studio_tasks(photos, run_cli):
         assert len(r["score"].replace(".", "").lstrip("0")) <= 7  # 6 significant digits
     tasks = json.loads((d / "tasks.json").read_text())
     assert [t["data"]["id"] for t in tasks] == [r["id"] for r in rows]
-    assert [t["data"]["image"] for t in tasks] == [r["path"] for r in rows]
+    # Label Studio's local-files URLs, relative to the folder above the photos (its default document root)
+    assert [t["data"]["image"] for t in tasks] == ["/data/local-files/?d=photos/" + r["id"] for r in rows]
     assert [t["data"]["rank"] for t in tasks] == [1, 2, 3]
+    code, _, err = run_cli("select", "--paired", d / "paired.h5", "--unpaired", d / "pool.h5", "--budget", 3,
+                           "--out", d / "sel3.h5", "--labelstudio", d / "tasks3.json", "--document-root", d.parent)
+    assert code == 0, err
+    tasks3 = json.loads((d / "tasks3.json").read_text())
+    assert [t["data"]["image"] for t in tasks3] == [f"/data/local-files/?d={d.name}/photos/{r['id']}" for r in rows]
+    assert_bad_input(run_cli("select", "--paired", d / "paired.h5", "--unpaired", d / "pool.h5", "--budget", 3,
+                             "--out", d / "sel4.h5", "--labelstudio", d / "tasks4.json", "--document-root",
+                             d / "photos"), "document root", "folder above", out=d / "sel4.h5")
+    assert_bad_input(run_cli("select", "--paired", d / "paired.h5", "--unpaired", d / "pool.h5", "--budget", 3,
+                             "--out", d / "sel4.h5", "--labelstudio", d / "tasks4.json", "--document-root",
+                             d / "elsewhere"), "is not under the Label Studio document root", out=d / "sel4.h5")
+    assert not (d / "tasks4.json").exists()
     code, _, err = run_cli("select", "--paired", d / "paired.h5", "--unpaired", d / "pool.h5", "--budget", 3,
                            "--out", d / "sel2.h5", "--labelstudio", d / "tasks2.json",
                            "--image-url-prefix", "/data/local-files/?d=photos/")
@@ -181,11 +194,18 @@ def test_merge_captions_errors(photos, run_cli):
     d, _ = photos
     ids = _selected(d, run_cli)
     write_captions(d / "short.csv", [(i, "c") for i in ids[:2]], header=("id", "text"))
-    assert_bad_input(run_cli(*merge_args(d, d / "short.csv", "a")), "short.csv", repr(ids[2]), "no caption",
-                     out=d / "p_a.h5")
+    assert_bad_input(run_cli(*merge_args(d, d / "short.csv", "a"), "--skipped", "error"), "short.csv", repr(ids[2]),
+                     "no caption", out=d / "p_a.h5")
     write_captions(d / "extra.csv", [(i, "c") for i in ids] + [("not-selected.png", "c")], header=("id", "text"))
     assert_bad_input(run_cli(*merge_args(d, d / "extra.csv", "b")), "extra.csv", "--ignore-extra", out=d / "p_b.h5")
     assert run_cli(*merge_args(d, d / "extra.csv", "b"), "--ignore-extra")[0] == 0
+    # a wrong id (the file name without its subfolder) and the selected photo it meant: reported together
+    sub = next((i for i in ids if "/" in i), None)
+    if sub is not None:
+        write_captions(d / "base.csv", [(i if i != sub else i.split("/")[-1], "c") for i in ids], header=("id", "text"))
+        assert_bad_input(run_cli(*merge_args(d, d / "base.csv", "f")), "base.csv", repr(sub.split("/")[-1]),
+                         f"did you mean {sub!r}", "1 selected images have no caption", "--ignore-extra",
+                         out=d / "p_f.h5")
     write_captions(d / "nocol.csv", [(i,) for i in ids], header=("id",))
     assert_bad_input(run_cli(*merge_args(d, d / "nocol.csv", "c")), "nocol.csv", "text", out=d / "p_c.h5")
     (d / "bad.json").write_text('{"not": "a list"}')

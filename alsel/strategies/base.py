@@ -163,6 +163,7 @@ class Context:
         self.attrs: dict = {}
         self.selectable = np.ones(self.pool.n, dtype=bool)
         self.left_out = 0
+        self.skipped = 0  # rows left out because annotators skipped them
 
     @property
     def device(self) -> torch.device:
@@ -188,7 +189,13 @@ class Context:
     def leave_out(self, mask: np.ndarray) -> None:
         """Rows that may not be chosen (already paired)."""
         self.selectable &= ~mask
-        self.left_out = int((~self.selectable).sum())
+        self.left_out = int((~self.selectable).sum()) - self.skipped
+
+    def leave_out_skipped(self, mask: np.ndarray) -> None:
+        """Rows annotators skipped in an earlier round (SPEC §8): never chosen again."""
+        new = mask & self.selectable
+        self.selectable &= ~mask
+        self.skipped += int(new.sum())
 
     def paired_points(self) -> np.ndarray:
         """The paired store's items of the selected side, in the current space (float32 unit rows)."""
@@ -252,6 +259,11 @@ class Strategy:
     def allocate(self, ctx: Context, gain) -> Allocation:
         """B rows among ctx.selectable from the gains."""
         raise NotImplementedError
+
+    def reason(self, score: float, parts: dict, attrs: dict) -> str:
+        """Why an item with this score (and named parts) was chosen, in words (the batch page, SPEC §8);
+        `attrs` are the selection's attributes."""
+        return f"chosen by {self.name}" + ("" if score != score else f" (score {score:.4g})")
 
     # the parts below are shared by every strategy
 
@@ -406,13 +418,18 @@ def select(spec: str, inputs: Inputs, where: str = "--strategy", strict: bool = 
     opts = strategy.prepare(inputs, opts, explicit)
     strategy.check(inputs, opts, where)
     ctx = Context(strategy, inputs, opts, explicit)
-    if inputs.paired is not None and hasattr(inputs.pool, "file"):
-        ctx.leave_out(already_paired_rows(inputs.pool, opts.select, inputs.paired))
-    check_budget(inputs.budget, int(ctx.selectable.sum()), inputs.pool.path, ctx.left_out)
+    if hasattr(inputs.pool, "file"):
+        ctx.leave_out_skipped(inputs.pool.flags(opts.select, "skipped"))
+        if inputs.paired is not None:
+            ctx.leave_out(already_paired_rows(inputs.pool, opts.select, inputs.paired))
+    check_budget(inputs.budget, int(ctx.selectable.sum()), inputs.pool.path, ctx.left_out, ctx.skipped)
     gain = strategy.gain(ctx)
-    check_budget(inputs.budget, int(ctx.selectable.sum()), inputs.pool.path, ctx.left_out)
+    check_budget(inputs.budget, int(ctx.selectable.sum()), inputs.pool.path, ctx.left_out, ctx.skipped)
     if ctx.left_out:
         ctx.notes.append(f"{ctx.left_out} pool items are already paired and were left out")
+    if ctx.skipped:
+        ctx.notes.append(f"{ctx.skipped} pool items were skipped by annotators in an earlier round and were "
+                         f"left out")
     alloc = strategy.allocate(ctx, gain)
     name = strategy.canonical(ctx.opts)
     rows = np.asarray(alloc.rows, dtype=np.int64)
@@ -428,7 +445,7 @@ def select(spec: str, inputs: Inputs, where: str = "--strategy", strict: bool = 
     attrs.update(strategy=name, budget=inputs.budget, seed=inputs.seed, select=ctx.opts.select,
                  pool_size=ctx.pool.n, pool_fingerprint=inputs.pool.fingerprint(ctx.opts.select),
                  model=inputs.pool.model, head=head.fingerprint() if head is not None else "none",
-                 paired_left_out=ctx.left_out, fill=f"{alloc.fill} {alloc.fill_rule or 'none'}",
+                 paired_left_out=ctx.left_out, skipped_left_out=ctx.skipped, fill=f"{alloc.fill} {alloc.fill_rule or 'none'}",
                  fill_count=int(alloc.fill), fill_rule=alloc.fill_rule or "none")
     root = str(getattr(inputs.pool, "attrs", {}).get("image_root", "")) if ctx.opts.select == "images" else ""
     if root:  # the pool's images are files under this folder: selection CSVs get a path column

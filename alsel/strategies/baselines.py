@@ -23,6 +23,9 @@ class Random(Strategy):
         rows = np.random.default_rng(ctx.inputs.seed).choice(cand, size=ctx.budget, replace=False)
         return Allocation(rows.astype(np.int64), np.full(ctx.budget, np.nan, np.float32))
 
+    def reason(self, score, parts, attrs):
+        return f"drawn uniformly at random (seed {attrs.get('seed', 0)})"
+
 
 class CoreSet(Strategy):
     """coreset: k-center greedy from the paired items (Sener & Savarese, ICLR 2018)."""
@@ -42,6 +45,10 @@ class CoreSet(Strategy):
                                     lambda k: ctx.progress("core-set", k, ctx.budget), transform,
                                     exclude=~ctx.selectable)
         return Allocation(rows, dist)
+
+    def reason(self, score, parts, attrs):
+        return (f"far from everything captioned: distance {score:.3f} to the nearest captioned (or already "
+                f"chosen) item when it was picked")
 
 
 register(Random())

@@ -116,6 +116,8 @@ def _from_files(ctx: Context, merged: MergedScores) -> HnGain:
     if ctx.head is not None and str(merged.attrs.get("head", "none")) != head:
         raise AlselError(f"{path}: the scores were computed with another head than --head")
     ctx.leave_out(merged.paired)
+    if merged.skipped is not None and merged.skipped.any():
+        ctx.leave_out_skipped(merged.skipped)
     ctx.attrs.update({k: merged.attrs[k] for k in ("paired_fingerprint", "thresholds_fingerprint", "weight")
                       if k in merged.attrs})
     return HnGain(merged.score, merged.closest, merged)
@@ -186,6 +188,15 @@ class HardNegatives(Strategy):
     def allocate(self, ctx: Context, g: HnGain) -> Allocation:
         return positives_then_fill(ctx, g)
 
+    def reason(self, score, parts, attrs):
+        if not score > 0:
+            return (f"fill ({attrs.get('fill_rule', 'random')}): not a hard negative of any caption; chosen to "
+                    f"complete the batch")
+        if attrs.get("weight") == "counting":
+            return f"hard negative: scores above the threshold ξ of {score:.0f} captions it does not belong to"
+        return (f"hard negative: above the threshold ξ of captions it does not belong to, by {score:.3g} in all "
+                f"(surplus)")
+
 
 class HardNegativesDensity(HardNegatives):
     """hn-density: hn's gains into the density-aware allocation over k-means clusters of the pool."""
@@ -217,6 +228,10 @@ class HardNegativesDensity(HardNegatives):
         rows = density_select(gain, assign, ctx.budget, lam, opts.density_mix, fill_rank(ctx, g), ctx.selectable)
         ctx.attrs["clusters_used"] = int(assign.max()) + 1
         return _allocation(ctx, g, rows)
+
+    def reason(self, score, parts, attrs):
+        base = super().reason(score, parts, attrs)
+        return base if not score > 0 else base + "; the hardest of its region of the pool (one k-means cluster)"
 
 
 register(HardNegatives())

@@ -24,6 +24,10 @@ class LabelStrategy(Strategy):
                                     config, ctx.device, ctx.selectable)
         return Allocation(rows, g[rows], parts={k: info[k][rows] for k in ("intra", "inter")})
 
+    def reason(self, score, parts, attrs):
+        terms = ", ".join(f"{k} {v:.3g}" for k, v in parts.items())
+        return f"uncertain for the probabilistic head: informativeness {score:.3g}" + (f" ({terms})" if terms else "")
+
 
 def label_strategy(name: str, options: tuple, summary: str) -> LabelStrategy:
     """A registered member of the ASCMR family: its name, the options it reads and its summary."""

@@ -189,5 +189,10 @@ class ProbCover(Strategy):
         return Allocation(np.array(rows, np.int64), np.array(score, np.float32), fill=fill,
                           fill_rule="random" if fill else "")
 
+    def reason(self, score, parts, attrs):
+        if not score > 0:
+            return "fill (random): everything was covered already"
+        return f"its ball of radius δ holds {score:.0f} items no captioned or chosen item covers yet"
+
 
 register(ProbCover())

@@ -110,5 +110,9 @@ class TypiClust(Strategy):
         ctx.attrs["clusters_used"] = k
         return Allocation(np.array(rows, np.int64), np.array(score, np.float32))
 
+    def reason(self, score, parts, attrs):
+        return (f"the most typical item (typicality {score:.3g}: 1 / mean distance to its 20 nearest neighbours) "
+                f"of the least covered cluster")
+
 
 register(TypiClust())
