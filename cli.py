@@ -193,15 +193,15 @@ def with_strategy_options(exclude: tuple = ()):
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr (errors and notes still).")]
 
 
-def command(name: str | None = None):
-    """app.command with the options every command shares (--quiet)."""
+def command(name: str | None = None, on: typer.Typer | None = None):
+    """app.command (or a sub-app's) with the options every command shares (--quiet)."""
     quiet = inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=QuietOpt)
 
     def run(f, kw, extra):
         _QUIET["on"] = extra["quiet"]
         return f(**kw)
 
-    return lambda fn: app.command(name)(extend_command(fn, [quiet], run))
+    return lambda fn: (on or app).command(name)(extend_command(fn, [quiet], run))
 
 
 def threshold_params(select, top_k, batch, batch_size, margin, form, seed) -> thresholds.ThresholdParams:
@@ -1063,6 +1063,73 @@ def merge_cmd(
     out_console.print(f"wrote {out_paired}: {counts['paired_images']} images, {counts['paired_texts']} texts "
                       f"(+{counts['new_images']} images, +{counts['new_texts']} texts); {out_pool}: "
                       f"{counts['pool']} {what if what == 'items' else 'items'} left{skipped_part}")
+
+
+labelstudio_app = typer.Typer(no_args_is_help=True, help=(
+    "Label Studio over its REST API: push a batch as captioning tasks (project, local-files storage, import), "
+    "pull the annotations back for `alsel merge --captions`."))
+app.add_typer(labelstudio_app, name="labelstudio")
+LsUrl = Annotated[str, typer.Option("--url", envvar="LABEL_STUDIO_URL", help="Label Studio's address.")]
+LsToken = Annotated[Optional[str], typer.Option("--token", envvar="LABEL_STUDIO_API_KEY", show_default=False, help=(
+    "API token (Account & Settings: a personal access token or a legacy token); better in LABEL_STUDIO_API_KEY "
+    "than on the command line."))]
+LsProject = Annotated[str, typer.Option("--project", help="Project title (or id).")]
+
+
+@command("push", on=labelstudio_app)
+def labelstudio_push(
+    selection_path: Annotated[str, typer.Option("--selection", show_default=False, help=(
+        "A selection of photos (alsel select on a pool made by alsel embed from a folder)."))],
+    url: LsUrl = "http://localhost:8080", token: LsToken = None, project: LsProject = "alsel captions",
+    document_root: Annotated[Optional[str], typer.Option("--document-root", show_default=(
+        "$LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, else the folder above the photos"), help=(
+        "Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT."))] = None,
+    as_json: JsonOpt = False,
+):
+    """Push a batch to Label Studio: create (or reuse) the captioning project, attach the photo folder as a
+    local-files storage (not synced), check every photo is served, import the tasks (none twice).
+
+    Example: alsel labelstudio push --selection batch.h5 --url http://localhost:8080 --project "alsel captions"
+    """
+    from alsel import labelstudio as ls
+
+    sel = selection.read_selection(selection_path)
+    t0 = time.perf_counter()
+    r = ls.push(ls.LabelStudio(url, token), sel, project, document_root)
+    if as_json:
+        print_json({"project": r.project, "title": r.title, "imported": r.imported, "already_there": r.already,
+                    "photos_served": r.photos_served, "storage": r.storage, "storage_created": r.storage_created,
+                    "open": r.url, "seconds": figures.seconds(time.perf_counter() - t0)})
+        return
+    again = f" ({r.already} were there already)" if r.already else ""
+    storage = "attached" if r.storage_created else "already attached"
+    out_console.print(f"pushed {r.imported} tasks to project {r.project} {r.title!r}{again}; all "
+                      f"{r.photos_served} photos are served (local-files storage {r.storage}, {storage}, not "
+                      f"synced); caption them at {r.url}")
+
+
+@command("pull", on=labelstudio_app)
+def labelstudio_pull(
+    out: Annotated[str, typer.Option("--out", show_default=False, help="The JSON export (written atomically).")],
+    url: LsUrl = "http://localhost:8080", token: LsToken = None, project: LsProject = "alsel captions",
+    as_json: JsonOpt = False,
+):
+    """Pull the project's JSON export (every task, every annotation), the file `alsel merge --captions` reads.
+
+    Example: alsel labelstudio pull --project "alsel captions" --out export.json
+    """
+    from alsel import labelstudio as ls
+
+    store.check_output(out)
+    payload, counts = ls.pull(ls.LabelStudio(url, token), project)
+    with store.atomic_path(out) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(payload)
+    if as_json:
+        print_json({"wrote": out, **counts})
+        return
+    out_console.print(f"wrote {out}: project {counts['project']} {counts['title']!r}, {counts['tasks']} tasks, "
+                      f"{counts['annotated']} with captions, {counts['cancelled']} skipped (cancelled)")
 
 
 @command()
