@@ -3,10 +3,12 @@
 #
 #   bash examples/own_data.sh start PHOTOS_DIR CAPTIONS.csv WORK [BUDGET]
 #       embeds the folder (photos named in CAPTIONS.csv become the paired store, the rest the pool) and
-#       chooses BUDGET photos (default 25): WORK/round1/to_caption.csv (rank,id,row,score,path) and
-#       WORK/round1/tasks.json (a Label Studio import file).
+#       chooses BUDGET photos (default 25): WORK/round1/to_caption.csv (rank,id,row,score,path),
+#       WORK/round1/batch.html (the batch as thumbnails, to look at) and WORK/round1/tasks.json (a Label
+#       Studio import file; or `alsel labelstudio push --selection WORK/round1/selection.h5`).
 #   caption them: by hand into a CSV with columns id,text (one row per caption, id as in to_caption.csv),
-#       or in Label Studio (import tasks.json into an image-captioning project, export as JSON).
+#       or in Label Studio (export as JSON, or `alsel labelstudio pull --out export.json`). A photo left
+#       without a caption is skipped: it stays in the pool and is never chosen again.
 #   bash examples/own_data.sh next WORK NEW_CAPTIONS.csv|export.json
 #       merges the new captions (only they are embedded) and chooses the next batch in WORK/roundN+1.
 #
@@ -16,10 +18,10 @@
 set -euo pipefail
 
 usage() { sed -n '2,16p' "$0" >&2; exit 2; }
-choose() {  # choose ROUND_DIR BUDGET: the next batch (core-set: the strategy the README recommends)
+choose() {  # choose ROUND_DIR BUDGET: the next batch (select's default strategy, the one the README recommends)
   alsel select --paired "$1/paired.h5" --unpaired "$1/pool.h5" --budget "$2" --out "$1/selection.h5" \
-    --csv "$1/to_caption.csv" --labelstudio "$1/tasks.json"
-  echo "caption the photos listed in $1/to_caption.csv (or import $1/tasks.json into Label Studio)"
+    --csv "$1/to_caption.csv" --labelstudio "$1/tasks.json" --html "$1/batch.html"
+  echo "caption the photos listed in $1/to_caption.csv (see $1/batch.html; or push $1/selection.h5 to Label Studio)"
 }
 
 case ${1:-} in

@@ -40,16 +40,43 @@ def test_quickstart_runs_offline(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "top of the selection" in r.stdout and "rank,id,row,score" in r.stdout
     assert len((tmp_path / "qs" / "selection.csv").read_text().splitlines()) == 21
+    assert (tmp_path / "qs" / "selection.html").exists()
+    assert "coreset" in r.stdout  # it ends with the recommended strategy (the default of select)
 
 
 def readme_text():
     return open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
 
 
+def doc_text(name):
+    return open(os.path.join(ROOT, "docs", name), encoding="utf-8").read()
+
+
+def test_readme_is_short_and_its_links_resolve():
+    import re
+
+    text = readme_text()
+    assert len(text.splitlines()) <= 250
+    for page in ["README.md", *sorted(os.listdir(os.path.join(ROOT, "docs")))]:
+        where = ROOT if page == "README.md" else os.path.join(ROOT, "docs")
+        body = open(os.path.join(where, page), encoding="utf-8").read()
+        for link in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", body):
+            if not link.startswith("http"):
+                assert os.path.exists(os.path.join(where, link)), (page, link)
+    for name in os.listdir(os.path.join(ROOT, "docs")):  # every doc is in the index
+        assert name == "README.md" or f"({name})" in doc_text("README.md"), name
+
+
+def test_the_documented_labeling_config_is_the_one_push_uses():
+    from alsel.labelstudio import LABEL_CONFIG
+
+    assert f"```xml\n{LABEL_CONFIG}\n```" in doc_text("annotation.md")
+
+
 def test_the_strategy_table_matches_alsel_strategies():
     from alsel import strategies
 
-    lines = readme_text().splitlines()
+    lines = doc_text("strategies.md").splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("<!-- strategies table"))
     rows = []
     for line in lines[start + 3:]:
@@ -64,16 +91,16 @@ def test_the_strategy_table_matches_alsel_strategies():
 
 
 def test_the_readme_strategy_example_runs(tmp_path):
-    """The 'Adding a strategy' example registers a strategy that select then runs."""
+    """The 'Adding a strategy' example (docs/strategies.md) registers a strategy that select then runs."""
     from alsel import strategies
     from alsel.store import open_store
     from alsel.synth import synth_stores
 
-    text = readme_text()
+    text = doc_text("strategies.md")
     start = text.index("# mystrategy.py")
     code = text[start:text.index("```", start)]
     try:
-        exec(compile(code, "README.md", "exec"), {})
+        exec(compile(code, "docs/strategies.md", "exec"), {})
         w = synth_stores(str(tmp_path / "w"), images=200, captions=2, classes=5, dim=16, seed=0)
         with open_store(w["paired"], need="paired") as p, open_store(w["pool_images"]) as u:
             sel = strategies.select("farthest", strategies.Inputs(pool=u, paired=p, budget=5))
