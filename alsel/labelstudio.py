@@ -120,13 +120,16 @@ class LabelStudio:
         return self.request("POST", "/api/projects", {"title": name, "label_config": LABEL_CONFIG})
 
     def tasks(self, project: int) -> list[dict]:
+        """Every task of the project (all pages)."""
         return self._pages(f"/api/tasks?project={project}", key="tasks")
 
     def storages(self, project: int) -> list[dict]:
+        """The project's local-files storages."""
         doc = self.request("GET", f"/api/storages/localfiles?project={project}")
         return doc if isinstance(doc, list) else doc.get("results", [])
 
     def export(self, project: int) -> bytes:
+        """The project's JSON export with every task (annotated or not)."""
         return self.request("GET", f"/api/projects/{project}/export?exportType=JSON&download_all_tasks=true",
                             raw=True)
 

@@ -50,6 +50,7 @@ def merge(paired_path: str, pool_path: str, selection_path: str, annotations_pat
 
 
 def check_skipped_policy(skipped: str) -> None:
+    """--skipped keep (skipped items stay in the pool, flagged) or error (the strict rule)."""
     if skipped not in SKIPPED:
         raise AlselError(f"--skipped {skipped!r}: expected keep or error")
 

@@ -206,7 +206,7 @@ COMMANDS = ["synth", "import", "embed", "info", "threshold", "score", "select", 
 # options that name an optional input or output file (absent unless given): no default to show
 OPTIONAL_FILES = {"images", "texts", "text_image", "image_labels", "text_labels", "clip_retrieval", "captions",
                   "model_config", "pool_out", "head", "thresholds_path", "scores", "paired", "unpaired", "csv",
-                  "labelstudio", "image_url_prefix", "val", "annotations"}
+                  "labelstudio", "image_url_prefix", "val", "annotations", "html_page", "texts_text"}
 
 
 @pytest.mark.parametrize("name", COMMANDS)
