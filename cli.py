@@ -22,6 +22,7 @@ except ValueError:  # imported outside the main thread
     _STARTUP_HANDLERS = {}
 
 import contextlib  # noqa: E402
+import dataclasses  # noqa: E402
 import functools  # noqa: E402
 import inspect  # noqa: E402
 import json  # noqa: E402
@@ -116,6 +117,9 @@ ValSplitOpt = Annotated[float, typer.Option("--val-split", help="Fraction of the
 AnchorOpt = Annotated[Optional[float], typer.Option("--anchor", show_default=False, help=(
     "Pull toward the initial map (L2-SP, in pairs' worth). (default: from identity, 0 or 50, chosen on the "
     "held-out split; 0 from random)"))]
+LearnerOpt = Annotated[str, typer.Option("--learner", help=(
+    "linear: one linear map per modality; mlp: a residual MLP per modality after it (starts at the same "
+    "map; same training rule)."))]
 PatienceOpt = Annotated[int, typer.Option(help="Epochs without a better validation MRR before stopping.")]
 HeadBatch = Annotated[int, typer.Option("--batch-size", help="Pairs per training step.")]
 LrOpt = Annotated[float, typer.Option(help="Adam learning rate.")]
@@ -747,6 +751,8 @@ def select_cmd(
     image_url_prefix: Annotated[Optional[str], typer.Option("--image-url-prefix", show_default=False, help=(
         "--labelstudio: data.image = this prefix + id, for another image server, instead of the local-files "
         "URL."))] = None,
+    advice: Annotated[Optional[str], typer.Option("--advice", show_default=False, help=(
+        "--strategy auto: the advice file of `alsel advise` for these stores and budget (else advised here)."))] = None,
     html_page: Annotated[Optional[str], typer.Option("--html", show_default=False, help=(
         "Also write the batch as one self-contained HTML page: thumbnails in rank order with the reason for "
         "each, a PCA map of paired, pool and batch, the fill share."))] = None,
@@ -764,6 +770,8 @@ def select_cmd(
               alsel select --strategy typiclust --paired p.h5 --unpaired u.h5 --budget 100 --out sel.h5
     """
     spec = strategy or strategies.default_for(scores)
+    if advice is not None and spec != "auto":
+        raise AlselError("--advice goes with --strategy auto")
     if html_page is not None and unpaired is None:
         raise AlselError("--html: give the pool (--unpaired POOL.h5): the page shows its photos and maps it")
     for o in (out, csv, labelstudio, html_page):
@@ -790,7 +798,19 @@ def select_cmd(
                 phases[what](k)
 
             inputs.progress = progress
+            auto = None
+            if spec == "auto":
+                from alsel.advise import choose_auto
+
+                if pst is None or pool is None:
+                    raise AlselError("--strategy auto: needs --paired and --unpaired (advice is measured on them)")
+                say = reporter.task("select: advise", None, "evaluations")
+                spec, auto = choose_auto(pst, pool, budget, advice_path=advice, has_head=head_model is not None,
+                                         progress=lambda msg: say(1))
             sel = strategies.select(spec, inputs, **strategy_options)
+            if auto is not None:
+                sel.attrs.update(auto=1, auto_advice=str(auto["confidence"]))
+                sel.notes.append(f"auto chose {sel.attrs['strategy']}: {auto['confidence']}")
         page = None
         if html_page is not None:
             from alsel.page import page_html
@@ -806,7 +826,8 @@ def select_cmd(
 
         root = sel.attrs.get("image_root")
         print_json({"wrote": out, "kind": "selection", "csv": csv, "labelstudio": labelstudio, "html": html_page,
-                    "strategy": sel.attrs["strategy"], "budget": int(sel.attrs["budget"]),
+                    "strategy": sel.attrs["strategy"], "auto": sel.attrs.get("auto_advice"),
+                    "budget": int(sel.attrs["budget"]),
                     "fill_count": int(sel.attrs["fill_count"]), "fill_rule": sel.attrs["fill_rule"],
                     "paired_left_out": int(sel.attrs.get("paired_left_out", 0)),
                     "selected": [{"rank": r + 1, "id": str(i), "row": int(row),
@@ -834,6 +855,59 @@ def strategies_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print o
     for r in rows:
         table.add_row(r["name"], "; ".join(r["needs"]), " ".join(r["options"]), r["summary"], r["paper"])
     out_console.print(table)
+
+
+@command("advise")
+def advise_cmd(
+    paired: Paired, unpaired: Unpaired,
+    budget: Annotated[int, typer.Option(help="Items you will annotate next (B).", show_default=False)],
+    out: Annotated[str, typer.Option("--out", help="The advice file (JSON; select --strategy auto --advice reads "
+                                                   "it).", show_default=False)],
+    rounds: Annotated[int, typer.Option(help="Rounds simulated on each split.")] = 1,
+    strategy_list: Annotated[Optional[str], typer.Option("--strategies", show_default=False, help=(
+        "Comma list of candidate strategies (random is the baseline) [default: coreset, typiclust, probcover, "
+        "hn, hn-density, schedule, hn-learnability]."))] = None,
+    splits: Annotated[int, typer.Option(help="Splits of the paired store (the standard error is over them).")] = 6,
+    max_pairs: Annotated[int, typer.Option("--max-pairs", help="At most this many paired images are used (a "
+                                                                 "seeded sample): a cap on the cost.")] = 2000,
+    init: InitOpt = "identity", learner: LearnerOpt = "linear",
+    seed: Annotated[int, typer.Option(help="Seed of the splits, the heads and the selections.")] = 0,
+    device: Device = DeviceName.auto, chunk_size: ChunkSize = None, as_json: JsonOpt = False,
+):
+    """Which strategy to use on your data: each candidate's gain over random at this budget, measured by
+    self-simulation on splits of the paired store (a start, a pseudo-pool whose captions are known, a
+    held-out test), with the learner `train` uses; one recommendation, or none when no strategy is reliably
+    ahead of random.
+
+    Example: alsel advise --paired paired.h5 --unpaired pool.h5 --budget 25 --out advice.json
+    """
+    from alsel.advise import CANDIDATES, AdviceConfig, advise, save_advice
+
+    store.check_output(out, (paired, unpaired))
+    head_cfg = heads.TrainConfig(init=init, learner=learner)
+    candidates = tuple(s.strip() for s in strategy_list.split(",") if s.strip()) if strategy_list else CANDIDATES
+    cfg = AdviceConfig(budget=budget, rounds=rounds, candidates=candidates, splits=splits, max_pairs=max_pairs,
+                       head=head_cfg, seed=seed, device=str(resolve_device(device.value)), chunk_size=chunk_size)
+    with store.open_store(paired, need="paired") as pst, store.open_store(unpaired, need="images") as pool:
+        store.check_compatible(pst, pool)
+        cfg = cfg.check()
+        cfg = dataclasses.replace(cfg, head=head_cfg.check(pst.d))
+        total = splits * (1 + len(cfg.candidates)) * (rounds + 1)
+        with progress_bar("advise", total, "evaluations", extra=lambda f: f["last"]) as step:
+            result = advise(pst, pool, cfg, lambda msg: step(1, last=msg))
+        save_advice(out, result, inputs=(paired, unpaired))
+    if as_json:
+        print_json({"wrote": out, **{k: v for k, v in result.as_dict().items() if k != "per_split"}})
+        return
+    table = Table("strategy", "R-sum vs random (mean ± SE)", "splits ahead",
+                  title=f"advice for {budget} items: {result.plan.describe()}; {splits} splits, "
+                        f"{rounds} round(s), {learner} head from {init}")
+    for r in result.table:
+        table.add_row(r["strategy"], f"{r['gain_mean']:+.1f} ± {r['gain_se']:.1f}", f"{r['ahead']}/{r['splits']}")
+    out_console.print(table)
+    verdict = f"use {result.recommendation}" if result.reliable else "use random"
+    out_console.print(f"{verdict}: {result.confidence()}; wrote {out} in {result.seconds:.0f} s "
+                      f"(alsel select --strategy auto --advice {out} uses it)")
 
 
 @command("html")
@@ -886,7 +960,7 @@ def train(
                                                help="Paired validation store instead of the held-out split: "
                                                     "keep the best epoch by its MRR.")] = None,
     patience: PatienceOpt = 10, val_split: ValSplitOpt = 0.2, anchor: AnchorOpt = None,
-    device: Device = DeviceName.auto,
+    learner: LearnerOpt = "linear", device: Device = DeviceName.auto,
     objective: Annotated[str, typer.Option(help="retrieval: one linear map per modality, VSE++ max-of-hinges "
                                                 "loss; labels: the ASCMR probabilistic head (needs /images/labels "
                                                 "and /texts/labels).")] = "retrieval",
@@ -905,7 +979,7 @@ def train(
         train_labels(paired, out, dim, margin, epochs, batch_size, lr, seed, samples, kl, steps, dev, as_json)
         return
     config = heads.TrainConfig(init=init, dim=dim, margin=margin, epochs=epochs, batch_size=batch_size, lr=lr,
-                               seed=seed, patience=patience, val_split=val_split, anchor=anchor)
+                               seed=seed, patience=patience, val_split=val_split, anchor=anchor, learner=learner)
     with contextlib.ExitStack() as stack:
         st = stack.enter_context(store.open_store(paired, need="paired"))
         config = config.check(st.d)
@@ -919,13 +993,13 @@ def train(
         dt = time.perf_counter() - t0
         heads.save_head(out, head, inputs=(paired, val))
     if as_json:
-        print_json({"wrote": out, "kind": "head", "d_in": head.d_in, "dim": head.dim, "epochs": hist.best_epoch,
+        print_json({"wrote": out, "kind": "head", "learner": head.learner, "d_in": head.d_in, "dim": head.dim, "epochs": hist.best_epoch,
                     "anchor": hist.anchor, "steps": hist.steps,
                     "final_loss": figures.sig(hist.loss[-1]) if hist.loss else None,
                     "best_val_mrr": figures.sig(max(hist.val_mrr)) if hist.val_mrr else None,
                     "seconds": figures.seconds(dt)})
         return
-    msg = f"wrote {out}: {head.d_in} -> {head.dim}, {hist.best_epoch} epochs (anchor {hist.anchor:g}), " \
+    msg = f"wrote {out}: {head.learner} {head.d_in} -> {head.dim}, {hist.best_epoch} epochs (anchor {hist.anchor:g}), " \
           f"{hist.steps} steps in {dt:.1f} s"
     if hist.loss:
         msg += f", final loss {hist.loss[-1]:.4f} per pair"
@@ -1152,7 +1226,7 @@ def simulate(
     initial: Annotated[float, typer.Option(help="Without --paired: fraction (<1) or count of oracle images paired at the start.")] = 0.1,
     init: InitOpt = "identity", dim: DimOpt = None, margin: HeadMargin = 0.2, epochs: EpochsOpt = 50,
     batch_size: HeadBatch = 128, lr: LrOpt = 1e-3, patience: PatienceOpt = 10, val_split: ValSplitOpt = 0.2,
-    anchor: AnchorOpt = None,
+    anchor: AnchorOpt = None, learner: LearnerOpt = "linear",
     device: Device = DeviceName.auto, chunk_size: ChunkSize = None,
     annotate: Annotated[str, typer.Option(help="captions: pool images get captions (R-sum); labels: pool pairs get "
                                                "class labels, the ASCMR setting (probabilistic head, mAP@all).")] = "captions",
@@ -1173,7 +1247,7 @@ def simulate(
 
     sim.check_annotate(annotate)
     head_cfg = heads.TrainConfig(init=init, dim=dim, margin=margin, epochs=epochs, batch_size=batch_size, lr=lr,
-                                 patience=patience, val_split=val_split, anchor=anchor)
+                                 patience=patience, val_split=val_split, anchor=anchor, learner=learner)
     samples = strategy_options.get("samples") or strategies.Options().samples  # J of training and of selection
     cfg = sim.SimConfig(oracle=oracle, test=test, out=out, budget=budget, rounds=rounds,
                         strategies=sim.parse_strategies(strategy_list, strategy_options, head_cfg,

@@ -1,5 +1,7 @@
 """Retrieval head of SPEC §4: one linear map per modality (D -> dim), L2-normalised outputs,
-trained with the VSE++ max-of-hinges loss on frozen embeddings.
+trained with the VSE++ max-of-hinges loss on frozen embeddings. The `mlp` learner (SPEC §9) adds a
+residual MLP per modality after the linear map, z + W2 GELU(W1 z + b1) + b2, its last layer zero at the
+start, so it starts from exactly the linear head's initial map and trains by the same rule.
 
     L = Σ_a [α - S_aa + max_{b: img(b) ≠ img(a)} S_ab]_+  +  Σ_b [α - S_bb + max_{a: img(a) ≠ img(b)} S_ab]_+
 
@@ -26,6 +28,7 @@ from .store import Paired, atomic_path
 FORMAT = "alsel-head-1"
 SIDES = ("image", "text")
 INITS = ("identity", "random")
+LEARNERS = ("linear", "mlp")
 ENCODE_ROWS = 65536
 
 
@@ -41,11 +44,17 @@ class TrainConfig:
     patience: int = 10  # epochs without a better validation MRR before stopping
     val_split: float = 0.2  # fraction of the paired images held out for early stopping (no `val` store)
     anchor: float | None = None  # pull toward the initial map; None: chosen on the split from ANCHORS (identity)
+    learner: str = "linear"  # or "mlp": a residual MLP per modality after the linear map
+    hidden: int | None = None  # the MLP's hidden width (default: dim)
 
     def check(self, d_in: int) -> "TrainConfig":
         """The config checked against the embedding dimension `d` (dim defaults to d)."""
         if self.init not in INITS:
             raise AlselError(f"--init {self.init!r}: expected identity or random")
+        if self.learner not in LEARNERS:
+            raise AlselError(f"--learner {self.learner!r}: expected linear or mlp")
+        if self.hidden is not None and self.hidden < 1:
+            raise AlselError(f"--hidden must be at least 1, got {self.hidden}")
         dim = d_in if self.dim is None else self.dim
         if dim < 1:
             raise AlselError(f"--dim must be at least 1, got {dim}")
@@ -65,7 +74,8 @@ class TrainConfig:
             raise AlselError(f"--val-split must be in [0, 1), got {self.val_split}")
         if self.anchor is not None and not (np.isfinite(self.anchor) and self.anchor >= 0):
             raise AlselError(f"--anchor must be a finite number >= 0, got {self.anchor}")
-        return TrainConfig(**dict(asdict(self), dim=dim))
+        hidden = (self.hidden or dim) if self.learner == "mlp" else None
+        return TrainConfig(**dict(asdict(self), dim=dim, hidden=hidden))
 
     def anchors(self) -> tuple[float, ...]:
         """The pulls toward the initial map to try: the one given, else ANCHORS from identity (a random
@@ -80,17 +90,26 @@ MIN_VAL_IMAGES = 5  # a smaller held-out split gives no useful signal: train all
 
 
 class Head(nn.Module):
-    """Two linear maps (with bias) whose outputs are L2-normalised."""
+    """Two linear maps (with bias) whose outputs are L2-normalised; the `mlp` learner adds a residual MLP
+    per modality after each map (z + mlp(z))."""
 
-    def __init__(self, d_in: int, dim: int, meta: dict | None = None):
+    def __init__(self, d_in: int, dim: int, meta: dict | None = None, learner: str = "linear",
+                 hidden: int | None = None):
         super().__init__()
-        self.d_in, self.dim = d_in, dim
+        self.d_in, self.dim, self.learner = d_in, dim, learner
         self.image = nn.Linear(d_in, dim)
         self.text = nn.Linear(d_in, dim)
+        if learner == "mlp":
+            self.hidden = hidden or dim
+            self.image_mlp = nn.Sequential(nn.Linear(dim, self.hidden), nn.GELU(), nn.Linear(self.hidden, dim))
+            self.text_mlp = nn.Sequential(nn.Linear(dim, self.hidden), nn.GELU(), nn.Linear(self.hidden, dim))
+        elif learner != "linear":
+            raise AlselError(f"learner {learner!r}: expected linear or mlp")
         self.meta = dict(meta or {})
 
     def reset(self, init: str, generator: torch.Generator) -> None:
-        """Identity maps (the raw space) or a seeded random initialisation."""
+        """Identity maps (the raw space) or a seeded random initialisation; an MLP's first layer is drawn
+        from the seed and its last layer is zero, so the head starts as the linear map alone."""
         with torch.no_grad():
             for lin in (self.image, self.text):
                 if init == "identity":
@@ -98,16 +117,29 @@ class Head(nn.Module):
                 else:
                     lin.weight.copy_(torch.randn(self.dim, self.d_in, generator=generator) / np.sqrt(self.d_in))
                 lin.bias.zero_()
+            if self.learner == "mlp":
+                for mlp in (self.image_mlp, self.text_mlp):
+                    mlp[0].weight.copy_(torch.randn(self.hidden, self.dim, generator=generator) / np.sqrt(self.dim))
+                    mlp[0].bias.zero_()
+                    mlp[2].weight.zero_()
+                    mlp[2].bias.zero_()
 
     def is_identity(self, side: str) -> bool:
-        """True when the side's map is exactly x -> x (W = I, b = 0)."""
+        """True when the side's map is exactly x -> x (W = I, b = 0, and an MLP's last layer zero)."""
         lin = getattr(self, side)
+        if self.learner == "mlp":
+            last = getattr(self, f"{side}_mlp")[2]
+            if bool(last.weight.any()) or bool(last.bias.any()):
+                return False
         return self.dim == self.d_in and bool(torch.equal(lin.weight, torch.eye(self.dim, device=lin.weight.device))) \
             and not bool(lin.bias.any())
 
     def forward_side(self, x: torch.Tensor, side: str) -> torch.Tensor:
         """Unit rows of one modality ('image' or 'text') through its map."""
-        return F.normalize(getattr(self, side)(x), dim=1)
+        z = getattr(self, side)(x)
+        if self.learner == "mlp":
+            z = z + getattr(self, f"{side}_mlp")(z)
+        return F.normalize(z, dim=1)
 
     def apply(self, x: torch.Tensor, side: str) -> torch.Tensor:
         """Inference on unit rows. An exactly-identity side returns them as they are: they are unit
@@ -199,7 +231,8 @@ def train_head(paired: Paired, config: TrainConfig, device: torch.device, val=No
     config = config.check(d_in)
     g = torch.Generator().manual_seed(config.seed)
     head = Head(d_in, config.dim, meta={"model": paired.model, "paired_fingerprint": paired.fingerprint,
-                                        "paired_path": paired.path, **asdict(config)})
+                                        "paired_path": paired.path, **asdict(config)},
+                learner=config.learner, hidden=config.hidden)
     head.reset(config.init, g)
     initial = copy.deepcopy(head.state_dict())
     hist = History()
@@ -347,9 +380,10 @@ def load_head(path: str, store=None) -> Head:
         raise AlselError(f"{path}: not an alsel head (expected format {FORMAT!r})")
     cfg = ckpt.get("config", {})
     try:
-        head = Head(int(cfg["d_in"]), int(cfg["dim"]), meta=cfg)
+        head = Head(int(cfg["d_in"]), int(cfg["dim"]), meta=cfg, learner=str(cfg.get("learner", "linear")),
+                    hidden=None if cfg.get("hidden") is None else int(cfg["hidden"]))
         head.load_state_dict(ckpt["state_dict"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+    except (KeyError, TypeError, ValueError, RuntimeError, AlselError) as e:
         raise AlselError(f"{path}: malformed head checkpoint ({str(e).splitlines()[0][:120]})") from None
     head.eval()
     if store is not None:

@@ -19,7 +19,7 @@ from .stream import Rows, collect, sweep, to_device
 # attributes every shard of one scoring run shares
 SHARD_KEYS = ("weight", "select", "top_k", "batch", "batch_size", "margin", "form", "seed", "pool_size",
               "pool_fingerprint", "paired_fingerprint", "thresholds_fingerprint", "head")
-SCORE_PARTS = ("intra", "inter")  # optional per-row terms of the score (ascmr)
+SCORE_PARTS = ("intra", "inter", "hard")  # optional per-row terms of the score (ascmr; schedule: 1 = hard part)
 
 
 @dataclass

@@ -22,6 +22,7 @@ import csv
 import json
 import os
 import re
+import shutil
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
@@ -38,6 +39,8 @@ from .scoring import WEIGHTS
 from .selection import save_selection
 from .store import check_compatible, load_paired, normalize_rows, open_store, write_store
 from .thresholds import BATCH, SELECT
+
+AUTO = "auto"  # --strategies auto: advise every round, then run the recommended strategy (SPEC §9)
 
 
 # --------------------------------------------------------------------------- strategies
@@ -62,6 +65,10 @@ def parse_strategies(text: str, options: dict | None = None, head: TrainConfig |
             specs.extend(all_strategies())
         elif part.strip():
             specs.append(part.strip())
+    auto = [s for s in specs if s.lower() == AUTO]
+    specs = [s for s in specs if s.lower() != AUTO]
+    if not specs and auto:
+        return [AUTO]
     if not specs:
         raise AlselError("--strategies: give at least one strategy")
     options = {k: v for k, v in (options or {}).items() if v is not None}
@@ -76,6 +83,7 @@ def parse_strategies(text: str, options: dict | None = None, head: TrainConfig |
             implied = {k: getattr(head, k) for k in ("batch_size", "margin") if k in strategy.reads() and k not in explicit}
             opts = replace(opts, **implied)
         names.append(strategy.canonical(opts))
+    names += [AUTO] * len(auto)
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise AlselError(f"--strategies: {sorted(dup)[0]} is given twice")
@@ -236,9 +244,15 @@ def run_one(cfg: SimConfig, name: str, seed: int, start: dict[str, str], oracle:
         if os.path.exists(metrics_path) and os.path.exists(head_path):
             with open(metrics_path, encoding="utf-8") as fh:
                 row = json.load(fh)
+        elif r == 0:  # every strategy of a seed starts from the same paired set: its head is trained once
+            row = dict(_shared_round0(cfg, name, seed, paired, test_store, device, train_and_evaluate),
+                       strategy=name, used="")
+            shutil.copyfile(os.path.join(cfg.out, "runs", ROUND0, f"seed{seed}", "head.pt"), head_path)
+            _write_json(metrics_path, row)
         else:
             row = train_and_evaluate(cfg, name, seed, r, paired, head_path, test_store, device)
             row = {k: _rounded(k, v) for k, v in row.items()}  # the figures kept are the figures shown
+            row["used"] = _used(os.path.join(base, f"round{r - 1}"))
             _write_json(metrics_path, row)
         rows.append(row)
         if progress is not None:
@@ -262,9 +276,34 @@ def run_one(cfg: SimConfig, name: str, seed: int, start: dict[str, str], oracle:
     return rows
 
 
+def _used(round_dir: str) -> str:
+    """The strategy that chose a round's batch, as its selection records it (auto's choice included)."""
+    from .selection import read_selection
+
+    return str(read_selection(os.path.join(round_dir, "selection.h5")).attrs.get("strategy", ""))
+
+
+ROUND0 = "_round0"  # runs/_round0/seed<s>: the round-0 head and metrics every strategy of the seed shares
+
+
+def _shared_round0(cfg, name, seed, paired, test_store, device, train_and_evaluate) -> dict:
+    """Round 0's metrics (head.pt beside them), trained once per seed (same paired set, config and seed for
+    every strategy, so the same head) and read back by the others."""
+    rd = os.path.join(cfg.out, "runs", ROUND0, f"seed{seed}")
+    os.makedirs(rd, exist_ok=True)
+    metrics_path, head_path = os.path.join(rd, "metrics.json"), os.path.join(rd, "head.pt")
+    if os.path.exists(metrics_path) and os.path.exists(head_path):
+        with open(metrics_path, encoding="utf-8") as fh:
+            return json.load(fh)
+    row = train_and_evaluate(cfg, name, seed, 0, paired, head_path, test_store, device)
+    row = {k: _rounded(k, v) for k, v in row.items()}
+    _write_json(metrics_path, row)
+    return row
+
+
 def side_of(name: str) -> str:
-    """The pool side (images or texts) a strategy spec chooses from."""
-    return strategies.resolve(name, "--strategies")[1].select
+    """The pool side (images or texts) a strategy spec chooses from (auto: images)."""
+    return "images" if name == AUTO else strategies.resolve(name, "--strategies")[1].select
 
 
 def round_seed(seed: int, r: int) -> int:
@@ -310,7 +349,15 @@ def select_round(cfg: SimConfig, name: str, seed: int, r: int, paired_path: str,
         n = pool.side(side_of(name)).n
         if n < cfg.budget:
             raise AlselError(f"{pool_path}: the pool ran out: {n} items left, round {r} needs {cfg.budget}")
-        sel = strategies.select(name, inputs, "--strategies")
+        spec = name
+        if name == AUTO:  # advise again on this round's paired set (SPEC §9)
+            from .advise import AdviceConfig, choose_auto
+
+            spec, advice = choose_auto(pst, pool, cfg.budget, AdviceConfig(
+                budget=cfg.budget, head=cfg.head, seed=round_seed(seed, r), device=cfg.device,
+                chunk_size=cfg.chunk_size), has_head=True)
+            _write_json(os.path.join(rd, "advice.json"), advice)
+        sel = strategies.select(spec, inputs, "--strategies")
     save_selection(os.path.join(rd, "selection.h5"), sel, os.path.join(rd, "selection.csv"),
                    created_by="alsel simulate")
     return sel
@@ -370,6 +417,10 @@ def check_setting(cfg: SimConfig) -> None:
     retrieval head) or labels (a labelled store, a pool of pairs, a probabilistic head; images chosen)."""
     check_annotate(cfg.annotate)
     for name in cfg.strategies:
+        if name == AUTO:
+            if cfg.labels:
+                raise AlselError("--strategies auto: advice compares caption strategies; not with --annotate labels")
+            continue
         strategy, opts, _ = strategies.resolve(name, "--strategies")
         label = bool(strategy.needs & {"pool_pairs", "prob_head"})
         if cfg.labels and opts.select != "images":
@@ -411,7 +462,7 @@ def _initial_count(cfg: SimConfig, oracle: Oracle) -> int:
 
 
 ANNOTATE = ("captions", "labels")
-COLUMNS = ["strategy", "seed", "round", "annotated", "paired_images", "paired_texts", *KEYS]
+COLUMNS = ["strategy", "seed", "round", "annotated", "paired_images", "paired_texts", *KEYS, "used"]
 LABEL_COLUMNS = COLUMNS + ["i2t_map", "t2i_map", "map"]
 
 
@@ -425,7 +476,7 @@ def write_results(path: str, rows: list[dict]) -> None:
             w = csv.DictWriter(fh, fieldnames=columns)
             w.writeheader()
             for row in rows:
-                w.writerow({k: _rounded(k, row[k]) for k in columns})
+                w.writerow({k: _rounded(k, row.get(k, "")) for k in columns})
 
 
 def _rounded(key: str, value):

@@ -1,28 +1,32 @@
 """Writes benchmarks/strategy_report.md (and its PNGs): which strategy buys the most retrieval per
-annotation, in which regime.
+annotation, in which regime, and how well `--strategy auto` (alsel advise, SPEC §9) chooses.
 
-Every strategy of the comparison (hn = the paper's default, hn-counting, hn-density, random, coreset,
-typiclust, probcover) runs through `alsel simulate` (the library function the command calls) on
+Every strategy of the comparison (random, coreset, typiclust, probcover, hn = the paper's default,
+hn-density, schedule, hn-learnability, and auto, which advises again every round) runs through
+`alsel simulate` (the library function the command calls) on
   - synth: the default world of `alsel synth` (2,000 images, 50 coarse × 4 fine classes, D = 64),
-  - synth-fine: a finer world (200 coarse × 4 fine classes, same size),
-  - COCO-500: the real CLIP ViT-B/16 embeddings in ../shared/data/coco500-clip-vitb16 (skipped with a
+  - synthfine: a finer world (200 coarse × 4 fine classes, same size),
+  - coco: the real CLIP ViT-B/16 embeddings in ../shared/data/coco500-clip-vitb16 (skipped with a
     note where the folder is absent),
-each with a head trained from scratch and one started from identity, with `alsel train`'s default
-training (held-out split, early stopping, pull toward the initial map), 5 seeds. For each strategy the
-report gives R-sum per round (mean ± std), paired per-seed differences to random and to core-set
-(last round, and averaged over rounds 1..R) with the verdict rule, and the share of each hard-negative
-batch that came from the fill.
+  - large: a larger synthetic world (8,000 images: 2,000 paired at the start, a pool of 4,800, 400 per
+    round),
+each with a head trained from scratch and one started from identity, with the linear and the MLP
+learner, with `alsel train`'s default training (held-out split, early stopping, pull toward the initial
+map), 5 seeds. For each strategy the report gives R-sum per round (mean ± std), paired per-seed
+differences to random and to core-set (last round, and averaged over rounds 1..R) with the verdict rule,
+auto against the best fixed strategy, and the advisor's calibration.
 
-    python benchmarks/strategy_report.py                      # everything (about 2 h on 2 cores)
-    python benchmarks/strategy_report.py --only synth_scratch --threads 1 &   # experiments in parallel,
-    python benchmarks/strategy_report.py --only coco_identity --threads 1 &   # then once more without
-    python benchmarks/strategy_report.py                      # --only to write the report (resumes)
+    python benchmarks/strategy_report.py --only synth_scratch_linear --threads 1 &   # experiments in
+    python benchmarks/strategy_report.py --only coco_identity_mlp --threads 1 &      # parallel, then
+    python benchmarks/strategy_report.py                      # once more to write the report (resumes)
+    python benchmarks/strategy_report.py --list               # the experiment keys
     python benchmarks/strategy_report.py --seeds 0-1 --rounds 2 --work /tmp/sr --report /tmp/sr.md  # a look
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -37,7 +41,8 @@ from alsel.simulate import SimConfig, parse_seeds, parse_strategies, plot_curves
 from alsel.synth import synth_stores  # noqa: E402
 
 COCO = os.path.join(ROOT, "..", "shared", "data", "coco500-clip-vitb16", "features.npy")
-STRATEGIES = "hn,hn-counting,hn-density,random,coreset,typiclust,probcover"
+STRATEGIES = "random,coreset,typiclust,probcover,hn,hn-density,schedule,hn-learnability,auto"
+FIXED = ("coreset", "typiclust", "probcover", "hn", "hn-density", "schedule", "hn-learnability")
 BASELINES = ("random", "coreset")
 
 
@@ -59,18 +64,24 @@ def coco_stores(folder: str) -> dict[str, str]:
 
 
 def experiments(work: str) -> list[tuple[str, str, dict, TrainConfig]]:
-    out = []
-    for world, title, kw in (("synth", "synth (50 coarse × 4 fine classes)", {}),
-                             ("synthfine", "synth-fine (200 coarse × 4 fine classes)", {"classes": 200})):
+    """(key, title, simulate's data, head config) of every experiment: world × init × learner."""
+    worlds = []
+    for world, title, kw, budget in (("synth", "synth (50 coarse × 4 fine classes)", {}, 100),
+                                     ("synthfine", "synth-fine (200 coarse × 4 fine classes)", {"classes": 200}, 100),
+                                     ("large", "large synth (8,000 images, 2,000 paired)",
+                                      {"images": 8000, "paired": 0.25, "test": 0.15}, 400)):
         w = synth_stores(os.path.join(work, world), seed=0, **kw)
-        data = dict(paired=w["paired"], oracle=w["oracle"], test=w["test"], budget=100)
-        out += [(f"{world}_scratch", f"{title}, head from scratch", data, TrainConfig(init="random")),
-                (f"{world}_identity", f"{title}, head from identity", data, TrainConfig(init="identity"))]
-    if os.path.exists(COCO):
-        coco = coco_stores(work)
-        data = dict(oracle=coco["oracle"], test=coco["test"], initial=50, budget=25)
-        out += [("coco_scratch", "COCO-500 (CLIP ViT-B/16), head from scratch", data, TrainConfig(init="random")),
-                ("coco_identity", "COCO-500 (CLIP ViT-B/16), head from identity", data, TrainConfig(init="identity"))]
+        worlds.append((world, title, dict(paired=w["paired"], oracle=w["oracle"], test=w["test"], budget=budget)))
+        if world == "synthfine" and os.path.exists(COCO):
+            coco = coco_stores(work)
+            worlds.append(("coco", "COCO-500 (CLIP ViT-B/16)", dict(oracle=coco["oracle"], test=coco["test"],
+                                                                    initial=50, budget=25)))
+    out = []
+    for world, title, data in worlds:
+        for init, how in (("scratch", "from scratch"), ("identity", "from identity")):
+            for learner in ("linear", "mlp"):
+                head = TrainConfig(init="random" if init == "scratch" else "identity", learner=learner)
+                out.append((f"{world}_{init}_{learner}", f"{title}, {learner} head {how}", data, head))
     return out
 
 
@@ -152,7 +163,8 @@ def section(title: str, key: str, cfg: SimConfig, rows: list[dict], png: str, se
             verdicts: list) -> str:
     init = "the synth paired store" if cfg.paired else f"{int(cfg.initial)} of the oracle's images (per seed)"
     lines = [f"### {title}", "",
-             f"Start: {init}; budget {cfg.budget} per round, {cfg.rounds} rounds; head `--init {cfg.head.init}`, "
+             f"Start: {init}; budget {cfg.budget} per round, {cfg.rounds} rounds; head `--init {cfg.head.init}` "
+             f"`--learner {cfg.head.learner}`, "
              f"trained with `alsel train`'s defaults every round; seeds {', '.join(map(str, cfg.seeds))}"
              + f"; {seconds / 60:.1f} min of wall time on 2 cores (two experiments at a time, one thread each).", "",
              f"![{title}]({os.path.basename(png)})", "", "R-sum (%), mean ± std over seeds, by annotated pool items:", ""]
@@ -198,10 +210,88 @@ def section(title: str, key: str, cfg: SimConfig, rows: list[dict], png: str, se
                   "each chosen image to its nearest paired image, mean over seeds:", "",
               "| " + " | ".join(names) + " |", "|---" * len(names) + "|",
               "| " + " | ".join(f"{nearness(cfg, n):.3f}" for n in names) + " |"]
+    if "auto" in names:
+        lines += auto_lines(cfg, rows, key, verdicts)
     lines += ["", "Verdicts (averaged over rounds 1..R):", ""]
     lines += [f"- {n} {v} {b} ({a[0]:+.1f} ± {a[1]:.1f} R-sum, {a[2]}/{a[3]} seeds ahead)"
               for k, _, n, b, v, a in verdicts if k == key]
     return "\n".join(lines) + "\n"
+
+
+def advices(cfg: SimConfig) -> list[dict]:
+    """auto's advice files, every seed and round: {seed, round, recommendation, reliable, seconds, table}."""
+    out = []
+    for seed in cfg.seeds:
+        for r in range(cfg.rounds):
+            path = os.path.join(cfg.out, "runs", "auto", f"seed{seed}", f"round{r}", "advice.json")
+            if os.path.exists(path):
+                with open(path, encoding="utf-8") as fh:
+                    doc = json.load(fh)
+                out.append({"seed": seed, "round": r, "recommendation": doc["recommendation"],
+                            "reliable": doc["reliable"], "seconds": doc["seconds"], "table": doc["table"]})
+    return out
+
+
+CALIBRATION: dict = {}  # key -> what the summary's calibration table needs
+
+
+def auto_lines(cfg: SimConfig, rows: list[dict], key: str, verdicts: list) -> list[str]:
+    """What auto chose, how it fared against random and against the best fixed strategy, and how often the
+    advice named the experiment's actual best."""
+    gains = {n: differences(rows, n, "random", cfg.rounds)[1] for n in FIXED if by_seed(rows, n)}
+    best = max(gains, key=lambda n: gains[n][0])
+    auto_vs_random = differences(rows, "auto", "random", cfg.rounds)[1]
+    auto_vs_best = differences(rows, "auto", best, cfg.rounds)[1]
+    se = auto_vs_best[1] / max(np.sqrt(auto_vs_best[3]), 1)
+    within = auto_vs_best[0] >= -se
+    adv = advices(cfg)
+    hits = sum(a["recommendation"] == best for a in adv)
+    # what following each advice would have gained, by the fixed strategies' own gains (random: 0)
+    gap = [gains[best][0] - (gains[a["recommendation"]][0] if a["recommendation"] in gains else 0.0) for a in adv]
+    used = {}
+    for r in rows:
+        if r["strategy"] == "auto" and r["round"] > 0:
+            used.setdefault(r["round"], []).append(r.get("used") or "?")
+    CALIBRATION[key] = dict(best=best, best_gain=gains[best], auto=auto_vs_random, auto_vs_best=auto_vs_best,
+                            within=within, hits=hits, advices=len(adv), gap=float(np.mean(gap)) if gap else None,
+                            seconds=float(np.mean([a["seconds"] for a in adv])) if adv else None,
+                            reliable=sum(a["reliable"] for a in adv))
+    lines = ["", f"**auto** (advice before every round on that round's paired set; {len(adv)} advices, "
+                 f"{np.mean([a['seconds'] for a in adv]):.0f} s each on average):" if adv else "", ""]
+    lines += ["| round | strategies auto used (one per seed) |", "|---|---|"]
+    for rnd in sorted(used):
+        counts = {u: used[rnd].count(u) for u in dict.fromkeys(used[rnd])}
+        lines.append(f"| {rnd - 1} → {rnd} | " + ", ".join(f"{u} ×{c}" for u, c in counts.items()) + " |")
+    lines += ["", f"- the best fixed strategy here: {best} ({gains[best][0]:+.1f} ± "
+                  f"{gains[best][1] / max(np.sqrt(gains[best][3]), 1):.1f} vs random, mean of rounds 1..R);",
+              f"- auto vs random: {auto_vs_random[0]:+.1f} ± {auto_vs_random[1] / max(np.sqrt(auto_vs_random[3]), 1):.1f}"
+              f" ({verdict(auto_vs_random)} random); auto vs {best}: {auto_vs_best[0]:+.1f} ± {se:.1f} "
+              f"({'within' if within else 'not within'} one standard error);",
+              f"- the advice named {best} in {hits} of {len(adv)} advices and was reliable (not random) in "
+              f"{sum(a['reliable'] for a in adv)}; following each advice gives up {np.mean(gap):.1f} R-sum on average "
+              f"against always taking {best} (by the fixed strategies' own gains)." if adv else "- no advice files."]
+    return lines
+
+
+def calibration_lines(keys: list[str], titles: dict) -> list[str]:
+    """The advisor over every experiment: auto against random and the best fixed strategy, hits, gaps, time."""
+    out = ["## auto and the advisor's calibration", "",
+           "| experiment | best fixed (vs random) | auto vs random | auto vs best | advice named the best | "
+           "gap when following the advice | advise time |", "|---|---|---|---|---|---|---|"]
+    for key in keys:
+        c = CALIBRATION.get(key)
+        if c is None:
+            continue
+        b, a, ab = c["best_gain"], c["auto"], c["auto_vs_best"]
+        out.append(f"| {titles[key]} | {c['best']} {b[0]:+.1f} | {a[0]:+.1f} ± {a[1] / np.sqrt(a[3]):.1f} "
+                   f"({verdict(a)}) | {ab[0]:+.1f} ± {ab[1] / np.sqrt(ab[3]):.1f} ({'within' if c['within'] else 'not within'} "
+                   f"1 SE) | {c['hits']}/{c['advices']} | {c['gap']:.1f} | {c['seconds']:.0f} s |")
+    n = len([k for k in keys if k in CALIBRATION])
+    behind = sum(verdict(CALIBRATION[k]["auto"]) == "trails" for k in keys if k in CALIBRATION)
+    within = sum(CALIBRATION[k]["within"] for k in keys if k in CALIBRATION)
+    out += ["", f"auto trails random (by the verdict rule) on {behind} of {n} experiments and is within one standard "
+                f"error of the best fixed strategy on {within} of {n}."]
+    return out
 
 
 def summary_lines(verdicts: list, keys: list[str], titles: dict) -> list[str]:
@@ -221,7 +311,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", default="0-4")
     ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--only", default=None, help="run one experiment (its key), write no report")
+    ap.add_argument("--only", default=None, help="run experiments (keys, comma-separated), write no report")
+    ap.add_argument("--list", action="store_true", help="print the experiment keys")
+    ap.add_argument("--write", action="store_true", help="with --only: write the report of those experiments")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--work", default=os.path.join(ROOT, "bench-out", "strategies"))
     ap.add_argument("--report", default=os.path.join(ROOT, "benchmarks", "strategy_report.md"))
@@ -233,27 +325,32 @@ def main():
     os.makedirs(args.work, exist_ok=True)
     out_dir = os.path.dirname(os.path.abspath(args.report))
     runs = experiments(args.work)
+    if args.list:
+        print("\n".join(r[0] for r in runs))
+        return
     if args.only:
-        runs = [r for r in runs if r[0] == args.only]
-        if not runs:
+        keys = args.only.split(",")
+        runs = [r for r in runs if r[0] in keys]
+        if len(runs) != len(keys):
             raise SystemExit(f"--only {args.only}: no such experiment")
     sections, verdicts, titles = [], [], {}
     for key, title, data, head in runs:
         cfg = SimConfig(out=os.path.join(args.work, key), rounds=args.rounds, strategies=parse_strategies(STRATEGIES, head=head),
                         seeds=parse_seeds(args.seeds), head=head, **data)
         rows = simulate(cfg, lambda msg: print(f"[{key}] {msg}", flush=True))
-        if args.only:
+        if args.only and not args.write:
             continue
         png = os.path.join(out_dir, f"strategy_report_{key}.png")
         plot_curves(rows, png, title)
         titles[key] = title
         sections.append(section(title, key, cfg, rows, png, wall_seconds(cfg.out), verdicts))
-    if args.only:
+    if args.only and not args.write:
         return
     intro = open(os.path.join(ROOT, "benchmarks", "strategy_report_intro.md"), encoding="utf-8").read()
     missing = "" if os.path.exists(COCO) else \
         "\n### COCO-500\n\n`../shared/data/coco500-clip-vitb16` is not on this machine: skipped.\n"
-    computed = ["## Computed summary (from the verdicts below)", ""] + summary_lines(verdicts, list(titles), titles)
+    computed = ["## Computed summary (from the verdicts below)", ""] + summary_lines(verdicts, list(titles), titles) \
+        + [""] + calibration_lines(list(titles), titles)
     with open(args.report, "w", encoding="utf-8") as fh:
         fh.write(intro.rstrip() + "\n\n" + "\n".join(computed) + "\n\n" + "\n".join(sections) + missing)
     print(f"wrote {args.report}")

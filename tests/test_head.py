@@ -245,3 +245,58 @@ def test_cli_head_errors(world, tmp_path, run_cli):
     assert_bad_input(run_cli("train", "--paired", world["paired"], "--out", tmp_path / "h3.pt", "--dim", "8"),
                      "--init identity needs --dim", out=tmp_path / "h3.pt")
     assert not os.path.exists(tmp_path / "h3.pt")
+
+
+# --------------------------------------------------------------------------- the mlp learner (SPEC §9)
+
+
+def mlp_np(head, x, side):
+    """The mlp head's map in float64: z = W x + b; z + W2 GELU(W1 z + b1) + b2; unit rows."""
+    from scipy.special import erf
+
+    lin, mlp = getattr(head, side), getattr(head, f"{side}_mlp")
+    w = {k: v.detach().double().numpy() for k, v in mlp.state_dict().items()}
+    z = np.asarray(x, np.float64) @ lin.weight.detach().double().numpy().T + lin.bias.detach().double().numpy()
+    h = z @ w["0.weight"].T + w["0.bias"]
+    h = 0.5 * h * (1 + erf(h / np.sqrt(2)))
+    return unit64(z + h @ w["2.weight"].T + w["2.bias"])
+
+
+def test_mlp_head_starts_at_the_linear_map_and_trains_by_the_same_rule(world, tmp_path, run_cli):
+    p = paired_of(world["paired"])
+    start = Head(32, 32, learner="mlp")
+    start.reset("identity", torch.Generator().manual_seed(0))
+    assert start.is_identity("image") and start.is_identity("text")  # the last layer is zero: the raw space
+    # zero epochs from identity: exactly the raw metrics, as the linear head
+    cfg = TrainConfig(init="identity", epochs=0, learner="mlp")
+    head, _ = train_head(p, cfg, CPU)
+    with open_store(world["test"], need="paired") as t:
+        assert evaluate(t, CPU, head) == evaluate(t, CPU, None)
+    # from scratch it learns, deterministically, and its map is the residual MLP
+    cfg = TrainConfig(init="random", epochs=30, learner="mlp", seed=3)
+    a, hist = train_head(p, cfg, CPU)
+    b, _ = train_head(p, cfg, CPU)
+    assert a.fingerprint() == b.fingerprint() and a.learner == "mlp" and a.hidden == 32
+    assert not a.is_identity("image") and bool(a.image_mlp[2].weight.any())
+    x = unit(np.random.default_rng(0).standard_normal((7, 32)))
+    assert np.allclose(a.encode(x, "image", CPU), mlp_np(a, x, "image"), atol=1e-5)
+    with open_store(world["test"], need="paired") as t:
+        r = evaluate(t, CPU, a)["rsum"]
+    assert r > 3 * 6 * 100 * 10 / 200  # well above chance (R@10 of 200 test images is 5% by chance)
+    # checkpoints keep the learner; eval, select and simulate take the head
+    save_head(str(tmp_path / "m.pt"), a)
+    back = load_head(str(tmp_path / "m.pt"))
+    assert back.learner == "mlp" and back.fingerprint() == a.fingerprint()
+    code, out, err = run_cli("train", "--paired", world["paired"], "--out", tmp_path / "c.pt", "--learner", "mlp",
+                             "--init", "random", "--epochs", 3, "--device", "cpu", "--json")
+    assert code == 0, err and json.loads(out)["learner"] == "mlp"
+    assert json.loads(out)["learner"] == "mlp"
+    code, _, err = run_cli("eval", "--test", world["test"], "--head", tmp_path / "c.pt", "--device", "cpu")
+    assert code == 0, err
+    code, _, err = run_cli("train", "--paired", world["paired"], "--out", tmp_path / "x.pt", "--learner", "deep")
+    assert code == 2 and "--learner 'deep'" in err
+    code, _, err = run_cli("simulate", "--oracle", world["oracle"], "--test", world["test"], "--initial", 40,
+                           "--budget", 20, "--rounds", 1, "--strategies", "random,coreset", "--learner", "mlp",
+                           "--epochs", 2, "--device", "cpu", "--out", tmp_path / "sim", "--quiet")
+    assert code == 0, err
+    assert load_head(str(tmp_path / "sim" / "runs" / "coreset" / "seed0" / "round1" / "head.pt")).learner == "mlp"

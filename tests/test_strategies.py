@@ -21,7 +21,7 @@ from reference import ref_auto_delta, ref_c, ref_hn_order, ref_probcover, ref_ty
 
 CPU = torch.device("cpu")
 SPEC_NAMES = {"hn", "hn-density", "random", "coreset", "typiclust", "probcover", "ascmr", "ascmr-no-inter",
-              "ascmr-no-density", "bald", "entropy"}
+              "ascmr-no-density", "bald", "entropy", "schedule", "hn-learnability"}
 
 
 def test_the_registry_holds_the_spec_names_and_reads_tokens():
@@ -274,6 +274,62 @@ def test_hn_density_matches_a_direct_implementation(tmp_path, select_side, with_
     sel = run("hn-density", paired, pool, select_side, budget, head=head, seed=5, clusters=3, lam=lam,
               density_mix=mix)
     assert list(sel.rows) == want
+
+
+@pytest.mark.parametrize("select_side", ["images", "texts"])
+@pytest.mark.parametrize("fill", ["random", "closest"])
+def test_hn_learnability_matches_a_direct_implementation(tmp_path, select_side, fill):
+    """The score in the head's space minus the score in the raw space, positives first, then the fill."""
+    rng = np.random.default_rng(11)
+    paired, pool, ti = world(tmp_path, rng, select_side, n_pool=40, repeat_paired=2, noise=0.9)
+    head = random_head(8, seed=4)
+    side = "image" if select_side == "images" else "text"
+    X, T = stored(paired, "images"), stored(paired, "texts")
+    U = stored(pool, select_side)
+    Xh, Th, Uh = in_space(head, X, "image"), in_space(head, T, "text"), in_space(head, U, side)
+    c_raw = ref_c(unit64(U), unit64(X), unit64(T), ti, ref_xi(unit64(X), unit64(T), ti, select_side), select_side)
+    c_head = ref_c(Uh, Xh, Th, ti, ref_xi(Xh, Th, ti, select_side), select_side)
+    gain = np.where(c_head > 0, c_head, 0).sum(axis=1) - np.where(c_raw > 0, c_raw, 0).sum(axis=1)
+    selectable = np.arange(40) >= 2
+    assert 2 < ((gain > 0) & selectable).sum() < 20
+    want = ref_hn_order(gain, c_head.max(axis=1), selectable, 20, fill, 6)
+    sel = run("hn-learnability", paired, pool, select_side, 20, head=head, seed=6, fill=fill)
+    assert list(sel.rows) == want
+    n_pos = int((gain[want] > 0).sum())
+    assert np.allclose(sel.score[:n_pos], gain[want[:n_pos]], rtol=1e-4, atol=1e-5)
+    assert sel.attrs["fill_count"] == 20 - n_pos
+    with pytest.raises(AlselError, match="needs a retrieval head"):
+        run("hn-learnability", paired, pool, select_side, 5)
+
+
+@pytest.mark.parametrize("select_side", ["images", "texts"])
+@pytest.mark.parametrize("with_head", [False, True])
+def test_schedule_matches_a_direct_implementation(tmp_path, small_tiles, select_side, with_head):
+    """Coverage c at δ, then (1 - c)·B items by TypiClust and c·B by the hard-negative order among the rest."""
+    rng = np.random.default_rng(12)
+    paired, pool, ti = world(tmp_path, rng, select_side, n_images=9, n_pool=45, repeat_paired=2, noise=0.9)
+    head = random_head(8, seed=5) if with_head else None
+    side = "image" if select_side == "images" else "text"
+    X, T = in_space(head, stored(paired, "images"), "image"), in_space(head, stored(paired, "texts"), "text")
+    P = X if select_side == "images" else T
+    U = in_space(head, stored(pool, select_side), side)
+    selectable = np.arange(45) >= 2
+    near = np.sqrt(((U[:, None, :] - P[None, :, :]) ** 2).sum(-1)).min(axis=1)
+    delta = float(np.round(np.quantile(near[selectable], 0.4), 3)) + 5e-4  # no distance sits on δ
+    c = float((near[selectable] <= delta).mean())
+    budget = 12
+    n_hard = int(round(c * budget))
+    assert 0 < n_hard < budget
+    _, assign = kmeans(np.concatenate([P, U]).astype(np.float32), min(len(P) + budget, 500), seed=3)
+    typical, _ = ref_typiclust(P, U, assign, budget - n_hard, selectable)
+    rest = selectable.copy()
+    rest[typical] = False
+    cc = ref_c(U, X, T, ti, ref_xi(X, T, ti, select_side), select_side)
+    hard = ref_hn_order(np.where(cc > 0, cc, 0).sum(axis=1), cc.max(axis=1), rest, n_hard, "random", 3)
+    sel = run("schedule", paired, pool, select_side, budget, head=head, seed=3, delta=delta)
+    assert list(sel.rows) == typical + hard
+    assert list(sel.parts["hard"]) == [0.0] * (budget - n_hard) + [1.0] * n_hard
+    assert sel.attrs["coverage"] == pytest.approx(c) and sel.attrs["hard_items"] == n_hard
 
 
 def test_hn_density_spreads_where_hn_concentrates(tmp_path):

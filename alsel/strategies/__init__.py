@@ -11,7 +11,7 @@ simulate --strategies` and `alsel strategies`. Third-party packages register the
 
 from .base import (NEEDS, OPTION_SPECS, REGISTRY, Allocation, Context, Inputs, Options, OptionSpec,  # noqa: F401
                    Strategy, already_paired_rows, describe, get, names, register, resolve, select, token_forms)
-from . import hn, baselines, typiclust, probcover, labels  # noqa: E402,F401  (registration)
+from . import hn, baselines, typiclust, probcover, labels, schedule  # noqa: E402,F401  (registration)
 from .hn import ScoredPool, scored_pool  # noqa: E402,F401
 
 DEFAULT = "coreset"  # `alsel select` without --strategy: the report's recommendation (benchmarks/strategy_report.md)

@@ -9,6 +9,7 @@ canonical name of a choice lists only the options that differ from the strategy'
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass, field, replace
 from typing import Callable
@@ -25,8 +26,10 @@ NEEDS = {
     "paired": "a paired store (--paired)",
     "pool_pairs": "a pool of pairs: images with their captions (--unpaired)",
     "prob_head": "a probabilistic head from `alsel train --objective labels` (--head)",
+    "head": "a retrieval head from `alsel train` (--head)",
 }
-NEED_LABELS = {"paired": "paired store", "pool_pairs": "pool of pairs", "prob_head": "probabilistic head"}
+NEED_LABELS = {"paired": "paired store", "pool_pairs": "pool of pairs", "prob_head": "probabilistic head",
+               "head": "retrieval head"}
 
 
 # --------------------------------------------------------------------------- options
@@ -191,6 +194,14 @@ class Context:
         self.selectable &= ~mask
         self.left_out = int((~self.selectable).sum()) - self.skipped
 
+    def sub(self, budget: int, selectable: np.ndarray) -> "Context":
+        """The same selection with another budget and set of selectable rows (a part of a batch); notes and
+        attrs are shared with this context."""
+        part = copy.copy(self)
+        part.inputs = replace(self.inputs, budget=budget)
+        part.selectable = np.asarray(selectable, dtype=bool).copy()
+        return part
+
     def leave_out_skipped(self, mask: np.ndarray) -> None:
         """Rows annotators skipped in an earlier round (SPEC §8): never chosen again."""
         new = mask & self.selectable
@@ -296,6 +307,8 @@ class Strategy:
         is_prob = isinstance(inputs.head, ProbHead)
         if "prob_head" in self.needs and not is_prob:
             raise AlselError(f"{where}: {self.name} needs {NEEDS['prob_head']}")
+        if "head" in self.needs and (inputs.head is None or is_prob):
+            raise AlselError(f"{where}: {self.name} needs {NEEDS['head']}")
 
 
 REGISTRY: dict[str, Strategy] = {}

@@ -65,29 +65,37 @@ def scored_pool(paths: list[str]) -> ScoredPool:
 
 def hn_gain(ctx: Context) -> HnGain:
     """The hard-negative score (and closest) per pool row: from score files, or thresholds and a sweep here."""
-    inputs, opts = ctx.inputs, ctx.opts
+    inputs = ctx.inputs
     if inputs.scores:
         merged = inputs.pool.merged if isinstance(inputs.pool, ScoredPool) else load_scores(list(inputs.scores))
         return _from_files(ctx, merged)
+    res = score_in_space(ctx, inputs.head, inputs.thresholds)
+    if inputs.scores_out is not None:
+        from ..scoring import save_scores
+
+        save_scores(inputs.scores_out, res)
+    ctx.attrs.update({k: res.attrs[k] for k in ("paired_fingerprint", "thresholds_fingerprint", "weight")})
+    return HnGain(res.score, res.closest)
+
+
+def score_in_space(ctx: Context, head, thresholds: str | None = None, label: str = "scoring"):
+    """SPEC §3's scores of the pool (a scoring.ScoreResult) in the space of `head` (None: the raw
+    embeddings), with ξ from `thresholds` (a file) or computed from the paired store in that space."""
     from ..head import through_head
-    from ..scoring import save_scores, score_pool
+    from ..scoring import score_pool
     from ..store import load_paired
     from ..thresholds import ThresholdParams, load_thresholds, make_thresholds
 
-    paired = through_head(load_paired(inputs.paired), inputs.head, ctx.device)
-    if inputs.thresholds is not None:
-        th = load_thresholds(inputs.thresholds, paired)
+    inputs, opts = ctx.inputs, ctx.opts
+    paired = through_head(load_paired(inputs.paired), head, ctx.device)
+    if thresholds is not None:
+        th = load_thresholds(thresholds, paired)
     else:
         params = ThresholdParams(**{k: getattr(opts, k) for k in THRESHOLD_KEYS}, seed=inputs.seed)
         th = make_thresholds(paired, params, ctx.device, inputs.chunk_size, precision=inputs.precision)
     n = ctx.pool.n
-    res = score_pool(inputs.pool, paired, th, ctx.opts.weight, ctx.device, chunk_size=inputs.chunk_size,
-                     head=inputs.head, precision=inputs.precision,
-                     progress=lambda k: ctx.progress("scoring", k, n))
-    if inputs.scores_out is not None:
-        save_scores(inputs.scores_out, res)
-    ctx.attrs.update({k: res.attrs[k] for k in ("paired_fingerprint", "thresholds_fingerprint", "weight")})
-    return HnGain(res.score, res.closest)
+    return score_pool(inputs.pool, paired, th, opts.weight, ctx.device, chunk_size=inputs.chunk_size, head=head,
+                      precision=inputs.precision, progress=lambda k: ctx.progress(label, k, n))
 
 
 def file_options(opts, explicit: set, attrs: dict, path: str, keys):
@@ -234,5 +242,41 @@ class HardNegativesDensity(HardNegatives):
         return base if not score > 0 else base + "; the hardest of its region of the pool (one k-means cluster)"
 
 
+class HardNegativeLearnability(HardNegatives):
+    """hn-learnability: the hard-negative score under the current head minus the score under the initial
+    map (the raw embeddings): items the head finds hard that the raw CLIP space does not (JEST's
+    learnability, Evans et al. 2024, with the raw space as the reference model)."""
+    name = "hn-learnability"
+    needs = frozenset({"paired", "head"})
+    summary = ("hard-negative score in the head's space minus the score in the raw space (hard for the head, "
+               "not for CLIP) → positive differences first, then the fill")
+    paper = "Jo et al., arXiv 2405.16301; learnability of Evans et al. 2024 (JEST)"
+
+    def check(self, inputs, opts, where):
+        if inputs.scores:
+            raise AlselError(f"{where}: hn-learnability scores the pool in two spaces (the head's and the raw); "
+                             f"give --paired and --unpaired instead of --scores")
+        if inputs.thresholds is not None:
+            raise AlselError(f"{where}: hn-learnability computes ξ in each space; leave out --thresholds")
+        super().check(inputs, opts, where)
+
+    def gain(self, ctx: Context) -> HnGain:
+        learned = score_in_space(ctx, ctx.head, label="scoring (head)")
+        raw = score_in_space(ctx, None, label="scoring (raw)")
+        ctx.attrs.update({k: learned.attrs[k] for k in ("paired_fingerprint", "weight")})
+        with np.errstate(invalid="ignore"):  # inf - inf (fewer than k negatives, --form rank): no difference
+            gain = np.nan_to_num(learned.score.astype(np.float64) - raw.score.astype(np.float64), nan=0.0)
+        # no gain (the raw space finds it as hard or harder) is the fill's, as a zero score is hn's
+        return HnGain(np.maximum(gain, 0).astype(np.float32), learned.closest)
+
+    def reason(self, score, parts, attrs):
+        if not score > 0:
+            return (f"fill ({attrs.get('fill_rule', 'random')}): no harder for the head than for the raw space; "
+                    f"chosen to complete the batch")
+        unit = "captions" if attrs.get("weight") == "counting" else "surplus"
+        return f"learnable hard negative: {score:.3g} more ({unit}) under the head than in the raw CLIP space"
+
+
 register(HardNegatives())
 register(HardNegativesDensity())
+register(HardNegativeLearnability())
