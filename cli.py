@@ -44,7 +44,7 @@ from rich.table import Table  # noqa: E402
 import alsel  # noqa: E402
 from alsel import figures  # noqa: E402
 from alsel._lazy import LazyModule  # noqa: E402
-from alsel import metrics, scoring, selection, store, strategies, thresholds  # noqa: E402
+from alsel import metrics, output, scoring, selection, store, strategies, thresholds  # noqa: E402
 from alsel.errors import AlselError, Interrupted  # noqa: E402
 from alsel.stream import DEVICES, resolve_device  # noqa: E402
 from alsel.rounding import resolve_precision  # noqa: E402
@@ -643,7 +643,7 @@ def threshold(paired: Paired, out: Out, select: SelectOpt = None, top_k: TopK = 
 
     Example: alsel threshold --paired paired.h5 --out xi.h5 --top-k 1 --batch full --form loss
     """
-    store.check_output(out, (paired, head))  # before the work, not after
+    output.check_output(out, (paired, head))  # before the work, not after
     params = threshold_params(select, top_k, batch, batch_size, margin, form, seed)
     dev = resolve_device(device.value)
     dtype = resolve_precision(precision, dev)
@@ -776,7 +776,7 @@ def select_cmd(
         raise AlselError("--html: give the pool (--unpaired POOL.h5): the page shows its photos and maps it")
     for o in (out, csv, labelstudio, html_page):
         if o is not None:
-            store.check_output(o, (*(scores or ()), paired, unpaired, head, thresholds_path))
+            output.check_output(o, (*(scores or ()), paired, unpaired, head, thresholds_path))
     dev = resolve_device(device.value)
     with contextlib.ExitStack() as stack:
         pst = stack.enter_context(store.open_store(paired, need="paired")) if paired else None
@@ -869,7 +869,7 @@ def advise_cmd(
         "hn, hn-density, schedule, hn-learnability]."))] = None,
     splits: Annotated[int, typer.Option(help="Splits of the paired store (the standard error is over them).")] = 6,
     max_pairs: Annotated[int, typer.Option("--max-pairs", help="At most this many paired images are used (a "
-                                                                 "seeded sample): a cap on the cost.")] = 2000,
+                                                                 "seeded sample): a cap on the cost.")] = 1000,
     init: InitOpt = "identity", learner: LearnerOpt = "linear",
     seed: Annotated[int, typer.Option(help="Seed of the splits, the heads and the selections.")] = 0,
     device: Device = DeviceName.auto, chunk_size: ChunkSize = None, as_json: JsonOpt = False,
@@ -883,7 +883,7 @@ def advise_cmd(
     """
     from alsel.advise import CANDIDATES, AdviceConfig, advise, save_advice
 
-    store.check_output(out, (paired, unpaired))
+    output.check_output(out, (paired, unpaired))
     head_cfg = heads.TrainConfig(init=init, learner=learner)
     candidates = tuple(s.strip() for s in strategy_list.split(",") if s.strip()) if strategy_list else CANDIDATES
     cfg = AdviceConfig(budget=budget, rounds=rounds, candidates=candidates, splits=splits, max_pairs=max_pairs,
@@ -928,7 +928,7 @@ def html_cmd(
     from alsel.merge import _check_selection
     from alsel.page import write_page
 
-    store.check_output(out, (selection_path, unpaired, paired))
+    output.check_output(out, (selection_path, unpaired, paired))
     sel = selection.read_selection(selection_path)
     select = str(sel.attrs.get("select", "images"))
     with contextlib.ExitStack() as stack:
@@ -971,7 +971,7 @@ def train(
 
     Example: alsel train --paired paired.h5 --out head.pt --init random --dim 256 --epochs 30 --val val.h5
     """
-    store.check_output(out, (paired, val))
+    output.check_output(out, (paired, val))
     dev = resolve_device(device.value)
     if objective not in ("retrieval", "labels"):
         raise AlselError(f"--objective {objective!r}: expected retrieval or labels")
@@ -1194,9 +1194,9 @@ def labelstudio_pull(
     """
     from alsel import labelstudio as ls
 
-    store.check_output(out)
+    output.check_output(out)
     payload, counts = ls.pull(ls.LabelStudio(url, token), project)
-    with store.atomic_path(out) as tmp:
+    with output.atomic_path(out) as tmp:
         with open(tmp, "wb") as fh:
             fh.write(payload)
     if as_json:
@@ -1372,7 +1372,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - the last line of defence: one line, never a traceback
         short = " ".join(str(e).split())[:160] or type(e).__name__
         damaged = _damaged_input(e)
-        failure = store.write_failure(damaged or "output", e)
+        failure = output.write_failure(damaged or "output", e)
         if failure is not None and isinstance(e, OSError):
             print(f"error: {failure}", file=sys.stderr)
             return 2

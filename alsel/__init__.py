@@ -15,7 +15,9 @@ _EXPORTS = {
     "stream": ("ArrayRows", "resolve_device", "sweep"),
     "thresholds": ("ThresholdParams", "Thresholds", "compute_xi", "load_thresholds", "make_thresholds"),
     "scoring": ("score_pool", "score_rows"),
-    "selection": ("kcenter_greedy", "load_scores", "select_by_score", "select_coreset", "select_random", "top_b"),
+    "selection": ("Selection", "read_selection", "save_selection"),
+    "strategies.kcenter": ("kcenter_greedy",),
+    "strategies.scores": ("load_scores", "top_b"),
     "synth": ("make_world", "synth_stores"),
     "arrays": ("HardNegativeScores", "hard_negative_scores", "memory_store", "recall", "select", "xi"),
 }

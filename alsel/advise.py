@@ -39,9 +39,10 @@ from .head import TrainConfig
 FORMAT = "alsel-advice-1"
 CANDIDATES = ("coreset", "typiclust", "probcover", "hn", "hn-density", "schedule", "hn-learnability")
 BASELINE = "random"
-POOL_FACTOR = 10.0  # the pseudo-pool holds the user's pool-to-budget ratio, at most this many times what
+POOL_FACTOR = 4.0  # the pseudo-pool holds the user's pool-to-budget ratio, at most this many times what
 MIN_POOL_FACTOR = 2.0  # the rounds take, and at least this many
-RELIABLE = 1.0  # recommend a strategy when its mean gain is more than this many standard errors above 0
+RELIABLE = 2.0  # recommend a strategy when its mean gain is more than this many standard errors above 0
+#                 (the strategy report's verdict rule): with few splits a weaker rule picks noise
 MIN_START = 4  # images in a split's starting part, at the least
 MIN_TEST = 5
 
@@ -52,7 +53,7 @@ class AdviceConfig:
     rounds: int = 1
     candidates: tuple = CANDIDATES
     splits: int = 6
-    max_pairs: int = 2000
+    max_pairs: int = 1000
     test_fraction: float = 0.3
     head: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
@@ -98,6 +99,7 @@ class Plan:
     budget: int
 
     def describe(self) -> str:
+        """The split in words."""
         return (f"{self.images} paired images per split: {self.start} to start, a pseudo-pool of {self.pool}, "
                 f"{self.test} held out; {self.budget} per round")
 
@@ -144,6 +146,7 @@ class Advice:
         return line if self.reliable else f"no strategy is reliably ahead of random here (best: {line})"
 
     def as_dict(self) -> dict:
+        """The advice file's content (format alsel-advice-1)."""
         return {"format": FORMAT, "recommendation": self.recommendation, "reliable": self.reliable,
                 "confidence": self.confidence(), "table": self.table, "plan": asdict(self.plan),
                 "settings": self.settings, "fingerprints": self.fingerprints, "seconds": round(self.seconds, 1),
@@ -238,7 +241,7 @@ def advise(paired, pool, cfg: AdviceConfig, progress: Callable[[str], None] | No
 
 def save_advice(out: str, advice: Advice, inputs: tuple = ()) -> None:
     """The advice file (JSON), written atomically."""
-    from .store import atomic_path
+    from .output import atomic_path
 
     with atomic_path(out, inputs) as tmp:
         with open(tmp, "w", encoding="utf-8") as fh:

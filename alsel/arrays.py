@@ -22,7 +22,8 @@ import numpy as np
 from ._lazy import torch  # imported on first use (fast start)
 
 from .errors import AlselError
-from .store import STR_DTYPE, Store, load_paired, normalize_rows, open_store_file, set_root_attrs
+from .store import Store, load_paired, normalize_rows, open_store_file
+from .h5file import STR_DTYPE, set_root_attrs
 from .stream import resolve_device
 
 _COUNTER = itertools.count()

@@ -28,7 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from .errors import AlselError, Interrupted
-from .store import STR_DTYPE, StoreWriter, check_output, check_space, open_partial, output_lock, read_ids
+from .store import StoreWriter
+from .h5file import STR_DTYPE, read_ids
+from .output import check_output, check_space, open_partial, output_lock
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 PATH_COLUMNS = ("path", "image_path", "filepath", "file")

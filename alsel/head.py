@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import AlselError
-from .store import Paired, atomic_path
+from .store import Paired
+from .output import atomic_path
 
 FORMAT = "alsel-head-1"
 SIDES = ("image", "text")

@@ -17,7 +17,8 @@ import re
 import numpy as np
 
 from .errors import AlselError
-from .store import StoreWriter, check_labels, normalize_rows
+from .store import StoreWriter, normalize_rows
+from .h5file import check_labels
 
 WRITE_ROWS = 65536
 

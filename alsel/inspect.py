@@ -5,7 +5,8 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
-from .store import KINDS, attrs_dict, dataset, open_h5, open_store
+from .store import open_store
+from .h5file import KINDS, attrs_dict, dataset, open_h5
 
 
 def _datasets(f: h5py.File) -> dict:

@@ -25,7 +25,8 @@ import numpy as np
 
 from .errors import AlselError
 from .selection import Selection, read_selection
-from .store import Store, StoreWriter, carried_attrs, check_compatible, check_output, open_store, pool_fingerprint
+from .store import Store, StoreWriter, carried_attrs, check_compatible, open_store, pool_fingerprint
+from .output import check_output
 
 COPY_ROWS = 65536
 SKIPPED = ("keep", "error")  # what merge does with selected items that came back without an annotation

@@ -17,7 +17,8 @@ import numpy as np
 
 from .annotation import image_path
 from .selection import Selection
-from .store import Store, atomic_path
+from .store import Store
+from .output import atomic_path
 
 THUMB_PIXELS = 160  # the longer side of a thumbnail
 MAX_THUMBS = 300  # items shown with a thumbnail; the rest of a larger batch is listed without

@@ -24,7 +24,7 @@ from torch import nn
 
 from .errors import AlselError
 from .head import encode_rows, vsepp_loss
-from .store import atomic_path
+from .output import atomic_path
 
 FORMAT = "alsel-probhead-1"
 

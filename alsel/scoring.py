@@ -20,8 +20,9 @@ from ._lazy import torch  # imported on first use (fast start)
 
 from .errors import AlselError
 from .rounding import precision_name
-from .store import (Embeddings, Paired, Store, check_output, check_space, output_lock, pool_fingerprint,
-                    write_h5)
+from .store import Embeddings, Paired, Store, pool_fingerprint
+from .h5file import write_h5
+from .output import check_output, check_space, output_lock
 from .stream import collect, sweep, to_device
 from .thresholds import Thresholds
 
@@ -208,7 +209,7 @@ class _PartialScores:
     """OUT.partial: count, score and closest rows of the chunks done so far, and how many rows that is."""
 
     def __init__(self, path: str, settings: dict, resume: bool):
-        from .store import open_partial
+        from .output import open_partial
 
         def create(f):
             f.create_dataset("count", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(65536,))

@@ -364,7 +364,7 @@ def select_round(cfg: SimConfig, name: str, seed: int, r: int, paired_path: str,
 
 
 def _write_json(path: str, obj) -> None:
-    from .store import atomic_path
+    from .output import atomic_path
 
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as fh:
@@ -468,7 +468,7 @@ LABEL_COLUMNS = COLUMNS + ["i2t_map", "t2i_map", "map"]
 
 def write_results(path: str, rows: list[dict]) -> None:
     """OUT/results.csv, one row per strategy, seed and round, figures rounded (alsel.figures)."""
-    from .store import atomic_path
+    from .output import atomic_path
 
     columns = LABEL_COLUMNS if rows and "map" in rows[0] else COLUMNS
     with atomic_path(path) as tmp:
@@ -536,7 +536,7 @@ def plot_curves(rows: list[dict], out_png: str, title: str = "") -> None:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    from .store import atomic_path
+    from .output import atomic_path
 
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png", dpi=110)

@@ -300,3 +300,17 @@ def collect(chunks: Iterator[tuple[int, int, tuple[np.ndarray, ...]]]) -> tuple[
 def to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
     """A float32 contiguous tensor of `a` on `device`."""
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)
+
+
+class MaxSim:
+    """Reducer: the largest similarity per row."""
+
+    def init(self, n, r0):
+        return None
+
+    def update(self, state, s, r0, c0):
+        m = s.amax(dim=1)
+        return m if state is None else torch.maximum(state, m)
+
+    def finish(self, state):
+        return (state,)

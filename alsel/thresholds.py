@@ -255,7 +255,7 @@ def make_thresholds(paired: Paired, params: ThresholdParams, device, chunk_size=
 
 def save_thresholds(out, th: Thresholds, paired: Paired, created_by: str | None = None, inputs: tuple = ()) -> None:
     """Write the thresholds file atomically."""
-    from .store import write_h5
+    from .h5file import write_h5
 
     attrs = dict(th.params.as_attrs(), paired_fingerprint=th.paired_fingerprint, fingerprint=th.fingerprint,
                  paired_shape=f"{len(paired.images)}x{len(paired.texts)}x{paired.images.shape[1]}",
@@ -266,7 +266,7 @@ def save_thresholds(out, th: Thresholds, paired: Paired, created_by: str | None 
 
 def load_thresholds(path: str, paired: Paired) -> Thresholds:
     """Read a thresholds file and check it was computed from `paired`."""
-    from .store import attrs_dict, dataset, open_h5
+    from .h5file import attrs_dict, dataset, open_h5
 
     with open_h5(path, "thresholds") as f:
         attrs = attrs_dict(f)

@@ -9,7 +9,7 @@ from alsel.errors import AlselError
 from alsel.head import Head, TrainConfig, load_head, save_head, through_head, train_head, vsepp_loss
 from alsel.metrics import evaluate, mrr, recall
 from alsel.scoring import score_pool
-from alsel.selection import select_coreset
+from alsel import strategies
 from alsel.store import load_paired, open_store
 from alsel.synth import synth_stores
 from alsel.thresholds import ThresholdParams, make_thresholds
@@ -219,7 +219,8 @@ def test_scores_through_a_head_match_bruteforce(tmp_path, small_tiles, select):
         res = score_pool(u, p, th, "surplus", CPU, chunk_size=5, head=head)
         with pytest.raises(AlselError, match="same head"):
             score_pool(u, p, th, "surplus", CPU)
-        cs = select_coreset(u, st, select, 6, CPU, chunk_size=4, head=head)
+        cs = strategies.select("coreset", strategies.Inputs(pool=u, paired=st, budget=6, device=CPU, chunk_size=4,
+                                                            head=head), select=select)
     assert_scores_match(res.count, res.score, ref_c(U, X, T, ti, xi, select), "surplus")
     assert list(cs.rows) == list(ref_coreset(U, X if select == "images" else T, 6))
 

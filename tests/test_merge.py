@@ -3,7 +3,8 @@ import pytest
 
 from alsel.errors import AlselError
 from alsel.merge import merge
-from alsel.selection import read_selection, save_selection, select_random
+from alsel import strategies
+from alsel.selection import read_selection, save_selection
 from alsel.simulate import Oracle
 from alsel.store import open_store
 from alsel.synth import synth_stores
@@ -19,7 +20,7 @@ def world(tmp_path_factory):
 def select(world, tmp_path, side, budget, seed=0):
     pool = world["pool_images" if side == "images" else "pool_texts"]
     with open_store(pool, need=side) as st:
-        sel = select_random(st, side, budget, seed)
+        sel = strategies.select("random", strategies.Inputs(pool=st, budget=budget, seed=seed), select=side)
     path = str(tmp_path / f"sel_{side}.h5")
     save_selection(path, sel)
     return path, sel

@@ -6,7 +6,8 @@ import torch
 
 from alsel.errors import AlselError
 from alsel.scoring import parse_shard, save_scores, score_pool, shard_range
-from alsel.selection import load_scores, select_by_score
+from alsel import strategies
+from alsel.strategies.scores import load_scores
 from alsel.store import load_paired, open_store
 from alsel.thresholds import ThresholdParams, make_thresholds
 from conftest import random_paired, stored, unit, write_paired, write_pool
@@ -57,7 +58,7 @@ def test_streamed_scores_match_bruteforce(files, small_tiles, select, top_k, bat
             assert list(merged.rows) == list(range(37))
             assert_scores_match(merged.count, merged.score, c, weight)
             assert np.allclose(merged.closest, c.max(axis=1), atol=1e-5, rtol=0)  # ±inf where ξ = -inf
-            sel = select_by_score(paths, 10, fill="row")
+            sel = strategies.select("hn", strategies.Inputs(pool=None, budget=10, scores=paths), fill="row")
             _, ref_score = (None, merged.score)
             order = np.lexsort((np.arange(37), -ref_score.astype(np.float64)))[:10]
             assert list(sel.rows) == list(order)

@@ -3,8 +3,11 @@ import pytest
 import torch
 
 from alsel.errors import AlselError
-from alsel.selection import (kcenter_greedy, load_scores, select_coreset, select_random, top_b)
-from alsel.store import open_store, write_h5
+from alsel import strategies
+from alsel.strategies.kcenter import kcenter_greedy
+from alsel.strategies.scores import load_scores, top_b
+from alsel.store import open_store
+from alsel.h5file import write_h5
 from alsel.stream import ArrayRows
 from conftest import random_paired, stored, unit, write_paired, write_pool
 from reference import ref_coreset
@@ -60,11 +63,13 @@ def test_random_is_reproducible_and_distinct(tmp_path):
     rng = np.random.default_rng(0)
     pool = write_pool(tmp_path / "u.h5", unit(rng.standard_normal((50, 4))))
     with open_store(pool, need="images") as st:
-        s1 = select_random(st, "images", 20, seed=3)
-        s2 = select_random(st, "images", 20, seed=3)
-        s3 = select_random(st, "images", 20, seed=4)
+        def select_random(budget, seed):
+            return strategies.select("random", strategies.Inputs(pool=st, budget=budget, seed=seed))
+        s1 = select_random(20, seed=3)
+        s2 = select_random(20, seed=3)
+        s3 = select_random(20, seed=4)
         with pytest.raises(AlselError, match="larger than the pool"):
-            select_random(st, "images", 51, seed=0)
+            select_random(51, seed=0)
     assert list(s1.rows) == list(s2.rows) and list(s1.rows) != list(s3.rows)
     assert len(set(s1.rows)) == 20
     assert list(s1.ids) == [f"u{r}" for r in s1.rows]
@@ -82,7 +87,8 @@ def test_coreset_matches_bruteforce(tmp_path, small_tiles, select, cache, monkey
     paired = write_paired(tmp_path / "p.h5", images, texts, ti)
     pool = write_pool(tmp_path / "u.h5", unit(rng.standard_normal((41, 6))), select)
     with open_store(paired, need="paired") as p, open_store(pool, need=select) as u:
-        sel = select_coreset(u, p, select, 12, CPU, chunk_size=7)
+        sel = strategies.select("coreset", strategies.Inputs(pool=u, paired=p, budget=12, device=CPU, chunk_size=7),
+                                select=select)
     ref = ref_coreset(stored(pool, select), stored(paired, select), 12)
     assert list(sel.rows) == list(ref)
     assert np.all(np.diff(sel.score) <= 1e-6)  # k-center distances never grow

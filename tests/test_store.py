@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 from alsel.errors import AlselError
-from alsel.store import atomic_path, load_paired, open_store, paired_fingerprint, write_h5, write_store
+from alsel.store import load_paired, open_store, paired_fingerprint, write_store
+from alsel.h5file import write_h5
+from alsel.output import atomic_path
 from conftest import MODEL, random_paired, unit, write_paired, write_pool
 
 
@@ -114,11 +116,11 @@ def _pool_with_ids(path, ids):
 @pytest.mark.parametrize("collide", [False, True])
 def test_duplicate_ids_found_in_bounded_memory(tmp_path, monkeypatch, collide):
     """Streamed check across hash chunks; with every hash colliding, the actual ids still decide."""
-    from alsel import store
+    from alsel import h5file
 
-    monkeypatch.setattr(store, "ID_CHUNK", 7)
+    monkeypatch.setattr(h5file, "ID_CHUNK", 7)
     if collide:
-        monkeypatch.setattr(store, "id_hashes", lambda raw: np.zeros(len(raw), np.uint64))
+        monkeypatch.setattr(h5file, "id_hashes", lambda raw: np.zeros(len(raw), np.uint64))
     ids = [f"u{i}" for i in range(40)]
     with open_store(_pool_with_ids(tmp_path / "ok.h5", ids), need="images") as st:
         assert list(st.ids("images", 5, 9)) == ids[5:9]

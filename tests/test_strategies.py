@@ -441,7 +441,7 @@ def test_select_refuses_unread_and_contradicting_options(tmp_path, run_cli):
 
 
 def test_scores_and_select_agree_with_the_library(tmp_path):
-    """select_by_score on saved shards = hn computed in one go (same fill)."""
+    """hn on saved score shards = hn computed in one go (same fill)."""
     rng = np.random.default_rng(10)
     paired, pool, ti = world(tmp_path, rng, "images", n_pool=40)
     with open_store(paired, need="paired") as st, open_store(pool, need="images") as u:
@@ -449,9 +449,8 @@ def test_scores_and_select_agree_with_the_library(tmp_path):
         th = make_thresholds(p, ThresholdParams(margin=0.05), CPU)
         for i in range(2):
             save_scores(str(tmp_path / f"s{i}.h5"), score_pool(u, p, th, "surplus", CPU, (i, 2)))
-    from alsel.selection import select_by_score
-
-    a = select_by_score([str(tmp_path / "s1.h5"), str(tmp_path / "s0.h5")], 30, fill="closest")
+    a = select("hn", Inputs(pool=None, budget=30, scores=[str(tmp_path / "s1.h5"), str(tmp_path / "s0.h5")]),
+               fill="closest")
     b = run("hn", paired, pool, "images", 30, margin=0.05, fill="closest")
     assert list(a.rows) == list(b.rows) and a.attrs["fill_count"] == b.attrs["fill_count"] > 0
 

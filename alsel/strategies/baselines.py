@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..selection import kcenter_greedy
+from .kcenter import kcenter_greedy
 from ..stream import ArrayRows
 from .base import Allocation, Context, Strategy, register
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..errors import AlselError
-from ..selection import MergedScores, load_scores
+from .scores import MergedScores, load_scores
 from .base import Allocation, Context, Strategy, register
 
 THRESHOLD_KEYS = ("select", "top_k", "batch", "batch_size", "margin", "form")
@@ -176,7 +176,7 @@ class HardNegatives(Strategy):
             merged = inputs.pool.merged if isinstance(inputs.pool, ScoredPool) else load_scores(list(inputs.scores))
             return file_options(opts, explicit, merged.attrs, merged.paths[0], THRESHOLD_KEYS + ("weight",))
         if inputs.thresholds is not None:
-            from ..store import attrs_dict, open_h5
+            from ..h5file import attrs_dict, open_h5
 
             with open_h5(inputs.thresholds, "thresholds") as f:
                 attrs = attrs_dict(f)

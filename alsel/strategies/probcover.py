@@ -21,8 +21,7 @@ import numpy as np
 from .._lazy import torch  # imported on first use (fast start)
 
 from ..clustering import kmeans, take
-from ..selection import MaxSim
-from ..stream import ArrayRows, collect, sweep, to_device
+from ..stream import ArrayRows, MaxSim, collect, sweep, to_device
 from .base import Allocation, Context, Strategy, register
 from .typiclust import points_of
 

@@ -13,8 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..clustering import kmeans, take
-from ..selection import MaxSim
-from ..stream import ArrayRows, collect, sweep, to_device
+from ..stream import ArrayRows, MaxSim, collect, sweep, to_device
 from .base import Allocation, Context, Strategy, register
 from .hn import HardNegatives, hn_gain, positives_then_fill
 from .probcover import MAX_TARGETS, auto_delta
