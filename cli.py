@@ -727,7 +727,8 @@ def score(paired: Paired, unpaired: Unpaired, out: Out,
 @with_strategy_options()
 def select_cmd(
     out: Out,
-    budget: Annotated[int, typer.Option(help="How many pool items to choose (B).", show_default=False)],
+    budget: Annotated[Optional[int], typer.Option(help="How many pool items to choose (B); with --candidates it is "
+                                                       "the shards' own.", show_default=False)] = None,
     strategy: Annotated[Optional[str], typer.Option(show_default=False, help=(
         f"A strategy and its option tokens ({', '.join(strategies.names())}; e.g. hn-texts-top3-mini-counting); "
         f"`alsel strategies` lists them \\[default: hn with --scores, else {strategies.DEFAULT}]."))] = None,
@@ -751,6 +752,11 @@ def select_cmd(
     image_url_prefix: Annotated[Optional[str], typer.Option("--image-url-prefix", show_default=False, help=(
         "--labelstudio: data.image = this prefix + id, for another image server, instead of the local-files "
         "URL."))] = None,
+    shard: Annotated[Optional[str], typer.Option("--shard", show_default=False, help=(
+        "Shard i of n (0-based) of a sharded selection: write the candidates of pool rows [i·N/n, (i+1)·N/n) to "
+        "--out (coreset, typiclust, probcover, hn-density, random); merge them with --candidates."))] = None,
+    candidates: Annotated[Optional[list[str]], typer.Option("--candidates", show_default=False, help=(
+        "Merge the candidates files of every shard (select --shard) into the selection."))] = None,
     advice: Annotated[Optional[str], typer.Option("--advice", show_default=False, help=(
         "--strategy auto: the advice file of `alsel advise` for these stores and budget (else advised here)."))] = None,
     html_page: Annotated[Optional[str], typer.Option("--html", show_default=False, help=(
@@ -769,7 +775,20 @@ def select_cmd(
     Examples: alsel select --scores s0.h5 s1.h5 s2.h5 --budget 100 --out sel.h5 --csv sel.csv
               alsel select --strategy typiclust --paired p.h5 --unpaired u.h5 --budget 100 --out sel.h5
     """
+    if candidates:
+        return merge_candidates_cmd(out, budget, candidates, csv, labelstudio, image_url_prefix, document_root,
+                                    html_page, paired, unpaired, as_json, device,
+                                    given=[n for n, v in (("--strategy", strategy), ("--scores", scores),
+                                                          ("--shard", shard), ("--thresholds", thresholds_path),
+                                                          ("--head", head)) if v])
+    if budget is None:
+        raise AlselError("select: --budget is required (how many pool items to choose)")
     spec = strategy or strategies.default_for(scores)
+    if shard is not None:
+        return select_shard_cmd(out, budget, spec, shard, paired, unpaired, head, seed, device, chunk_size, precision,
+                                advice, as_json, strategy_options,
+                                given=[n for n, v in (("--csv", csv), ("--labelstudio", labelstudio),
+                                                      ("--html", html_page), ("--scores", scores)) if v])
     if advice is not None and spec != "auto":
         raise AlselError("--advice goes with --strategy auto")
     if html_page is not None and unpaired is None:
@@ -839,6 +858,92 @@ def select_cmd(
     written = [f for f in (csv, labelstudio, html_page) if f]
     if written:
         out_console.print(f"also wrote {' and '.join(written)}")
+
+
+def select_shard_cmd(out, budget, spec, shard, paired, unpaired, head, seed, device, chunk_size, precision, advice,
+                     as_json, strategy_options, given) -> None:
+    """select --shard i/n: one shard's candidates file (SPEC §10)."""
+    from alsel.candidates import save_candidates
+
+    if given:
+        raise AlselError(f"--shard writes a candidates file; {given[0]} goes with the merge (--candidates)")
+    if paired is None or unpaired is None:
+        raise AlselError("--shard: give --paired and --unpaired (each shard reads the pool's rows of its shard)")
+    i_n = scoring.parse_shard(shard)
+    output.check_output(out, (paired, unpaired, head, advice))
+    dev = resolve_device(device.value)
+    t0 = time.perf_counter()
+    with store.open_store(paired, need="paired") as pst, store.open_store(unpaired) as pool:
+        store.check_compatible(pst, pool)
+        if spec == "auto":
+            from alsel.advise import choose_auto
+
+            if advice is None:
+                raise AlselError("--strategy auto --shard: give --advice (run `alsel advise` once, before the "
+                                 "shards, so that every shard runs the same strategy)")
+            spec, _ = choose_auto(pst, pool, budget, advice_path=advice, has_head=head is not None)
+        elif advice is not None:
+            raise AlselError("--advice goes with --strategy auto")
+        from alsel.probhead import load_any_head
+
+        inputs = strategies.Inputs(pool=pool, budget=budget, paired=pst, seed=seed, device=dev,
+                                   head=load_any_head(head, pst) if head else None, chunk_size=chunk_size,
+                                   precision=resolve_precision(precision, dev), shard=i_n)
+        with Reporter() as reporter:
+            phases: dict = {}
+
+            def progress(what: str, k: int, total: int) -> None:
+                if what not in phases:
+                    phases[what] = reporter.task(f"select {shard}: {what}", total, "steps")
+                phases[what](k)
+
+            inputs.progress = progress
+            data, attrs = strategies.select_shard(spec, inputs, **strategy_options)
+        save_candidates(out, data, attrs, inputs=(paired, unpaired, head, advice), created_by=CREATED_BY)
+    if as_json:
+        print_json({"wrote": out, "kind": "candidates", "strategy": attrs["strategy"], "shard": attrs["shard"],
+                    "rows": attrs["rows"], "candidates": int(len(data["row"])),
+                    "seconds": figures.seconds(time.perf_counter() - t0)})
+        return
+    a, b = (int(x) for x in attrs["rows"].split(":"))
+    out_console.print(f"wrote {out}: {len(data['row'])} candidates of shard {attrs['shard']} (pool rows {a:,}..{b - 1:,}) "
+                      f"for {attrs['strategy']}; merge every shard's with alsel select --candidates")
+
+
+def merge_candidates_cmd(out, budget, candidates, csv, labelstudio, image_url_prefix, document_root, html_page,
+                         paired, unpaired, as_json, device, given) -> None:
+    """select --candidates c0.h5 c1.h5 ...: the merge of a sharded selection (SPEC §10)."""
+    if given:
+        raise AlselError(f"--candidates merges shards made with their own strategy and pool; leave out {given[0]}")
+    if html_page is not None and unpaired is None:
+        raise AlselError("--html: give the pool (--unpaired POOL.h5): the page shows its photos and maps it")
+    for o in (out, csv, labelstudio, html_page):
+        if o is not None:
+            output.check_output(o, (*candidates, paired, unpaired))
+    sel = strategies.merge_shards(candidates, resolve_device(device.value))
+    if budget is not None and budget != int(sel.attrs["budget"]):
+        raise AlselError(f"{candidates[0]}: the shards chose for --budget {sel.attrs['budget']}, not {budget}")
+    with contextlib.ExitStack() as stack:
+        page = None
+        if html_page is not None:
+            from alsel.merge import _check_selection
+            from alsel.page import page_html
+
+            pool = stack.enter_context(store.open_store(unpaired))
+            _check_selection(sel, pool, str(sel.attrs["select"]), candidates[0])
+            pst = stack.enter_context(store.open_store(paired, need="paired")) if paired else None
+            page = (html_page, page_html(sel, pool, pst))
+        selection.save_selection(out, sel, csv, inputs=(*candidates, paired, unpaired), created_by=CREATED_BY,
+                                 labelstudio=labelstudio, image_url_prefix=image_url_prefix,
+                                 document_root=document_root, page=page)
+    for note in sel.notes:
+        err_console.print(f"note: {note}", markup=False, soft_wrap=True)
+    if as_json:
+        print_json({"wrote": out, "kind": "selection", "strategy": sel.attrs["strategy"], "shards": sel.attrs["shards"],
+                    "budget": int(sel.attrs["budget"]), "fill_count": int(sel.attrs["fill_count"]),
+                    "selected": [str(i) for i in sel.ids]})
+        return
+    show_selection(out, sel)
 
 
 @command("strategies")
@@ -1280,17 +1385,19 @@ def simulate(
 
 
 def _expand_multi(argv: list[str]) -> list[str]:
-    """Let `--scores a.h5 b.h5 c.h5` (and shell globs) mean `--scores a.h5 --scores b.h5 ...`."""
+    """Let `--scores a.h5 b.h5 c.h5` (and shell globs) mean `--scores a.h5 --scores b.h5 ...`; the same for
+    --candidates."""
     out: list[str] = []
     i = 0
     while i < len(argv):
         out.append(argv[i])
-        if argv[i] == "--scores":
+        if argv[i] in ("--scores", "--candidates"):
+            flag = argv[i]
             i += 1
             first = True
             while i < len(argv) and not argv[i].startswith("-"):
                 if not first:
-                    out.append("--scores")
+                    out.append(flag)
                 out.append(argv[i])
                 first = False
                 i += 1

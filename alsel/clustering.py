@@ -116,10 +116,19 @@ def kmeans(points, k: int, seed: int = 0, sample: int = KMEANS_SAMPLE, iters: in
     Embeddings, through `transform`): centers from a seeded sample of at most `sample` rows, then every
     row assigned by the sweep."""
     src = as_rows(points)
+    centers, _, _ = fit_on_sample(src, k, seed, sample, iters, device, transform)
+    return centers, assign(src, centers, device, transform, chunk_size)
+
+
+def fit_on_sample(points, k: int, seed: int = 0, sample: int = KMEANS_SAMPLE, iters: int = KMEANS_ITERS,
+                  device: torch.device | None = None, transform=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(centers, the sample's rows, the sample's points): k-means fitted on a seeded sample of at most
+    `sample` rows, the same in every process that asks with the same seed (the shards of a selection)."""
+    src = as_rows(points)
     n = src.n
     if not 1 <= k <= n:
         raise AlselError(f"--clusters {k}: expected 1..{n} (the number of points)")
     rng = np.random.default_rng(seed)
     picked = np.sort(rng.choice(n, size=min(n, sample), replace=False))
-    centers = fit_centers(take(src, picked, device, transform), k, rng, iters)
-    return centers, assign(src, centers, device, transform, chunk_size)
+    x = take(src, picked, device, transform)
+    return fit_centers(x, k, rng, iters), picked, x

@@ -15,7 +15,7 @@ from .output import _short, atomic_path, command_line
 FORMAT = 1
 
 
-KINDS = ("store", "thresholds", "scores", "selection")
+KINDS = ("store", "thresholds", "scores", "selection", "candidates")
 
 
 STR_DTYPE = h5py.string_dtype("utf-8")

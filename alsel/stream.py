@@ -314,3 +314,23 @@ class MaxSim:
 
     def finish(self, state):
         return (state,)
+
+
+class RangeRows:
+    """Rows [start, stop) of another Rows source, as rows 0..stop-start (a shard of a pool)."""
+
+    def __init__(self, rows, start: int, stop: int):
+        self.rows, self.start = rows, start
+        self.n, self.d = stop - start, rows.d
+
+    def load(self, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows [start, stop) of the range."""
+        return self.rows.load(self.start + start, self.start + stop, out)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """The given rows (ascending) of the range."""
+        return self.rows.take(np.asarray(rows, dtype=np.int64) + self.start)
+
+    def release(self, start: int, stop: int) -> None:
+        """Release rows [start, stop) of the range."""
+        self.rows.release(self.start + start, self.start + stop)

@@ -70,7 +70,12 @@ def experiments(work: str) -> list[tuple[str, str, dict, TrainConfig]]:
                                      ("synthfine", "synth-fine (200 coarse × 4 fine classes)", {"classes": 200}, 100),
                                      ("large", "large synth (8,000 images, 2,000 paired)",
                                       {"images": 8000, "paired": 0.25, "test": 0.15}, 400)):
-        w = synth_stores(os.path.join(work, world), seed=0, **kw)
+        folder = os.path.join(work, world)
+        names = ("paired", "pool_images", "pool_texts", "test", "oracle")
+        if all(os.path.exists(os.path.join(folder, f"{n}.h5")) for n in names):  # made once (parallel runs read it)
+            w = {n: os.path.join(folder, f"{n}.h5") for n in names}
+        else:
+            w = synth_stores(folder, seed=0, **kw)
         data = dict(paired=w["paired"], oracle=w["oracle"], test=w["test"], budget=budget)
         if world == "large":
             data["rounds"] = 3  # 1,200 of the 4,800 pool images; a fourth round would double the cost of auto

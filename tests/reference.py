@@ -185,6 +185,6 @@ def ref_probcover(paired, pool, budget, delta, selectable, seed):
         covered |= adj[n_p + u]
     fill = budget - len(chosen)
     if fill:
-        rest = [u for u in range(len(pool)) if selectable[u] and u not in chosen]
-        chosen += [int(x) for x in np.random.default_rng(seed).choice(np.array(rest), fill, replace=False)]
+        perm = list(np.random.default_rng(seed).permutation(len(pool)))  # the lowest places of a seeded permutation
+        chosen += [int(u) for u in perm if selectable[u] and u not in chosen][:fill]
     return chosen, fill

@@ -78,10 +78,10 @@ def test_random_is_reproducible_and_distinct(tmp_path):
 @pytest.mark.parametrize("select", ["images", "texts"])
 @pytest.mark.parametrize("cache", [True, False])
 def test_coreset_matches_bruteforce(tmp_path, small_tiles, select, cache, monkeypatch):
-    from alsel.strategies import base
+    from alsel.strategies import kcenter
 
     if not cache:  # the pool re-streamed for every pick
-        monkeypatch.setattr(base, "POOL_CACHE_BYTES", 0)
+        monkeypatch.setattr(kcenter, "POOL_FRACTION", 0)
     rng = np.random.default_rng(2)
     images, texts, ti = random_paired(rng, n_images=9, d=6)
     paired = write_paired(tmp_path / "p.h5", images, texts, ti)
@@ -97,5 +97,5 @@ def test_coreset_matches_bruteforce(tmp_path, small_tiles, select, cache, monkey
 def test_kcenter_never_repeats():
     rng = np.random.default_rng(0)
     pool = unit(rng.standard_normal((30, 3)))
-    rows, _ = kcenter_greedy(ArrayRows(pool), pool[:2], 30, CPU)
+    rows = kcenter_greedy(ArrayRows(pool), pool[:2], 30, CPU).rows
     assert sorted(rows) == list(range(30))

@@ -151,6 +151,7 @@ class Inputs:
     thresholds: str | None = None
     scores_out: str | None = None
     progress: Callable[[str, int, int], None] | None = None  # (what, advance by, total)
+    shard: tuple[int, int] | None = None  # (i, n): a sharded selection's shard i of n (SPEC §10), else the whole pool
 
 
 class Context:
@@ -165,6 +166,12 @@ class Context:
         self.notes: list[str] = []
         self.attrs: dict = {}
         self.selectable = np.ones(self.pool.n, dtype=bool)
+        self.rows = (0, self.pool.n)  # the pool rows this process works on (a shard's, or all)
+        if inputs.shard is not None:
+            i, n = inputs.shard
+            self.rows = (i * self.pool.n // n, (i + 1) * self.pool.n // n)
+            self.selectable[:self.rows[0]] = False
+            self.selectable[self.rows[1]:] = False
         self.left_out = 0
         self.skipped = 0  # rows left out because annotators skipped them
 
@@ -191,8 +198,10 @@ class Context:
 
     def leave_out(self, mask: np.ndarray) -> None:
         """Rows that may not be chosen (already paired)."""
+        a, b = self.rows
+        new = mask & self.selectable
         self.selectable &= ~mask
-        self.left_out = int((~self.selectable).sum()) - self.skipped
+        self.left_out += int(new[a:b].sum())
 
     def sub(self, budget: int, selectable: np.ndarray) -> "Context":
         """The same selection with another budget and set of selectable rows (a part of a batch); notes and
@@ -204,7 +213,9 @@ class Context:
 
     def leave_out_skipped(self, mask: np.ndarray) -> None:
         """Rows annotators skipped in an earlier round (SPEC §8): never chosen again."""
-        new = mask & self.selectable
+        new = np.zeros(len(self.selectable), dtype=bool)
+        new[:len(mask)] = mask
+        new &= self.selectable
         self.selectable &= ~mask
         self.skipped += int(new.sum())
 
@@ -243,6 +254,8 @@ class Allocation:
     fill: int = 0
     fill_rule: str = ""
     parts: dict = field(default_factory=dict)
+    attrs: dict = field(default_factory=dict)  # what the selection records beside (e.g. a merge's bound)
+    notes: list = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- the interface
@@ -269,6 +282,16 @@ class Strategy:
 
     def allocate(self, ctx: Context, gain) -> Allocation:
         """B rows among ctx.selectable from the gains."""
+        raise NotImplementedError
+
+    shardable = False  # a sharded form (SPEC §10): shard_map on each shard's rows, merge over the shards
+
+    def shard_map(self, ctx: Context, gain) -> tuple[dict, dict]:
+        """One shard's candidates: datasets (with /row, /id: pool rows of ctx.rows) and attributes."""
+        raise NotImplementedError
+
+    def merge(self, shards: list, opts: Options, budget: int, seed: int, device) -> Allocation:
+        """The selection from every shard's candidates (alsel.candidates.Shard, in shard order)."""
         raise NotImplementedError
 
     def reason(self, score: float, parts: dict, attrs: dict) -> str:
@@ -432,9 +455,7 @@ def select(spec: str, inputs: Inputs, where: str = "--strategy", strict: bool = 
     strategy.check(inputs, opts, where)
     ctx = Context(strategy, inputs, opts, explicit)
     if hasattr(inputs.pool, "file"):
-        ctx.leave_out_skipped(inputs.pool.flags(opts.select, "skipped"))
-        if inputs.paired is not None:
-            ctx.leave_out(already_paired_rows(inputs.pool, opts.select, inputs.paired))
+        _leave_out(ctx, inputs, opts)
     check_budget(inputs.budget, int(ctx.selectable.sum()), inputs.pool.path, ctx.left_out, ctx.skipped)
     gain = strategy.gain(ctx)
     check_budget(inputs.budget, int(ctx.selectable.sum()), inputs.pool.path, ctx.left_out, ctx.skipped)
@@ -455,6 +476,8 @@ def select(spec: str, inputs: Inputs, where: str = "--strategy", strict: bool = 
     head = inputs.head
     attrs = {k: getattr(ctx.opts, k) for k in strategy.options if k != "fill"}  # the fill: fill_rule below
     attrs.update(ctx.attrs)  # what the strategy resolved (e.g. δ of --delta auto)
+    attrs.update(alloc.attrs)
+    ctx.notes.extend(alloc.notes)
     attrs.update(strategy=name, budget=inputs.budget, seed=inputs.seed, select=ctx.opts.select,
                  pool_size=ctx.pool.n, pool_fingerprint=inputs.pool.fingerprint(ctx.opts.select),
                  model=inputs.pool.model, head=head.fingerprint() if head is not None else "none",
@@ -469,12 +492,105 @@ def select(spec: str, inputs: Inputs, where: str = "--strategy", strict: bool = 
     return sel
 
 
-def already_paired_rows(pool: Store, select: str, paired: Store, block: int = 65536) -> np.ndarray:
-    """bool per pool row: its id is an id of the paired store's same side (read in blocks)."""
+def _leave_out(ctx: Context, inputs: Inputs, opts: Options) -> None:
+    """Skipped and already paired rows of the rows this process works on are never chosen."""
+    ctx.leave_out_skipped(inputs.pool.flags(opts.select, "skipped"))
+    if inputs.paired is not None:
+        ctx.leave_out(already_paired_rows(inputs.pool, opts.select, inputs.paired, *ctx.rows))
+
+
+def already_paired_rows(pool: Store, select: str, paired: Store, start: int = 0, stop: int | None = None,
+                        block: int = 65536) -> np.ndarray:
+    """bool per pool row: its id is an id of the paired store's same side (ids read in blocks, only those of
+    rows [start, stop); the others are False)."""
     ids = paired.ids(select)
     n = pool.side(select).n
-    return np.concatenate([already_paired(pool.ids(select, a, min(n, a + block)), ids)
-                           for a in range(0, n, block)]) if n else np.zeros(0, dtype=bool)
+    stop = n if stop is None else stop
+    out = np.zeros(n, dtype=bool)
+    for a in range(start, stop, block):
+        out[a:min(stop, a + block)] = already_paired(pool.ids(select, a, min(stop, a + block)), ids)
+    return out
+
+
+def sharded() -> list[str]:
+    """The strategies with a sharded form."""
+    return [n for n in names() if REGISTRY[n].shardable]
+
+
+def select_shard(spec: str, inputs: Inputs, where: str = "--strategy", strict: bool = True,
+                 **given) -> tuple[dict, dict]:
+    """Shard inputs.shard = (i, n) of a sharded selection (SPEC §10): the candidates of the pool rows
+    [i·N/n, (i+1)·N/n) and the statistics the merge needs, as (datasets, attributes) of a candidates file."""
+    import json
+
+    strategy, opts, explicit = resolve(spec, where, strict, **given)
+    if not strategy.shardable:
+        hint = "; hn shards through `alsel score --shard i/n`" if strategy.name == "hn" else ""
+        raise AlselError(f"{where} {spec}: {strategy.name} has no sharded form (sharded: {', '.join(sharded())}){hint}")
+    if inputs.pool is None:
+        raise AlselError(f"{where} {spec}: a shard needs the pool (--unpaired POOL.h5)")
+    opts = strategy.prepare(inputs, opts, explicit)
+    strategy.check(inputs, opts, where)
+    ctx = Context(strategy, inputs, opts, explicit)
+    _leave_out(ctx, inputs, opts)
+    data, extra = strategy.shard_map(ctx, strategy.gain(ctx))
+    from ..store import paired_fingerprint
+
+    head = inputs.head
+    a, b = ctx.rows
+    data["id"] = inputs.pool.ids_at(opts.select, np.asarray(data["row"], dtype=np.int64))
+    attrs = {"strategy": strategy.canonical(ctx.opts),
+             "options": json.dumps({k: getattr(ctx.opts, k) for k in strategy.reads()}, sort_keys=True),
+             "budget": inputs.budget, "seed": inputs.seed, "select": opts.select, "pool_size": ctx.pool.n,
+             "pool_fingerprint": inputs.pool.fingerprint(opts.select), "model": inputs.pool.model,
+             "paired_fingerprint": paired_fingerprint(inputs.paired) if inputs.paired is not None else "none",
+             "head": head.fingerprint() if head is not None else "none",
+             "shard": f"{inputs.shard[0]}/{inputs.shard[1]}", "rows": f"{a}:{b}",
+             "selectable": int(ctx.selectable[a:b].sum()), "paired_left_out": ctx.left_out,
+             "skipped_left_out": ctx.skipped, **ctx.attrs, **extra}
+    root = str(getattr(inputs.pool, "attrs", {}).get("image_root", "")) if opts.select == "images" else ""
+    if root:
+        attrs["image_root"] = root
+    return data, attrs
+
+
+def merge_shards(paths: list[str], device="cpu") -> Selection:
+    """The selection from every shard's candidates file (SPEC §10): checked to be one sharded selection
+    covering the pool, merged by the strategy's merge."""
+    from ..candidates import read_candidates
+
+    shards = read_candidates(list(paths))
+    first = shards[0].attrs
+    strategy, opts, _ = resolve(str(first["strategy"]), "--candidates")
+    budget, seed = int(first["budget"]), int(first["seed"])
+    selectable = sum(int(s.attrs.get("selectable", 0)) for s in shards)
+    left = sum(int(s.attrs.get("paired_left_out", 0)) for s in shards)
+    skipped = sum(int(s.attrs.get("skipped_left_out", 0)) for s in shards)
+    check_budget(budget, selectable, shards[0].path, left, skipped)
+    alloc = strategy.merge(shards, opts, budget, seed, torch.device(device))
+    rows = np.asarray(alloc.rows, dtype=np.int64)
+    if len(rows) != budget or len(np.unique(rows)) != len(rows):
+        raise AlselError(f"strategy {strategy.name}: the merge chose {len(rows)} rows, not {budget} distinct ones "
+                         f"(a bug in the strategy)")
+    id_of = {int(r): i for s in shards for r, i in zip(s.data["row"], s.data["id"])}
+    attrs = {k: first[k] for k in ("strategy", "budget", "seed", "select", "pool_size", "pool_fingerprint", "model",
+                                   "head") if k in first}
+    attrs.update(paired_left_out=left, skipped_left_out=skipped, shards=len(shards),
+                 fill=f"{alloc.fill} {alloc.fill_rule or 'none'}", fill_count=int(alloc.fill),
+                 fill_rule=alloc.fill_rule or "none", **getattr(alloc, "attrs", {}))
+    if "image_root" in first:
+        attrs["image_root"] = first["image_root"]
+    sel = Selection(rows, np.array([id_of[int(r)] for r in rows], dtype=object), np.asarray(alloc.score, np.float32),
+                    attrs, {k: np.asarray(v, np.float32) for k, v in alloc.parts.items()})
+    sel.notes = [f"merged {len(shards)} shards of {strategy.name}"] + list(getattr(alloc, "notes", []))
+    if left:
+        sel.notes.append(f"{left} pool items are already paired and were left out")
+    if skipped:
+        sel.notes.append(f"{skipped} pool items were skipped by annotators in an earlier round and were left out")
+    if alloc.fill:
+        sel.notes.append(f"{attrs['strategy']}: {alloc.fill} of {budget} items came from the fill ({alloc.fill_rule}), "
+                         f"not from gains")
+    return sel
 
 
 def describe() -> list[dict]:

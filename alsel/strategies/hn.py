@@ -93,9 +93,16 @@ def score_in_space(ctx: Context, head, thresholds: str | None = None, label: str
     else:
         params = ThresholdParams(**{k: getattr(opts, k) for k in THRESHOLD_KEYS}, seed=inputs.seed)
         th = make_thresholds(paired, params, ctx.device, inputs.chunk_size, precision=inputs.precision)
-    n = ctx.pool.n
-    return score_pool(inputs.pool, paired, th, opts.weight, ctx.device, chunk_size=inputs.chunk_size, head=head,
-                      precision=inputs.precision, progress=lambda k: ctx.progress(label, k, n))
+    a, b = ctx.rows
+    res = score_pool(inputs.pool, paired, th, opts.weight, ctx.device, shard=inputs.shard or (0, 1),
+                     chunk_size=inputs.chunk_size, head=head, precision=inputs.precision,
+                     progress=lambda k: ctx.progress(label, k, b - a))
+    if (a, b) != (0, ctx.pool.n):  # a shard: full-length arrays, nothing outside its rows
+        for name, fill in (("score", 0.0), ("count", 0), ("closest", -np.inf)):
+            full = np.full(ctx.pool.n, fill, dtype=getattr(res, name).dtype)
+            full[a:b] = getattr(res, name)
+            setattr(res, name, full)
+    return res
 
 
 def file_options(opts, explicit: set, attrs: dict, path: str, keys):
@@ -224,6 +231,8 @@ class HardNegativesDensity(HardNegatives):
             raise AlselError(f"{where}: hn-density clusters the pool: give --unpaired POOL.h5 with the scores")
         super().check(inputs, opts, where)
 
+    shardable = True
+
     def allocate(self, ctx: Context, g: HnGain) -> Allocation:
         from ..ascmr import density_select, density_weight
         from ..clustering import kmeans
@@ -236,6 +245,48 @@ class HardNegativesDensity(HardNegatives):
         rows = density_select(gain, assign, ctx.budget, lam, opts.density_mix, fill_rank(ctx, g), ctx.selectable)
         ctx.attrs["clusters_used"] = int(assign.max()) + 1
         return _allocation(ctx, g, rows)
+
+    def shard_map(self, ctx: Context, g: HnGain):
+        """Per k-means cluster (centers from the seeded sample of the whole pool, the same in every shard) the
+        B best selectable rows of the shard by (gain, fill rank), and the cluster's selectable count: the
+        merge's allocation is then the single process's exactly."""
+        from ..clustering import KMEANS_SAMPLE, assign, fit_on_sample
+        from ..stream import RangeRows
+
+        a, b = ctx.rows
+        k = min(ctx.clusters(), ctx.pool.n)
+        centers, _, _ = fit_on_sample(ctx.pool, k, ctx.inputs.seed, KMEANS_SAMPLE, device=ctx.device,
+                                      transform=ctx.transform)
+        cluster = assign(RangeRows(ctx.pool, a, b), centers, ctx.device, ctx.transform, ctx.inputs.chunk_size)
+        gain = np.where(g.score[a:b] > 0, g.score[a:b], 0).astype(np.float64)
+        rank = fill_rank(ctx, g)[a:b]
+        ok = ctx.selectable[a:b]
+        keep = []
+        for c in range(k):
+            mine = np.flatnonzero(ok & (cluster == c))
+            keep.append(mine[np.lexsort((rank[mine], -gain[mine]))[:ctx.budget]])
+        keep = np.concatenate(keep).astype(np.int64)
+        return ({"row": a + keep, "gain": gain[keep], "rank": rank[keep].astype(np.int64), "cluster": cluster[keep],
+                 "sizes": np.bincount(cluster[ok], minlength=k).astype(np.int64)}, {"clusters_used": k})
+
+    def merge(self, shards, opts, budget, seed, device) -> Allocation:
+        from ..ascmr import allocate, density_weight, target_shares
+
+        k = int(shards[0].attrs["clusters_used"])
+        rows = np.concatenate([s.data["row"] for s in shards])
+        gain = np.concatenate([s.data["gain"] for s in shards])
+        rank = np.concatenate([s.data["rank"] for s in shards])
+        cluster = np.concatenate([s.data["cluster"] for s in shards])
+        sizes = sum(s.data["sizes"] for s in shards)
+        ranked = [m[np.lexsort((rank[m], -gain[m]))] for m in (np.flatnonzero(cluster == c) for c in range(k))]
+        lam = density_weight(gain, budget, opts.lam)
+        counts = allocate([gain[r] for r in ranked], target_shares(sizes, opts.density_mix), budget, lam)
+        chosen = np.concatenate([r[:n] for r, n in zip(ranked, counts)]).astype(np.int64)
+        chosen = chosen[np.lexsort((rank[chosen], -gain[chosen]))]
+        score = np.where(gain[chosen] > 0, gain[chosen], 0).astype(np.float32)
+        alloc = Allocation(rows[chosen], score, fill=int((gain[chosen] <= 0).sum()), fill_rule=opts.fill)
+        alloc.attrs["clusters_used"] = k
+        return alloc
 
     def reason(self, score, parts, attrs):
         base = super().reason(score, parts, attrs)

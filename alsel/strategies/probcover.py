@@ -20,9 +20,11 @@ from __future__ import annotations
 import numpy as np
 from .._lazy import torch  # imported on first use (fast start)
 
-from ..clustering import kmeans, take
-from ..stream import ArrayRows, MaxSim, collect, sweep, to_device
+from ..clustering import assign, fit_on_sample, take
+from ..stream import ArrayRows, MaxSim, RangeRows, collect, sweep, to_device
 from .base import Allocation, Context, Strategy, register
+from .baselines import lowest_ranks, permutation_rank
+from .kcenter import PER_SHARD
 from .typiclust import points_of
 
 DELTA_GRID = np.round(np.arange(1, 201) * 0.01, 2)  # 0.01 .. 2.00 (unit rows: distances are at most 2)
@@ -113,8 +115,11 @@ class ProbCover(Strategy):
     summary = ("greedy max coverage of δ-balls around points (paired + pool), δ auto: the largest with 95% "
                "pure balls under k-means (--clusters); random once all is covered")
     paper = "Yehuda, Dekel, Hacohen, Weinshall, NeurIPS 2022"
+    shardable = True
 
     def gain(self, ctx: Context):
+        """The δ-ball graph from the pool rows ctx.rows to the ball members: (src pool rows, dst members,
+        covered members)."""
         paired, points = points_of(ctx)
         n_paired, n_all = len(paired), points.n
         rng = ctx.rng(1)
@@ -123,13 +128,13 @@ class ProbCover(Strategy):
         delta = ctx.opts.delta
         if delta == "auto":
             k = min(ctx.clusters(), n_all)
-            _, assign = kmeans(points, k, ctx.inputs.seed, device=ctx.device, chunk_size=ctx.inputs.chunk_size)
-            delta, purity = auto_delta(members, assign[members_at], ctx.device)
+            centers, _, _ = fit_on_sample(points, k, ctx.inputs.seed, device=ctx.device)
+            delta, purity = auto_delta(members, assign(ArrayRows(members), centers, ctx.device), ctx.device)
             ctx.attrs.update(delta_auto=delta, purity=purity)
         cut = 1.0 - delta * delta / 2.0
         pool_rows = ArrayRows(points.take(np.arange(n_paired, n_all))) if isinstance(points, ArrayRows) \
             else points.parts[1]
-        # a sample of pool rows says how many edges the whole pool would have
+        # a sample of the whole pool's rows says how many edges it would have (the same in every shard)
         probe = np.sort(rng.choice(ctx.pool.n, min(ctx.pool.n, ESTIMATE_ROWS), replace=False))
         est = len(self._edges(ctx, ArrayRows(take(pool_rows, probe)), members, cut)[0]) * ctx.pool.n / len(probe)
         if est > MAX_EDGES:
@@ -138,12 +143,13 @@ class ProbCover(Strategy):
         if len(members_at) < n_all:
             ctx.notes.append(f"probcover: ball members counted on a seeded sample of {len(members_at)} of "
                              f"{n_all} points")
-        src, dst = self._edges(ctx, pool_rows, members, cut)
+        a, b = ctx.rows
+        src, dst = self._edges(ctx, RangeRows(pool_rows, a, b), members, cut)
         # members within δ of a paired item (a paired member is within 0 of itself) start covered
         (near,) = collect(sweep(ArrayRows(members), to_device(paired, ctx.device), MaxSim(), device=ctx.device))
         covered = (near >= cut) | (members_at < n_paired)
-        ctx.attrs.update(delta=delta, members=len(members_at), edges=len(src))
-        return src, dst, covered
+        ctx.attrs.update(delta=delta, members=len(members_at))
+        return src + a, dst, covered
 
     def _edges(self, ctx, rows, members, cut):
         reducer = Edges()
@@ -154,44 +160,111 @@ class ProbCover(Strategy):
 
     def allocate(self, ctx: Context, gain) -> Allocation:
         src, dst, covered = gain
-        covered = covered.copy()
+        ctx.attrs["edges"] = len(src)
+        rows, score = greedy_cover(src, dst, covered, ctx.selectable, ctx.budget,
+                                   lambda: ctx.progress("probcover", 1, ctx.budget))
+        return _with_fill(rows, score, permutation_rank(ctx.pool.n, ctx.inputs.seed), np.flatnonzero(ctx.selectable),
+                          ctx.budget)
+
+    def shard_map(self, ctx: Context, gain):
+        src, dst, covered = gain
+        a, b = ctx.rows
+        keep = PER_SHARD * ctx.budget
+        picks, _ = greedy_cover(src, dst, covered, ctx.selectable, keep, lambda: ctx.progress("probcover", 1, keep))
+        rank = permutation_rank(ctx.pool.n, ctx.inputs.seed)
+        fill = lowest_ranks(rank, np.flatnonzero(ctx.selectable[a:b]) + a, ctx.budget)
+        rows = np.concatenate([picks, np.setdiff1d(fill, picks)]).astype(np.int64)
         order = np.lexsort((dst, src))
         src, dst = src[order], dst[order]
-        start = np.searchsorted(src, np.arange(ctx.pool.n + 1))  # ball of pool row u: dst[start[u]:start[u+1]]
-        by_member = np.argsort(dst, kind="stable")
-        m_start = np.searchsorted(dst[by_member], np.arange(len(covered) + 1))  # rows whose ball holds member v
-        count = np.bincount(src[~covered[dst]], minlength=ctx.pool.n).astype(np.int64)
-        count[~ctx.selectable] = -1
-        rows, score = [], []
-        for b in range(ctx.budget):
-            u = int(np.argmax(count))  # ties: the lower row
-            if count[u] <= 0:
-                break
-            rows.append(u)
-            score.append(count[u])
-            count[u] = -1
-            ball = dst[start[u]:start[u + 1]]
-            new = ball[~covered[ball]]
-            covered[new] = True
-            if len(new):
-                holders = np.concatenate([by_member[m_start[v]:m_start[v + 1]] for v in new])
-                np.subtract.at(count, src[holders], 1)
-                count[rows] = -1
-                count[~ctx.selectable] = -1
-            ctx.progress("probcover", 1, ctx.budget)
-        fill = ctx.budget - len(rows)
-        if fill:
-            rest = np.flatnonzero(ctx.selectable & ~np.isin(np.arange(ctx.pool.n), rows))
-            rows += list(np.random.default_rng(ctx.inputs.seed).choice(rest, fill, replace=False))
-            score += [0] * fill
-            ctx.notes.append(f"probcover: nothing left to cover after {len(rows) - fill} picks")
-        return Allocation(np.array(rows, np.int64), np.array(score, np.float32), fill=fill,
-                          fill_rule="random" if fill else "")
+        balls = [dst[np.searchsorted(src, r):np.searchsorted(src, r, side="right")] for r in picks]
+        ptr = np.concatenate([[0], np.cumsum([len(x) for x in balls] + [0] * (len(rows) - len(picks)))])
+        return ({"row": rows, "rank": rank[rows], "ball_ptr": ptr.astype(np.int64),
+                 "ball": np.concatenate(balls).astype(np.int32) if balls else np.zeros(0, np.int32),
+                 "covered0": np.flatnonzero(covered).astype(np.int32)},
+                {"members": int(len(covered)), "greedy_kept": int(len(picks)), "edges": int(len(src))})
+
+    def merge(self, shards, opts, budget, seed, device) -> Allocation:
+        n = int(shards[0].attrs["members"])
+        covered = np.zeros(n, dtype=bool)
+        covered[shards[0].data["covered0"]] = True
+        src, dst, rows, rank = [], [], [], []
+        for s in shards:
+            ptr = s.data["ball_ptr"]
+            for k, r in enumerate(s.data["row"]):
+                ball = s.data["ball"][ptr[k]:ptr[k + 1]]
+                src.append(np.full(len(ball), r, np.int64))
+                dst.append(ball)
+            rows.append(s.data["row"])
+            rank.append(s.data["rank"])
+        rows, rank = np.concatenate(rows), np.concatenate(rank)
+        local = {int(r): i for i, r in enumerate(rows)}  # candidate rows numbered 0..m-1 (by pool row)
+        order = np.argsort(rows, kind="stable")
+        renum = np.empty(len(rows), np.int64)
+        renum[order] = np.arange(len(rows))
+        src = renum[np.array([local[int(r)] for r in np.concatenate(src)], dtype=np.int64)] if src else np.zeros(0, np.int64)
+        picks, score = greedy_cover(src, np.concatenate(dst) if dst else np.zeros(0, np.int32), covered,
+                                    np.ones(len(rows), bool), budget)
+        sorted_rows = rows[order]
+        chosen = sorted_rows[picks] if len(picks) else np.zeros(0, np.int64)
+        by_rank = np.zeros(int(sorted_rows.max()) + 1 if len(rows) else 0, np.int64)
+        by_rank[rows] = rank
+        alloc = _with_fill(chosen, score, by_rank, np.sort(rows), budget)
+        alloc.attrs["covered_members"] = int(covered.sum() + sum(score))
+        return alloc
 
     def reason(self, score, parts, attrs):
         if not score > 0:
             return "fill (random): everything was covered already"
         return f"its ball of radius δ holds {score:.0f} items no captioned or chosen item covers yet"
+
+
+def greedy_cover(src: np.ndarray, dst: np.ndarray, covered: np.ndarray, selectable: np.ndarray, budget: int,
+                 step=None) -> tuple[np.ndarray, list]:
+    """Greedy max coverage: up to `budget` times the selectable row (of src) whose ball holds the most
+    uncovered members (ties: the lower row), its ball then covered; stops when nothing is left to cover.
+    Returns the rows and the number each newly covered."""
+    covered = covered.copy()
+    n = len(selectable)
+    order = np.lexsort((dst, src))
+    src, dst = src[order], dst[order]
+    start = np.searchsorted(src, np.arange(n + 1))  # ball of row u: dst[start[u]:start[u+1]]
+    by_member = np.argsort(dst, kind="stable")
+    m_start = np.searchsorted(dst[by_member], np.arange(len(covered) + 1))  # rows whose ball holds member v
+    count = np.bincount(src[~covered[dst]], minlength=n).astype(np.int64)
+    count[~selectable] = -1
+    rows, score = [], []
+    for _ in range(budget):
+        u = int(np.argmax(count)) if n else 0  # ties: the lower row
+        if n == 0 or count[u] <= 0:
+            break
+        rows.append(u)
+        score.append(int(count[u]))
+        count[u] = -1
+        ball = dst[start[u]:start[u + 1]]
+        new = ball[~covered[ball]]
+        covered[new] = True
+        if len(new):
+            holders = np.concatenate([by_member[m_start[v]:m_start[v + 1]] for v in new])
+            np.subtract.at(count, src[holders], 1)
+            count[rows] = -1
+            count[~selectable] = -1
+        if step is not None:
+            step()
+    return np.array(rows, np.int64), score
+
+
+def _with_fill(rows: np.ndarray, score: list, rank: np.ndarray, candidates: np.ndarray, budget: int) -> Allocation:
+    """The greedy's picks, then (once nothing is left to cover) the lowest places of the seeded permutation
+    among the other candidates: the random rest, the same in one process and in a merge."""
+    fill = budget - len(rows)
+    notes = []
+    if fill:
+        rest = np.setdiff1d(candidates, rows)
+        rows = np.concatenate([rows, lowest_ranks(rank, rest, fill)])
+        score = list(score) + [0] * fill
+        notes.append(f"probcover: nothing left to cover after {budget - fill} picks")
+    return Allocation(np.asarray(rows, np.int64), np.array(score, np.float32), fill=fill,
+                      fill_rule="random" if fill else "", notes=notes)
 
 
 register(ProbCover())

@@ -1,26 +1,33 @@
-"""TypiClust (Hacohen, Dekel, Weinshall, "Active Learning on a Budget", ICML 2022), SPEC §5.
+"""TypiClust (Hacohen, Dekel, Weinshall, "Active Learning on a Budget", ICML 2022), SPEC §5, with its exact
+sharded form (SPEC §10).
 
 Points: the paired items and the pool items of the selected side, in the current space. Seeded k-means
-into K = min(|P| + B, --max-clusters) clusters. Typicality of a pool item: 1 / (mean L2 distance to its
-min(20, n_c - 1) nearest neighbours among the n_c points of its own cluster). B times: the cluster with
-the fewest paired-or-chosen items (ties: the larger cluster, then the lower index) gives its most typical
-unchosen pool item (ties: the lower row); a cluster with no pool item left is skipped.
+into K = min(|P| + B, --max-clusters) clusters, fitted on a seeded sample of at most KMEANS_SAMPLE points
+(the same sample in every shard); every point is then assigned to its nearest center. Typicality of a
+pool item: 1 / (mean L2 distance to its nearest 20 neighbours in its own cluster, itself excluded). The
+neighbours are taken among the cluster's points in the sample: up to KMEANS_SAMPLE points that is every
+point (SPEC §5 exactly); beyond, the sample stands for the cluster (choice: what makes a shard's
+typicality the single process's). B times: the cluster with the fewest paired-or-chosen items (ties: the
+larger cluster, then the lower cluster index) gives its most typical unchosen pool item (ties: the lower
+row); a cluster with no pool item left is skipped.
 
-Typicality is computed for a cluster when it is first visited (at most B clusters), by a sweep of its
-pool items against its points: memory is one cluster, time Σ n_c² over the visited clusters.
+Sharded: every shard assigns and scores its own rows and keeps, per cluster, its B most typical
+selectable rows with the cluster counts; which cluster the loop visits depends only on the counts, and the
+most typical unchosen item of a cluster is among the union of the shards' lists, so the merge gives the
+single-process selection exactly. Cost per shard: its rows × the sampled points of their cluster.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from .._lazy import torch  # imported on first use (fast start)
 
-from ..clustering import kmeans, take
-from ..stream import ArrayRows, ConcatRows, collect, sweep, to_device
-from ..thresholds import RunningTopK
+from .._lazy import torch  # imported on first use (fast start)
+from ..clustering import KMEANS_SAMPLE, assign, fit_on_sample, take
+from ..stream import ArrayRows, ConcatRows, RangeRows
 from .base import Allocation, Context, Strategy, register
 
 NEIGHBOURS = 20
+CHUNK = 65536  # pool rows loaded at a time
 
 
 class MappedRows:
@@ -51,18 +58,30 @@ def points_of(ctx: Context):
     return paired, ConcatRows(ArrayRows(paired), pool)
 
 
-def typicality(vectors: np.ndarray, queries: np.ndarray, device: torch.device) -> np.ndarray:
-    """1 / mean distance of each of `queries` (indices into `vectors`, the points of one cluster) to its
-    min(20, n - 1) nearest other points; 0 for a cluster of one point."""
-    n = len(vectors)
-    k = min(NEIGHBOURS, n - 1)
-    if k < 1:
-        return np.zeros(len(queries))
-    reducer = RunningTopK(k, torch.from_numpy(queries).to(device), torch.arange(n, device=device), all_k=True)
-    (sims,) = collect(sweep(ArrayRows(vectors[queries]), to_device(vectors, device), reducer, device=device))
-    dist = np.sqrt(np.maximum(2.0 - 2.0 * sims.astype(np.float64), 0.0)).mean(axis=1)
-    with np.errstate(divide="ignore"):
-        return 1.0 / dist
+def typicality_against(x: np.ndarray, ids: np.ndarray, refs: np.ndarray, ref_ids: np.ndarray,
+                       device: torch.device) -> np.ndarray:
+    """1 / mean distance of each row of `x` to its min(20, m) nearest rows of `refs`, a row never its own
+    neighbour (same id); m = the references other than itself. 0 without a neighbour."""
+    if len(x) == 0:
+        return np.zeros(0)
+    k = min(NEIGHBOURS, len(refs))
+    if k == 0:
+        return np.zeros(len(x))
+    xt, rt = torch.from_numpy(np.ascontiguousarray(x)).to(device), torch.from_numpy(np.ascontiguousarray(refs)).to(device)
+    out = np.empty(len(x))
+    own = torch.from_numpy(np.asarray(ids)).to(device)
+    rid = torch.from_numpy(np.asarray(ref_ids)).to(device)
+    for a in range(0, len(x), 4096):
+        s = xt[a:a + 4096] @ rt.T
+        s.masked_fill_(own[a:a + 4096, None] == rid[None, :], -torch.inf)
+        top = s.topk(k, dim=1).values.cpu().numpy().astype(np.float64)
+        valid = np.isfinite(top)
+        kk = np.minimum(valid.sum(axis=1), NEIGHBOURS)
+        dist = np.sqrt(np.maximum(2.0 - 2.0 * np.where(valid, top, 1.0), 0.0))
+        mean = (dist * (np.arange(k)[None, :] < kk[:, None])).sum(axis=1) / np.maximum(kk, 1)
+        with np.errstate(divide="ignore"):
+            out[a:a + len(top)] = np.where(kk > 0, 1.0 / mean, 0.0)
+    return out
 
 
 class TypiClust(Strategy):
@@ -74,45 +93,94 @@ class TypiClust(Strategy):
     summary = ("k-means over paired + pool items (K = paired + B, at most --max-clusters); B times the least "
                "covered cluster gives its most typical pool item (1 / mean distance to its 20 nearest neighbours)")
     paper = "Hacohen, Dekel, Weinshall, ICML 2022"
+    shardable = True
 
     def gain(self, ctx: Context):
+        """Per cluster: the B most typical selectable rows of ctx.rows, and the cluster counts."""
         paired, points = points_of(ctx)
-        k = min(len(paired) + ctx.budget, ctx.opts.max_clusters, points.n)
-        _, assign = kmeans(points, k, ctx.inputs.seed, device=ctx.device, chunk_size=ctx.inputs.chunk_size)
-        return len(paired), points, assign, k
+        n_p = len(paired)
+        k = min(n_p + ctx.budget, ctx.opts.max_clusters, points.n)
+        centers, picked, sample = fit_on_sample(points, k, ctx.inputs.seed, KMEANS_SAMPLE, device=ctx.device)
+        sample_cluster = assign(ArrayRows(sample), centers, ctx.device)
+        paired_count = np.bincount(assign(ArrayRows(paired), centers, ctx.device), minlength=k)
+        refs = {c: np.flatnonzero(sample_cluster == c) for c in range(k)}
+        a, b = ctx.rows
+        pool_points = RangeRows(points, n_p + a, n_p + b)
+        pool_count, left = np.zeros(k, np.int64), np.zeros(k, np.int64)
+        lists: dict[int, list] = {c: [] for c in range(k)}
+        for s in range(0, b - a, CHUNK):
+            e = min(b - a, s + CHUNK)
+            x = np.array(pool_points.load(s, e).numpy(), dtype=np.float32)
+            cluster = assign(ArrayRows(x), centers, ctx.device)
+            rows = np.arange(a + s, a + e)
+            pool_count += np.bincount(cluster, minlength=k)
+            ok = ctx.selectable[rows]
+            left += np.bincount(cluster[ok], minlength=k)
+            for c in np.unique(cluster[ok]):
+                mine = np.flatnonzero((cluster == c) & ok)
+                t = typicality_against(x[mine], n_p + rows[mine], sample[refs[c]], picked[refs[c]], ctx.device)
+                lists[c].append((rows[mine], t))
+            pool_points.release(s, e)
+            ctx.progress("typicality", e - s, b - a)
+        return k, paired_count, pool_count, left, _best_per_cluster(lists, ctx.budget)
+
+    def shard_map(self, ctx: Context, gain):
+        k, paired_count, pool_count, left, best = gain
+        rows = np.concatenate([best[c][0] for c in range(k)]).astype(np.int64)
+        return ({"row": rows, "cluster": np.concatenate([np.full(len(best[c][0]), c) for c in range(k)]).astype(np.int64),
+                 "typicality": np.concatenate([best[c][1] for c in range(k)]), "paired_count": paired_count,
+                 "pool_count": pool_count, "left": left}, {"clusters_used": k})
 
     def allocate(self, ctx: Context, gain) -> Allocation:
-        n_paired, points, assign, k = gain
-        size = np.bincount(assign, minlength=k)
-        covered = np.bincount(assign[:n_paired], minlength=k)
-        pool_cluster = assign[n_paired:]
-        left = np.bincount(pool_cluster[ctx.selectable], minlength=k)  # selectable pool items per cluster
-        typical: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # cluster -> (pool rows, typicality)
-        chosen = np.zeros(ctx.pool.n, dtype=bool)
-        rows, score = [], []
-        for _ in range(ctx.budget):
-            open_ = np.flatnonzero(left > 0)
-            c = int(open_[np.lexsort((open_, -size[open_], covered[open_]))[0]])
-            if c not in typical:
-                members = np.flatnonzero(assign == c)
-                pool_members = members[members >= n_paired]
-                t = typicality(take(points, members), np.flatnonzero(members >= n_paired), ctx.device)
-                typical[c] = (pool_members - n_paired, t)
-            cand, t = typical[c]
-            ok = ctx.selectable[cand] & ~chosen[cand]
-            best = np.flatnonzero(ok)[np.lexsort((cand[ok], -t[ok]))[0]]
-            rows.append(int(cand[best]))
-            score.append(t[best])
-            chosen[cand[best]] = True
-            covered[c] += 1
-            left[c] -= 1
-            ctx.progress("typiclust", 1, ctx.budget)
+        k, paired_count, pool_count, left, best = gain
+        alloc = _loop(k, paired_count, paired_count + pool_count, left, best, ctx.budget)
         ctx.attrs["clusters_used"] = k
-        return Allocation(np.array(rows, np.int64), np.array(score, np.float32))
+        return alloc
+
+    def merge(self, shards, opts, budget, seed, device) -> Allocation:
+        k = int(shards[0].attrs["clusters_used"])
+        paired_count = shards[0].data["paired_count"]
+        size = paired_count + sum(s.data["pool_count"] for s in shards)
+        left = sum(s.data["left"] for s in shards)
+        lists = {c: [] for c in range(k)}
+        for s in shards:
+            for c in range(k):
+                mine = s.data["cluster"] == c
+                lists[c].append((s.data["row"][mine], s.data["typicality"][mine]))
+        alloc = _loop(k, paired_count, size, left, _best_per_cluster(lists, budget), budget)
+        alloc.attrs["clusters_used"] = k
+        return alloc
 
     def reason(self, score, parts, attrs):
         return (f"the most typical item (typicality {score:.3g}: 1 / mean distance to its 20 nearest neighbours) "
                 f"of the least covered cluster")
+
+
+def _best_per_cluster(lists: dict, budget: int) -> dict:
+    """Per cluster, (rows, typicality) of its `budget` most typical rows (ties: the lower row)."""
+    out = {}
+    for c, parts in lists.items():
+        rows = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+        t = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0)
+        order = np.lexsort((rows, -t))[:budget]
+        out[c] = (rows[order].astype(np.int64), t[order])
+    return out
+
+
+def _loop(k: int, covered: np.ndarray, size: np.ndarray, left: np.ndarray, best: dict, budget: int) -> Allocation:
+    """B times the least covered cluster with pool items left gives its most typical unchosen item."""
+    covered, left = covered.copy(), left.copy()
+    taken = np.zeros(k, dtype=np.int64)
+    rows, score = [], []
+    for _ in range(budget):
+        open_ = np.flatnonzero(left > 0)
+        c = int(open_[np.lexsort((open_, -size[open_], covered[open_]))[0]])
+        rows.append(int(best[c][0][taken[c]]))
+        score.append(best[c][1][taken[c]])
+        taken[c] += 1
+        covered[c] += 1
+        left[c] -= 1
+    return Allocation(np.array(rows, np.int64), np.array(score, np.float32))
 
 
 register(TypiClust())
