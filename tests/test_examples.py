@@ -54,3 +54,24 @@ def test_slurm_job_scripts(tmp_path):
     assert len(calls) == 3
     assert "--array=0-4" in calls[1] and "--dependency=afterok:" in calls[1] and "score_array.sbatch" in calls[1]
     assert "--dependency=afterok:" in calls[2] and "select.sbatch" in calls[2]
+
+
+def test_submit_takes_the_strategy(tmp_path):
+    """STRATEGY=auto: advise, then the shard array after it, then the merge after the array (fake sbatch)."""
+    slurm = os.path.join(ROOT, "examples", "slurm")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "sbatch").write_text('#!/usr/bin/env bash\necho "$@" >> "$SBATCH_LOG"\necho $((RANDOM + 1))\n')
+    os.chmod(fake / "sbatch", 0o755)
+    for strategy, n_calls in (("auto", 3), ("coreset", 2)):
+        log = tmp_path / f"{strategy}.log"
+        e = env(PAIRED="p.h5", POOL="u.h5", OUT=str(tmp_path / strategy), BUDGET="7", SHARDS="3", STRATEGY=strategy,
+                SBATCH_LOG=str(log))
+        e["PATH"] = f"{fake}{os.pathsep}{e['PATH']}"
+        r = run(["bash", os.path.join(slurm, "submit.sh")], env=e)
+        calls = log.read_text().splitlines()
+        assert len(calls) == n_calls and f"{strategy} shard array" in r.stdout
+        assert "--array=0-2" in calls[-2] and "select_array.sbatch" in calls[-2]
+        assert "--dependency=afterok:" in calls[-1] and "merge.sbatch" in calls[-1]
+        if strategy == "auto":
+            assert "advise.sbatch" in calls[0] and "--dependency=afterok:" in calls[1]

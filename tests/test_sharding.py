@@ -18,7 +18,7 @@ from conftest import MODEL, random_paired, stored, unit, write_paired
 from reference import unit64
 
 CPU = torch.device("cpu")
-EXACT = ["random", "typiclust", "hn-density"]
+EXACT = ["random", "typiclust", "hn-density", "hn", "hn-fill-closest"]
 
 
 def world(tmp_path, rng, n_pool=120, d=8, clustered=False, repeat_paired=2):
@@ -50,13 +50,14 @@ def single_and_merged(tmp_path, name, paired, pool, budget, n, head=None, **kw):
     return one, strategies.merge_shards(paths[::-1])  # any order of the files
 
 
-@pytest.mark.parametrize("name", ["random", "coreset", "typiclust", "probcover", "hn-density"])
+@pytest.mark.parametrize("name", ["random", "coreset", "typiclust", "probcover", "hn-density", "hn",
+                                  "hn-learnability"])
 @pytest.mark.parametrize("with_head", [False, True])
 def test_one_shard_is_the_single_process_selection(tmp_path, name, with_head):
     rng = np.random.default_rng(1)
     paired, pool = world(tmp_path, rng)
     head = None
-    if with_head:
+    if with_head or name == "hn-learnability":
         head = Head(8, 8)
         head.reset("random", torch.Generator().manual_seed(2))
     one, merged = single_and_merged(tmp_path, name, paired, pool, 15, 1, head=head)
@@ -144,7 +145,7 @@ def test_shards_through_the_command_line(tmp_path, run_cli):
                            "--budget", 8, "--out", tmp_path / "x.h5")
     assert code == 2 and "--budget 9" in err and not (tmp_path / "x.h5").exists()
     # what a shard cannot do, one line each
-    for extra, msg in ((["--strategy", "hn"], "alsel score --shard"), (["--csv", tmp_path / "x.csv"], "--candidates"),
+    for extra, msg in ((["--csv", tmp_path / "x.csv"], "--candidates"),
                        (["--strategy", "auto"], "--advice"), (["--strategy", "schedule"], "no sharded form")):
         code, _, err = run_cli("select", *base, "--shard", "0/3", "--out", tmp_path / "x.h5", *extra)
         assert code == 2 and msg in err and err.count("\n") == 1, (extra, err)

@@ -131,6 +131,33 @@ def test_submit_end_to_end_equals_unsharded(cluster, world, tmp_path, run_cli):
     assert "wrote" in (logs / f"threshold_{xi}.out").read_text()
 
 
+def test_strategy_shards_as_an_array_with_a_requeued_task(cluster, world, tmp_path, run_cli):
+    """STRATEGY=typiclust: a 4-task shard array, then the merge (afterok). One task is requeued while it runs
+    (it stops, waits, runs again from the start and writes the same candidates); the merged selection equals
+    the single-process one exactly."""
+    out = tmp_path / "run"
+    env = dict(cluster, PAIRED=world["paired"], POOL=world["pool_images"], OUT=str(out), SHARDS="4", BUDGET="40",
+               STRATEGY="typiclust")
+    r = subprocess.run(["bash", os.path.join(SLURM, "submit.sh")], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    array, merge = re.fullmatch(r"submitted: typiclust shard array (\d+) \(4 tasks\), merge (\d+)\n", r.stdout).groups()
+    # requeue task 1 while it runs (during its start-up at the latest: a SIGTERM, exit 143, nothing written)
+    wait_for(cluster, array, lambda s: s.get("1", ("",))[0] == "RUNNING", every=0.05)
+    slurm(cluster, "scontrol", "requeue", f"{array}_1")
+    states = wait_for(cluster, merge, finished)
+    assert list(states.values())[0][:2] == ("COMPLETED", "0:0"), states
+    tasks = job_state(cluster, array)
+    assert all(s[:2] == ("COMPLETED", "0:0") for s in tasks.values()), tasks
+    log = (out / "logs" / f"shard_{array}_1.out").read_text()
+    assert ("stopped" in log or "DUE TO JOB REQUEUE" in log) and log.count("wrote ") == 1 and "Traceback" not in log, log
+    assert run_cli("select", "--strategy", "typiclust", "--paired", world["paired"], "--unpaired", world["pool_images"],
+                   "--budget", 40, "--out", tmp_path / "one.h5")[0] == 0
+    for a, b in zip(selection(out / "selection.h5"), selection(tmp_path / "one.h5")):
+        assert np.array_equal(a, b)
+    assert "merged 4 shards of typiclust" in (out / "logs" / f"merge_{merge}.out").read_text()
+
+
 @pytest.fixture(scope="module")
 def slow_shard(tmp_path_factory):
     """Stores whose scoring takes tens of seconds in small chunks: time to stop a task midway."""

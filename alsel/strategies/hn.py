@@ -203,6 +203,25 @@ class HardNegatives(Strategy):
     def allocate(self, ctx: Context, g: HnGain) -> Allocation:
         return positives_then_fill(ctx, g)
 
+    shardable = True
+
+    def shard_map(self, ctx: Context, g: HnGain):
+        """The shard's B first rows in hn's order (positive scores first, then the fill's order, both computed
+        over the whole pool): the merge's B first of their union are the single process's exactly."""
+        a, b = ctx.rows
+        rank = fill_rank(ctx, g)
+        cand = np.flatnonzero(ctx.selectable[a:b]) + a
+        keep = cand[np.lexsort((rank[cand], -g.score[cand].astype(np.float64)))][:ctx.budget]
+        return {"row": keep, "score": g.score[keep].astype(np.float32), "rank": rank[keep].astype(np.int64)}, {}
+
+    def merge(self, shards, opts, budget, seed, device) -> Allocation:
+        rows = np.concatenate([s.data["row"] for s in shards])
+        score = np.concatenate([s.data["score"] for s in shards])
+        rank = np.concatenate([s.data["rank"] for s in shards])
+        keep = np.lexsort((rank, -score.astype(np.float64)))[:budget]
+        return Allocation(rows[keep], np.where(score[keep] > 0, score[keep], 0).astype(np.float32),
+                          fill=int((score[keep] <= 0).sum()), fill_rule=opts.fill)
+
     def reason(self, score, parts, attrs):
         if not score > 0:
             return (f"fill ({attrs.get('fill_rule', 'random')}): not a hard negative of any caption; chosen to "
