@@ -54,48 +54,43 @@ def take(points, rows: np.ndarray, device: torch.device | None = None, transform
         return transform(x.to(device or "cpu")).cpu().numpy()
 
 
-FIT_ROWS = 8192  # rows per block of the float64 fitting steps: temporaries of a block, not of the sample
+SEED_SAMPLE = 20  # k-means++ seeding looks at up to this many sampled points per center (at least 4,096)
 
 
-def nearest(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    """Index of the nearest center (squared Euclidean, float64; ties: the lower index), in row blocks."""
-    cc = (centers ** 2).sum(axis=1)[None, :]
-    return np.concatenate([np.argmin((b ** 2).sum(axis=1)[:, None] - 2 * b @ centers.T + cc, axis=1)
-                           for b in _blocks(x)]) if len(x) else np.zeros(0, np.int64)
-
-
-def _blocks(x: np.ndarray):
-    return (x[a:a + FIT_ROWS] for a in range(0, len(x), FIT_ROWS))
-
-
-def _sq_dist(s: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """||s_i - c||² per row, in row blocks."""
-    return np.concatenate([((b - c) ** 2).sum(axis=1) for b in _blocks(s)])
-
-
-def fit_centers(sample: np.ndarray, k: int, rng: np.random.Generator, iters: int = KMEANS_ITERS) -> np.ndarray:
-    """k-means++ seeding and Lloyd steps on `sample` (float64); an empty cluster keeps its center."""
-    s = np.asarray(sample, dtype=np.float64)
-    centers = [s[rng.integers(len(s))]]
-    d2 = _sq_dist(s, centers[0])
+def fit_centers(sample: np.ndarray, k: int, rng: np.random.Generator, iters: int = KMEANS_ITERS,
+                device: torch.device | None = None) -> np.ndarray:
+    """k-means++ seeding on a seeded subsample of `sample` (SEED_SAMPLE points per center), then Lloyd
+    steps on all of it: assignments by float32 matrix products on the device (argmax of x·c - ||c||²/2,
+    ties: the lower center), centers as float64 means; an empty cluster keeps its center. Returns the
+    centers as float64."""
+    device = device or torch.device("cpu")
+    s = torch.from_numpy(np.ascontiguousarray(sample, dtype=np.float32)).to(device)
+    n = len(s)
+    m = min(n, max(4096, SEED_SAMPLE * k))
+    seed_rows = np.sort(rng.choice(n, size=m, replace=False)) if m < n else np.arange(n)
+    x = s[torch.from_numpy(seed_rows).to(device)]
+    sq = (x * x).sum(dim=1)
+    first = int(rng.integers(m))
+    chosen = [first]
+    d2 = (sq - 2 * (x @ x[first]) + sq[first]).clamp_(min=0).double()
     for _ in range(1, k):
-        total = d2.sum()
-        nxt = s[rng.choice(len(s), p=d2 / total)] if total > 0 else s[rng.integers(len(s))]
-        centers.append(nxt)
-        d2 = np.minimum(d2, _sq_dist(s, nxt))
-    from scipy import sparse
-
-    c = np.array(centers)
+        total = float(d2.sum())
+        p = (d2 / total).cpu().numpy() if total > 0 else None
+        nxt = int(rng.choice(m, p=p / p.sum())) if p is not None else int(rng.integers(m))
+        chosen.append(nxt)
+        d2 = torch.minimum(d2, (sq - 2 * (x @ x[nxt]) + sq[nxt]).clamp_(min=0).double())
+    c = x[torch.tensor(chosen, device=device)].double()
+    s64 = s.double()
     for _ in range(iters):
-        a = nearest(s, c)
-        members = sparse.csr_matrix((np.ones(len(s)), (a, np.arange(len(s)))), shape=(k, len(s)))
-        size = np.asarray(members.sum(axis=1)).ravel()
-        sums = members @ s
-        new = np.where(size[:, None] > 0, sums / np.maximum(size, 1)[:, None], c)
-        if np.allclose(new, c, rtol=0, atol=1e-10):
+        c32 = c.float()
+        a = torch.argmax(s @ c32.T - 0.5 * (c32 * c32).sum(dim=1), dim=1)
+        size = torch.bincount(a, minlength=k).double()
+        sums = torch.zeros((k, s.shape[1]), dtype=torch.float64, device=device).index_add_(0, a, s64)
+        new = torch.where(size[:, None] > 0, sums / size.clamp(min=1)[:, None], c)
+        if torch.allclose(new, c, rtol=0, atol=1e-10):
             break
         c = new
-    return c
+    return c.cpu().numpy()
 
 
 def assign(points, centers: np.ndarray, device: torch.device | None = None, transform=None,
@@ -131,4 +126,4 @@ def fit_on_sample(points, k: int, seed: int = 0, sample: int = KMEANS_SAMPLE, it
     rng = np.random.default_rng(seed)
     picked = np.sort(rng.choice(n, size=min(n, sample), replace=False))
     x = take(src, picked, device, transform)
-    return fit_centers(x, k, rng, iters), picked, x
+    return fit_centers(x, k, rng, iters, device), picked, x

@@ -1,14 +1,25 @@
-"""How every strategy of the registry scales with the pool: time and peak memory of `alsel select`.
+"""How every strategy of the registry scales with the pool, against its streaming limit on this machine.
 
 Writes, per size N, a pool of N pairs (random unit rows, float16, D = 512: images with one caption each,
 so the same file serves the strategies that take pool images and those that take pool pairs), a paired
-store of 5,000 pairs and a randomly initialised probabilistic head (dim 64, 10 classes), then runs
-`alsel select --strategy NAME --budget B` in a fresh process per strategy and size, and prints seconds
-and the process's own peak RSS (VmHWM, read at exit). Nothing may grow like N × N: memory should grow
-by a few numbers per pool row (and the pool itself where it fits in POOL_CACHE_BYTES).
+store of 5,000 pairs and a randomly initialised probabilistic head, then runs `alsel select --strategy NAME
+--budget B` in a fresh process per strategy and size and prints its seconds and peak RSS (VmHWM) beside
+its *limit*: what its passes and products cost at this machine's bare rates, measured in the same run —
+
+    start     a fresh interpreter importing torch and alsel and opening the stores (`alsel select` on a
+              10-row pool with --strategy random);
+    mm_bf16   a bare bfloat16 torch.mm of 1024 × 512 tiles against 2048 columns (float32 accumulation),
+    mm_fp32   the same in float32 (also what k-means fitting runs at);
+    read      a bare read of the pool's rows from the page cache (float16 file);
+    scan      a bare pass over the rows held in memory as float32 (a matrix-vector product).
+
+    limit = start + products / mm rate + bytes / read or scan rate, per strategy (LIMITS below: the
+    products and passes each strategy cannot avoid, at the precision it may use exactly).
 
     python benchmarks/strategy_scale.py --sizes 100000,1000000
     python benchmarks/strategy_scale.py --sizes 20000 --strategies typiclust,probcover   # a quick look
+    python benchmarks/strategy_scale.py --sizes 10000000 --shards 4 --strategies coreset,typiclust   # sharded:
+        each shard in its own process (or on the local SLURM with --slurm), time and peak RSS per shard
 """
 
 from __future__ import annotations
@@ -27,8 +38,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from alsel import strategies  # noqa: E402
+from alsel.clustering import KMEANS_ITERS, KMEANS_SAMPLE  # noqa: E402
 from alsel.probhead import ProbConfig, ProbHead, save_prob_head  # noqa: E402
 from alsel.store import StoreWriter  # noqa: E402
+from alsel.strategies.probcover import MAX_TARGETS  # noqa: E402
 
 CHILD = """
 import sys, cli
@@ -53,6 +66,103 @@ def write_pairs(path: str, n: int, d: int, seed: int, prefix: str) -> None:
             w.write("texts", a, t, [f"{prefix}t{i}" for i in range(a, a + len(x))])
 
 
+# --------------------------------------------------------------------------- bare rates
+
+
+def rate_mm(dtype, seconds: float = 1.5) -> float:
+    """Multiply-adds per second of bare torch.mm on alsel's CPU tile shapes (1024 × D by D × 2048)."""
+    a = torch.randn(1024, 512).to(dtype)
+    b = torch.randn(2048, 512).to(dtype)
+    out = torch.empty(1024, 2048, dtype=dtype)
+    torch.mm(a, b.T, out=out)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        torch.mm(a, b.T, out=out)
+        n += 1
+    return n * 1024 * 2048 * 512 / (time.perf_counter() - t0)
+
+
+def rate_read(pool: str) -> float:
+    """Bytes per second of reading the pool's /images/emb once from the page cache (after a warm-up read)."""
+    import h5py
+
+    with h5py.File(pool, "r") as f:
+        ds = f["images/emb"]
+        off, nbytes = ds.id.get_offset(), ds.size * ds.dtype.itemsize
+    with open(pool, "rb") as fh:
+        fh.seek(off)
+        fh.read(nbytes)  # into the page cache
+        t0 = time.perf_counter()
+        fh.seek(off)
+        view = memoryview(bytearray(min(nbytes, 1 << 28)))
+        left = nbytes
+        while left > 0:
+            got = fh.readinto(view[:min(left, len(view))])
+            left -= got
+        return nbytes / (time.perf_counter() - t0)
+
+
+def rate_scan(n: int = 1 << 20, d: int = 512, seconds: float = 1.5) -> float:
+    """Bytes per second of a float32 matrix-vector product over rows held in memory (k-center's per-pick pass)."""
+    x = torch.randn(n, d)
+    v = torch.randn(d)
+    x @ v
+    k, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        x @ v
+        k += 1
+    return k * n * d * 4 / (time.perf_counter() - t0)
+
+
+# --------------------------------------------------------------------------- limits
+
+
+def limits(name: str, n: int, p: int, d: int, b: int, dim: int) -> dict:
+    """The products (multiply-adds, by precision) and bytes (read from the file, scanned in memory) a
+    strategy cannot avoid for a pool of n rows, p paired pairs, dimension d, budget b."""
+    read = n * d * 2  # one pass over the float16 pool
+    k_sample = min(KMEANS_SAMPLE, n + p)
+    lloyd = lambda k: k_sample * k * d * KMEANS_ITERS  # noqa: E731  (k-means Lloyd steps on the sample, float32)
+    if name == "random":
+        return {}
+    if name == "coreset":  # distances to the paired set, then one pass over the held rows per pick
+        return {"fp32": n * p * d, "read": read, "scan": b * n * d * 4}
+    if name in ("hn", "hn-learnability"):  # thresholds (paired × paired) and the scores (pool × captions)
+        times = 2 if name == "hn-learnability" else 1
+        return {"bf16": times * (p * p * d + n * p * d), "read": times * read}
+    if name in ("hn-density", "schedule"):
+        k = b if name == "hn-density" else min(p + b, 500)
+        return {"bf16": p * p * d + n * p * d, "fp32": n * k * d + lloyd(k), "read": 2 * read}
+    if name == "typiclust":  # k-means (fit, assignment), typicality against the cluster's sampled points
+        k = min(p + b, 500)
+        return {"fp32": n * k * d + n * (k_sample / k) * d + lloyd(k), "read": read}
+    if name == "probcover":  # the purity δ (20 clusters), then every pool row against the ball members
+        m = min(MAX_TARGETS, n + p)
+        return {"bf16": n * m * d, "fp32": m * m * d + lloyd(20), "read": read}
+    # the ASCMR family: both Gaussian maps of every pool pair, then k-means on the fused means
+    return {"fp32": n * 2 * 2 * d * dim + lloyd(20), "read": 2 * read}
+
+
+def limit_seconds(need: dict, rates: dict) -> float:
+    return rates["start"] + sum(need.get(k, 0) / rates[k] for k in ("bf16", "fp32", "read", "scan"))
+
+
+def run_select(d: str, name: str, pool: str, paired: str, head: str, budget: int, extra=()) -> tuple[float, float]:
+    s = strategies.get(name)
+    args = ["--head", head] if "prob_head" in s.needs else ["--paired", paired]
+    if "head" in s.needs:
+        args += ["--head", os.path.join(d, "rh.pt")]
+    hwm = os.path.join(d, f"hwm{os.getpid()}")
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", CHILD, hwm, "select", "--strategy", name, "--unpaired", pool, *args,
+                        "--budget", str(budget), "--out", os.path.join(d, f"sel_{name}.h5"), "--device", "cpu",
+                        "--quiet", *extra], cwd=ROOT, capture_output=True, text=True)
+    dt = time.perf_counter() - t0
+    if r.returncode != 0:
+        sys.exit(f"{name}: {r.stderr}")
+    return dt, int(open(hwm).read().split()[1]) / 2**20
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="100000,1000000")
@@ -60,6 +170,8 @@ def main():
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--paired", type=int, default=5000)
     ap.add_argument("--budget", type=int, default=100)
+    ap.add_argument("--shards", type=int, default=1, help="run each strategy as this many shards (one process "
+                                                           "each, one after the other) and the merge")
     args = ap.parse_args()
     torch.manual_seed(0)
     names = args.strategies.split(",")
@@ -68,25 +180,50 @@ def main():
         save_prob_head(os.path.join(d, "ph.pt"), head)
         paired = os.path.join(d, "paired.h5")
         write_pairs(paired, args.paired, args.dim, 1, "p")
+        if any("head" in strategies.get(n).needs for n in names):
+            r = subprocess.run([sys.executable, "-c", "import sys, cli; sys.exit(cli.main(sys.argv[1:]))", "train",
+                                "--paired", paired, "--out", os.path.join(d, "rh.pt"), "--epochs", "1", "--quiet",
+                                "--device", "cpu"], cwd=ROOT, capture_output=True, text=True)
+            assert r.returncode == 0, r.stderr
+        tiny = os.path.join(d, "tiny.h5")
+        write_pairs(tiny, 10, args.dim, 2, "t")
+        starts = [run_select(d, "random", tiny, paired, os.path.join(d, "ph.pt"), 5)[0] for _ in range(3)]
         print(f"paired store {args.paired:,} pairs, D = {args.dim}, float16 pools, budget {args.budget}, "
-              f"{os.cpu_count()} CPU cores")
-        print(f"{'strategy':>18} {'pool rows':>10} {'seconds':>8} {'peak RSS':>10}")
+              f"{os.cpu_count()} CPU cores, torch {torch.__version__}")
         for n in (int(x) for x in args.sizes.split(",")):
             pool = os.path.join(d, f"pool{n}.h5")
             write_pairs(pool, n, args.dim, n, "u")
+            rates = {"start": float(np.median(starts)), "bf16": rate_mm(torch.bfloat16), "fp32": rate_mm(torch.float32),
+                     "read": rate_read(pool), "scan": rate_scan(min(n, 1 << 20), args.dim)}
+            print(f"\npool {n:,} rows ({n * args.dim * 2 / 2**30:.2f} GiB). Bare rates in this run: start "
+                  f"{rates['start']:.1f} s, bf16 mm {rates['bf16'] / 1e9:.0f} G/s, fp32 mm {rates['fp32'] / 1e9:.0f} G/s, "
+                  f"read {rates['read'] / 2**30:.1f} GiB/s, scan "
+                  f"{rates['scan'] / 2**30:.1f} GiB/s")
+            print(f"{'strategy':>18} {'seconds':>8} {'limit':>7} {'ratio':>6} {'peak RSS':>10}")
             for name in names:
-                s = strategies.get(name)
-                extra = ["--head", os.path.join(d, "ph.pt")] if "prob_head" in s.needs else ["--paired", paired]
-                hwm = os.path.join(d, "hwm")
-                t0 = time.perf_counter()
-                r = subprocess.run([sys.executable, "-c", CHILD, hwm, "select", "--strategy", name, "--unpaired",
-                                    pool, *extra, "--budget", str(args.budget), "--out", os.path.join(d, "sel.h5"),
-                                    "--device", "cpu"], cwd=ROOT, capture_output=True, text=True)
-                dt = time.perf_counter() - t0
-                if r.returncode != 0:
-                    sys.exit(f"{name} at {n}: {r.stderr}")
-                kib = int(open(hwm).read().split()[1])
-                print(f"{name:>18} {n:>10,} {dt:>8.1f} {kib / 2**20:>8.2f} GiB", flush=True)
+                limit = limit_seconds(limits(name, n, args.paired, args.dim, args.budget, 64), rates)
+                if args.shards > 1:
+                    if not strategies.get(name).shardable:
+                        continue
+                    per = []
+                    for i in range(args.shards):
+                        dt, gib = run_select(d, name, pool, paired, os.path.join(d, "ph.pt"), args.budget,
+                                             ["--shard", f"{i}/{args.shards}"])
+                        os.replace(os.path.join(d, f"sel_{name}.h5"), os.path.join(d, f"cand_{name}_{i}.h5"))
+                        per.append((dt, gib))
+                    t0 = time.perf_counter()
+                    r = subprocess.run([sys.executable, "-c", "import sys, cli; sys.exit(cli.main(sys.argv[1:]))",
+                                        "select", "--candidates", *[os.path.join(d, f"cand_{name}_{i}.h5")
+                                                                    for i in range(args.shards)],
+                                        "--out", os.path.join(d, "merged.h5"), "--quiet"], cwd=ROOT,
+                                       capture_output=True, text=True)
+                    assert r.returncode == 0, r.stderr
+                    merge = time.perf_counter() - t0
+                    print(f"{name:>18} shards of {n // args.shards:,} rows: " + ", ".join(
+                        f"{dt:.1f} s / {gib:.2f} GiB" for dt, gib in per) + f"; merge {merge:.1f} s", flush=True)
+                    continue
+                dt, gib = run_select(d, name, pool, paired, os.path.join(d, "ph.pt"), args.budget)
+                print(f"{name:>18} {dt:>8.1f} {limit:>7.1f} {dt / limit:>6.2f} {gib:>8.2f} GiB", flush=True)
             os.unlink(pool)
 
 
