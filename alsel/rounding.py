@@ -159,6 +159,13 @@ class LowTile:
             out.append(v if self.bias is None else v + self.bias[cc])
         return torch.cat(out) if out else torch.zeros(0, device=self.x.device)
 
+    def _key_range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """CPU low precision: per row the smallest and largest int16 key of the tile (one pass, kept)."""
+        if getattr(self, "_keys", None) is None:
+            keys = self.approx.view(torch.int16)
+            self._keys = (keys.amin(dim=1), keys.amax(dim=1))  # two passes: faster than aminmax here
+        return self._keys
+
     def sign_candidates(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sign form: (rows, r, c) of the entries with approx >= 0 — the only ones that may be positive."""
         a = self.approx
@@ -166,7 +173,7 @@ class LowTile:
             # the sign bit decides: an int16 view is >= 0 exactly for +0 and positive numbers (and an
             # int16 row max and numpy's compare run several times faster than bfloat16 ones here)
             keys = a.view(torch.int16)
-            rows = torch.from_numpy(np.flatnonzero(keys.amax(dim=1).numpy() >= 0))
+            rows = torch.from_numpy(np.flatnonzero(self._key_range()[1].numpy() >= 0))
             flat = np.flatnonzero(keys.numpy()[rows.numpy()] >= 0)
             m = a.shape[1]
             return rows, torch.from_numpy(flat // m), torch.from_numpy(flat % m)
@@ -175,7 +182,20 @@ class LowTile:
         return rows, r, c
 
     def row_max_(self, best: torch.Tensor) -> torch.Tensor:
-        """Sign form: best[i] = max(best[i], max_j (x_i·a_j + b_j)) in float32, in place.
+        """Sign form: best[i] = max(best[i], max_j (x_i·a_j + b_j)) in float32, in place (band_candidates,
+        recomputed in float32)."""
+        rows, r, c = self.band_candidates(best)
+        if not len(rows):
+            return best
+        vals = self.gathered(rows, r, c)
+        row_best = torch.full((len(rows),), -torch.inf, device=best.device).scatter_reduce_(
+            0, r.to(best.device), vals.to(best.device), reduce="amax")
+        best[rows] = torch.maximum(best[rows], row_best)
+        return best
+
+    def band_candidates(self, best: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sign form: (rows, r, c) of the entries that may hold a row's largest value x_i·a_j + b_j beyond
+        `best` (rows whose best is still <= 0; the others' larger entries are sign candidates).
 
         With δ_j = shift_j in [δmin, δmax], every entry satisfies
             approx - u|approx| - δ_j - err_i  <=  x·a + b  <=  approx + u|approx| - δ_j + err_i,
@@ -191,8 +211,8 @@ class LowTile:
             # sign-magnitude bits: the largest value is the largest key when some entry is >= 0, else the
             # smallest key (the negative number of least magnitude); int16 reductions, no conversion
             keys = a.view(torch.int16)
-            kmax = keys.amax(dim=1)
-            top = torch.where(kmax >= 0, kmax, keys.amin(dim=1)).view(a.dtype).float()
+            kmin, kmax = self._key_range()
+            top = torch.where(kmax >= 0, kmax, kmin).view(a.dtype).float()
         else:
             top = a.amax(dim=1).float()
         certain = top - u * top.abs() - dmax - err - SLACK * (1 + top.abs())
@@ -201,7 +221,7 @@ class LowTile:
         reach = torch.where(t >= 0, t / (1 + u), t / (1 - u)) - SLACK * (1 + t.abs())  # least approx that may
         rows = ((top >= reach) & (best <= 0)).nonzero().squeeze(1)
         if not len(rows):
-            return best
+            return rows, rows, rows
         if low_cpu:
             # approx >= reach, in key space: reach rounded down to the tile's dtype, then compared as bits
             lo = reach[rows].to(a.dtype)
@@ -218,11 +238,7 @@ class LowTile:
             r, c = torch.from_numpy(flat // a.shape[1]), torch.from_numpy(flat % a.shape[1])
         else:
             r, c = (a[rows].float() >= reach[rows, None]).nonzero(as_tuple=True)
-        vals = self.gathered(rows, r, c)
-        row_best = torch.full((len(rows),), -torch.inf, device=best.device).scatter_reduce_(
-            0, r.to(best.device), vals.to(best.device), reduce="amax")
-        best[rows] = torch.maximum(best[rows], row_best)
-        return best
+        return rows, r, c
 
     def exact(self, rows: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
         """Float32 values (x·a + b) of the tile's rows `rows`, where `cand` (len(rows) × m bool) is

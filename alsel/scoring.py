@@ -56,10 +56,22 @@ class HingeSum:
     def update_low(self, state, tile, r0, c0):
         """Sign-form tile: approx < 0 certifies c <= 0, so only rows with some approx >= 0 are looked
         at, and only their entries with approx >= 0 are recomputed in float32; closest from those and,
-        for rows with no positive value yet, from the band below each row's largest approx."""
+        for rows with no positive value yet, from the band below each row's largest approx (both sets
+        recomputed in one gather when they are small)."""
         rows, r, c = tile.sign_candidates()
-        if len(r):
+        b_rows, b_r, b_c = tile.band_candidates(state[2])  # with closest before this tile: a superset
+        exact = band = None
+        if len(r) and len(r) <= tile.GATHER_MAX and len(b_r):
+            both = tile.gathered(torch.arange(tile.approx.shape[0]), torch.cat([rows[r], b_rows[b_r]]),
+                                 torch.cat([c, b_c]))
+            exact, band = both[:len(r)], both[len(r):]
+        elif len(r):
             exact = tile.values(rows, r, c)
+        if band is None and len(b_r):
+            band = tile.gathered(b_rows, b_r, b_c)
+        if band is not None:
+            state[2].scatter_reduce_(0, b_rows[b_r].to(band.device), band, reduce="amax")
+        if exact is not None:
             at = rows[r].to(exact.device)
             state[2].scatter_reduce_(0, at, exact, reduce="amax")
             vals = exact.clamp_(min=0)
@@ -71,7 +83,6 @@ class HingeSum:
                 dense[r, c] = vals
                 state[0][rows] += torch.count_nonzero(dense, dim=1)
                 state[1][rows] += dense.sum(dim=1).double()
-        tile.row_max_(state[2])
         return state
 
     def finish(self, state):
