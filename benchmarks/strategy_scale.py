@@ -163,6 +163,60 @@ def run_select(d: str, name: str, pool: str, paired: str, head: str, budget: int
     return dt, int(open(hwm).read().split()[1]) / 2**20
 
 
+WRAPPER = """#!/usr/bin/env bash
+# alsel as the job scripts call it, recording each process's wall time and peak RSS (VmHWM)
+t0=$(date +%s.%N)
+set +e
+{python} -c '{child}' "{out}/hwm_${{SLURM_ARRAY_TASK_ID:-merge}}" "$@"
+rc=$?
+echo "${{SLURM_ARRAY_TASK_ID:-merge}} $t0 $(date +%s.%N) $rc" >> "{out}/times"
+exit $rc
+"""
+
+
+def slurm_shards(d: str, name: str, pool: str, paired: str, n: int, args) -> None:
+    """The shards of `name` as a SLURM array (examples/slurm/submit.sh, STRATEGY=name) and the merge, on a
+    one-node cluster started for the run: per task its wall time and peak RSS."""
+    out = os.path.join(d, f"slurm_{name}")
+    os.makedirs(os.path.join(out, "bin"))
+    wrapper = os.path.join(out, "bin", "alsel")
+    with open(wrapper, "w") as fh:
+        fh.write(WRAPPER.format(python=sys.executable, child=CHILD.replace("'", "'\\''"), out=out))
+    os.chmod(wrapper, 0o755)
+    cluster = os.path.join(d, "cluster")
+    if not os.path.exists(os.path.join(cluster, "slurm.conf")):
+        os.makedirs(cluster, exist_ok=True)
+        r = subprocess.run(["bash", os.path.join(ROOT, "tests", "slurm", "cluster.sh"), "start", cluster],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit(f"cannot start SLURM: {r.stderr.strip()[-300:]}")
+    env = dict(os.environ, SLURM_CONF=os.path.join(cluster, "slurm.conf"), PATH=f"{os.path.dirname(wrapper)}:"
+               f"{os.environ['PATH']}", PAIRED=paired, POOL=pool, OUT=os.path.join(out, "run"), SHARDS=str(args.shards),
+               BUDGET=str(args.budget), STRATEGY=name, GRES="", CPUS="1", ALSEL_PROGRESS_SECONDS="60",
+               PYTHONPATH=ROOT)
+    t0 = time.perf_counter()
+    r = subprocess.run(["bash", os.path.join(ROOT, "examples", "slurm", "submit.sh")], capture_output=True, text=True,
+                       env=env)
+    if r.returncode != 0:
+        sys.exit(f"submit.sh: {r.stderr}")
+    merge = r.stdout.split("merge ")[-1].strip()
+    while True:
+        q = subprocess.run(["scontrol", "-o", "show", "job", merge], capture_output=True, text=True, env=env).stdout
+        state = next((f.split("=")[1] for f in q.split() if f.startswith("JobState=")), "")
+        if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT") or (not q and time.perf_counter() - t0 > 30):
+            break
+        time.sleep(2)
+    wall = time.perf_counter() - t0
+    rows = [line.split() for line in open(os.path.join(out, "times"))]
+    print(f"{name:>18} on SLURM, {args.shards} array tasks of {n // args.shards:,} rows, merge after them "
+          f"({state}, {wall:.0f} s in all):", flush=True)
+    for task, a, b, rc in sorted(rows, key=lambda x: (x[0] == "merge", x[0])):
+        kib = int(open(os.path.join(out, f"hwm_{task}")).read().split()[1]) if os.path.exists(
+            os.path.join(out, f"hwm_{task}")) else 0
+        print(f"{'':>18}   task {task}: {float(b) - float(a):7.1f} s, peak RSS {kib / 2**20:.2f} GiB, exit {rc}",
+              flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="100000,1000000")
@@ -172,6 +226,9 @@ def main():
     ap.add_argument("--budget", type=int, default=100)
     ap.add_argument("--shards", type=int, default=1, help="run each strategy as this many shards (one process "
                                                            "each, one after the other) and the merge")
+    ap.add_argument("--slurm", action="store_true", help="with --shards: submit them as an array with "
+                                                         "examples/slurm/submit.sh on a one-node SLURM started here "
+                                                         "(tests/slurm/cluster.sh; root)")
     args = ap.parse_args()
     torch.manual_seed(0)
     names = args.strategies.split(",")
@@ -202,6 +259,10 @@ def main():
             print(f"{'strategy':>18} {'seconds':>8} {'limit':>7} {'ratio':>6} {'peak RSS':>10}")
             for name in names:
                 limit = limit_seconds(limits(name, n, args.paired, args.dim, args.budget, 64), rates)
+                if args.shards > 1 and args.slurm:
+                    if strategies.get(name).shardable:
+                        slurm_shards(d, name, pool, paired, n, args)
+                    continue
                 if args.shards > 1:
                     if not strategies.get(name).shardable:
                         continue
@@ -225,6 +286,10 @@ def main():
                 dt, gib = run_select(d, name, pool, paired, os.path.join(d, "ph.pt"), args.budget)
                 print(f"{name:>18} {dt:>8.1f} {limit:>7.1f} {dt / limit:>6.2f} {gib:>8.2f} GiB", flush=True)
             os.unlink(pool)
+        cluster = os.path.join(d, "cluster")
+        if os.path.exists(os.path.join(cluster, "slurm.conf")):
+            subprocess.run(["bash", os.path.join(ROOT, "tests", "slurm", "cluster.sh"), "stop", cluster],
+                           capture_output=True)
 
 
 if __name__ == "__main__":
