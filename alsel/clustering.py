@@ -54,6 +54,7 @@ def take(points, rows: np.ndarray, device: torch.device | None = None, transform
         return transform(x.to(device or "cpu")).cpu().numpy()
 
 
+FIT_BLOCK = 4096  # sample rows assigned at a time in a Lloyd step
 SEED_SAMPLE = 20  # k-means++ seeding looks at up to this many sampled points per center (at least 4,096)
 
 
@@ -61,8 +62,8 @@ def fit_centers(sample: np.ndarray, k: int, rng: np.random.Generator, iters: int
                 device: torch.device | None = None) -> np.ndarray:
     """k-means++ seeding on a seeded subsample of `sample` (SEED_SAMPLE points per center), then Lloyd
     steps on all of it: assignments by float32 matrix products on the device (argmax of x·c - ||c||²/2,
-    ties: the lower center), centers as float64 means; an empty cluster keeps its center. Returns the
-    centers as float64."""
+    ties: the lower center), centers as the means of their points (summed in float32, on the CPU in row
+    order); an empty cluster keeps its center. Returns the centers as float64."""
     device = device or torch.device("cpu")
     s = torch.from_numpy(np.ascontiguousarray(sample, dtype=np.float32)).to(device)
     n = len(s)
@@ -80,12 +81,14 @@ def fit_centers(sample: np.ndarray, k: int, rng: np.random.Generator, iters: int
         chosen.append(nxt)
         d2 = torch.minimum(d2, (sq - 2 * (x @ x[nxt]) + sq[nxt]).clamp_(min=0).double())
     c = x[torch.tensor(chosen, device=device)].double()
-    s64 = s.double()
+    a = torch.empty(n, dtype=torch.int64, device=device)
     for _ in range(iters):
         c32 = c.float()
-        a = torch.argmax(s @ c32.T - 0.5 * (c32 * c32).sum(dim=1), dim=1)
+        bias = -0.5 * (c32 * c32).sum(dim=1)
+        for r in range(0, n, FIT_BLOCK):  # blocks: the products of a block stay in cache for the argmax
+            a[r:r + FIT_BLOCK] = torch.argmax(torch.addmm(bias, s[r:r + FIT_BLOCK], c32.T), dim=1)
         size = torch.bincount(a, minlength=k).double()
-        sums = torch.zeros((k, s.shape[1]), dtype=torch.float64, device=device).index_add_(0, a, s64)
+        sums = torch.zeros((k, s.shape[1]), dtype=torch.float32, device=device).index_add_(0, a, s).double()
         new = torch.where(size[:, None] > 0, sums / size.clamp(min=1)[:, None], c)
         if torch.allclose(new, c, rtol=0, atol=1e-10):
             break

@@ -303,7 +303,8 @@ def to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 class MaxSim:
-    """Reducer: the largest similarity per row."""
+    """Reducer: the largest similarity per row; exact on the low-precision path (value form: the entries
+    whose upper bound reaches the row's certain lower bound are recomputed in float32)."""
 
     def init(self, n, r0):
         return None
@@ -311,6 +312,27 @@ class MaxSim:
     def update(self, state, s, r0, c0):
         m = s.amax(dim=1)
         return m if state is None else torch.maximum(state, m)
+
+    def init_low(self, n, r0):
+        return None
+
+    def update_low(self, state, tile, r0, c0):
+        """The row's largest value is at least F = max(best, least_value(largest approx)); only entries whose
+        approx reaches value_floor(F) can be larger, and those are recomputed in float32."""
+        top = tile.approx.amax(dim=1).float()
+        floor = tile.least_value(top)
+        if state is not None:
+            floor = torch.maximum(floor, state)
+        lo = tile.value_floor(floor)
+        if tile.approx.dtype != torch.float32:  # rounded down to the tile's dtype: no candidate is lost
+            low = lo.to(tile.approx.dtype)
+            lo = torch.where(low.float() > lo, torch.nextafter(low, torch.full_like(low, -torch.inf)), low)
+        cand = tile.approx >= lo[:, None]
+        rows = cand.any(dim=1).nonzero().squeeze(1)
+        best = torch.full_like(top, -torch.inf) if state is None else state.clone()
+        if len(rows):
+            best[rows] = torch.maximum(best[rows], tile.exact(rows, cand[rows]).amax(dim=1))
+        return best
 
     def finish(self, state):
         return (state,)

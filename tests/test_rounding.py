@@ -222,3 +222,23 @@ def test_closest_on_float32_products_as_cuda_returns_them(dtype):
                    shifted - low.bias)
     best = tile.row_max_(torch.full((len(pool),), -torch.inf))
     assert np.abs(best.numpy() - c64(pool, texts, xi).max(axis=1)).max() < 1e-5
+
+
+@pytest.mark.parametrize("dtype", LOW)
+def test_row_max_is_exact_at_low_precision(dtype, small_tiles):
+    """MaxSim (k-center's distances, ProbCover's and schedule's coverage) on the near-tie data: every row's
+    largest similarity as float32 gives it (within float32's own rounding of float64), at bf16 and fp16;
+    the largest cheap product alone misses it."""
+    from alsel.stream import MaxSim
+
+    rng = np.random.default_rng(6)
+    texts, _, pool = near_tie_world(rng)
+    want = (pool.astype(np.float64) @ texts.astype(np.float64).T).max(axis=1)
+    (got,) = collect(sweep(ArrayRows(pool), torch.from_numpy(texts), MaxSim(), device=CPU, precision=dtype))
+    assert np.abs(got - want).max() < 1e-6
+    (fp32,) = collect(sweep(ArrayRows(pool), torch.from_numpy(texts), MaxSim(), device=CPU))
+    assert np.abs(fp32 - want).max() < 1e-6
+    low = LowResident(torch.from_numpy(texts), None, dtype)
+    xl, _ = low.rows(torch.from_numpy(pool))
+    naive = (xl.float() @ low.matrix.float().T).double().numpy().argmax(axis=1)  # the largest cheap product
+    assert np.abs((pool.astype(np.float64) * texts.astype(np.float64)[naive]).sum(1) - want).max() > 1e-6

@@ -77,7 +77,8 @@ def test_random_is_reproducible_and_distinct(tmp_path):
 
 @pytest.mark.parametrize("select", ["images", "texts"])
 @pytest.mark.parametrize("cache", [True, False])
-def test_coreset_matches_bruteforce(tmp_path, small_tiles, select, cache, monkeypatch):
+@pytest.mark.parametrize("precision", [None, torch.bfloat16, torch.float16])
+def test_coreset_matches_bruteforce(tmp_path, small_tiles, select, cache, monkeypatch, precision):
     from alsel.strategies import kcenter
 
     if not cache:  # the pool re-streamed for every pick
@@ -87,8 +88,8 @@ def test_coreset_matches_bruteforce(tmp_path, small_tiles, select, cache, monkey
     paired = write_paired(tmp_path / "p.h5", images, texts, ti)
     pool = write_pool(tmp_path / "u.h5", unit(rng.standard_normal((41, 6))), select)
     with open_store(paired, need="paired") as p, open_store(pool, need=select) as u:
-        sel = strategies.select("coreset", strategies.Inputs(pool=u, paired=p, budget=12, device=CPU, chunk_size=7),
-                                select=select)
+        sel = strategies.select("coreset", strategies.Inputs(pool=u, paired=p, budget=12, device=CPU, chunk_size=7,
+                                                             precision=precision), select=select)
     ref = ref_coreset(stored(pool, select), stored(paired, select), 12)
     assert list(sel.rows) == list(ref)
     assert np.all(np.diff(sel.score) <= 1e-6)  # k-center distances never grow

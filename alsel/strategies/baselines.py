@@ -65,7 +65,8 @@ class CoreSet(Strategy):
 
     def allocate(self, ctx: Context, gain) -> Allocation:
         k = kcenter_greedy(ctx.pool, ctx.paired_points(), ctx.budget, ctx.device, ctx.inputs.chunk_size,
-                           lambda k: ctx.progress("core-set", k, ctx.budget), ctx.transform, exclude=~ctx.selectable)
+                           lambda k: ctx.progress("core-set", k, ctx.budget), ctx.transform, exclude=~ctx.selectable,
+                           precision=ctx.inputs.precision)
         return Allocation(k.rows, k.dist)
 
     def shard_map(self, ctx: Context, gain):
@@ -73,7 +74,7 @@ class CoreSet(Strategy):
         keep = min(PER_SHARD * ctx.budget, int(ctx.selectable[a:b].sum()))
         k = kcenter_greedy(RangeRows(ctx.pool, a, b), ctx.paired_points(), keep, ctx.device, ctx.inputs.chunk_size,
                            lambda n: ctx.progress("core-set", n, keep), ctx.transform, exclude=~ctx.selectable[a:b],
-                           keep_emb=True)
+                           keep_emb=True, precision=ctx.inputs.precision)
         return ({"row": a + k.rows, "emb": k.emb, "start_sim": k.start_sim.astype(np.float32)},
                 {"radius": k.radius, "kept": keep})
 

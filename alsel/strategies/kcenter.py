@@ -73,20 +73,22 @@ def hold(rows: Rows, device: torch.device, transform=None, chunk_size: int | Non
 def kcenter_greedy(pool: Rows, centers: np.ndarray, budget: int, device: torch.device,
                    chunk_size: int | None = None, progress: Callable[[int], None] | None = None,
                    transform=None, exclude: np.ndarray | None = None, held: torch.Tensor | None = None,
-                   keep_emb: bool = False) -> KCenter:
+                   keep_emb: bool = False, precision: torch.dtype | None = None) -> KCenter:
     """k-center greedy over the rows of `pool` (or `held`, the same rows already on the device in the
     current space) from `centers` (float32 unit rows in the current space); `exclude` rows are never
-    taken; `keep_emb`: also return the picks' rows in the current space. See the module docstring."""
+    taken; `keep_emb`: also return the picks' rows in the current space; `precision`: the distances to the
+    centers by the exact low-precision path (MaxSim's). See the module docstring."""
     device = torch.device(device)
     n = pool.n if held is None else len(held)
     budget = min(budget, n - (0 if exclude is None else int(np.asarray(exclude).sum())))
     if held is None and n * (centers.shape[1] if len(centers) else pool.d) * 4 <= memory_budget(device):
         held = hold(pool, device, transform, chunk_size)
     if held is not None:
-        (m0,) = collect(sweep(_Held(held), to_device(centers, device), MaxSim(), device=device, chunk_size=chunk_size))
+        (m0,) = collect(sweep(_Held(held), to_device(centers, device), MaxSim(), device=device, chunk_size=chunk_size,
+                              precision=precision))
     else:
         (m0,) = collect(sweep(pool, to_device(centers, device), MaxSim(), device=device, transform=transform,
-                              chunk_size=chunk_size))
+                              chunk_size=chunk_size, precision=precision))
     m = torch.from_numpy(np.ascontiguousarray(m0, dtype=np.float32)).to(device)
     taken = torch.zeros(n, dtype=torch.bool, device=device)
     if exclude is not None:

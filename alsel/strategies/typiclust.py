@@ -27,7 +27,7 @@ from ..stream import ArrayRows, ConcatRows, RangeRows
 from .base import Allocation, Context, Strategy, register
 
 NEIGHBOURS = 20
-CHUNK = 65536  # pool rows loaded at a time
+CHUNK = 1 << 20  # pool rows loaded at a time (each chunk costs one small product per cluster)
 
 
 class MappedRows:
