@@ -47,6 +47,9 @@ def describe(path: str) -> dict:
                 count = dataset(f, "count", path, ndim=1, kind="i", length=len(rows))[:]
                 summary.update(row_range=f"{rows.min()}..{rows.max()}", score=_stats(score),
                                hard_negative_rows=int((count > 0).sum()))
+        elif kind == "candidates" and "row" in f:
+            summary.update(candidates=len(dataset(f, "row", path, ndim=1, kind="i")), strategy=attrs.get("strategy"),
+                           shard=attrs.get("shard"), pool_rows=attrs.get("rows"), budget=attrs.get("budget"))
         elif kind == "selection" and "row" in f:
             summary.update(selected=len(dataset(f, "row", path, ndim=1, kind="i")), strategy=attrs.get("strategy"),
                            budget=attrs.get("budget"))

@@ -139,8 +139,9 @@ def limits(name: str, n: int, p: int, d: int, b: int, dim: int) -> dict:
     if name == "probcover":  # the purity δ (20 clusters), then every pool row against the ball members
         m = min(MAX_TARGETS, n + p)
         return {"bf16": n * m * d, "fp32": m * m * d + lloyd(20), "read": read}
-    # the ASCMR family: both Gaussian maps of every pool pair, then k-means on the fused means
-    return {"fp32": n * 2 * 2 * d * dim + lloyd(20), "read": 2 * read}
+    # the ASCMR family: both Gaussian maps of every pool pair, J = 8 samples of each written and read once,
+    # then k-means on the fused means
+    return {"fp32": n * 2 * 2 * d * dim + lloyd(20), "read": 2 * read, "scan": 2 * 2 * 8 * n * dim * 4}
 
 
 def limit_seconds(need: dict, rates: dict) -> float:
