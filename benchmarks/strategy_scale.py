@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -168,9 +169,10 @@ WRAPPER = """#!/usr/bin/env bash
 # alsel as the job scripts call it, recording each process's wall time and peak RSS (VmHWM)
 t0=$(date +%s.%N)
 set +e
-{python} -c '{child}' "{out}/hwm_${{SLURM_ARRAY_TASK_ID:-merge}}" "$@"
+task=${{SLURM_ARRAY_TASK_ID:-${{SLURM_JOB_NAME#alsel-}}}}
+{python} -c '{child}' "{out}/hwm_$task" "$@"
 rc=$?
-echo "${{SLURM_ARRAY_TASK_ID:-merge}} $t0 $(date +%s.%N) $rc" >> "{out}/times"
+echo "$task $t0 $(date +%s.%N) $rc" >> "{out}/times"
 exit $rc
 """
 
@@ -200,7 +202,7 @@ def slurm_shards(d: str, name: str, pool: str, paired: str, n: int, args) -> Non
                        env=env)
     if r.returncode != 0:
         sys.exit(f"submit.sh: {r.stderr}")
-    merge = r.stdout.split("merge ")[-1].strip()
+    merge = re.search(r"(?:merge|selection) (\d+)", r.stdout).group(1)
     while True:
         q = subprocess.run(["scontrol", "-o", "show", "job", merge], capture_output=True, text=True, env=env).stdout
         state = next((f.split("=")[1] for f in q.split() if f.startswith("JobState=")), "")
@@ -209,9 +211,10 @@ def slurm_shards(d: str, name: str, pool: str, paired: str, n: int, args) -> Non
         time.sleep(2)
     wall = time.perf_counter() - t0
     rows = [line.split() for line in open(os.path.join(out, "times"))]
-    print(f"{name:>18} on SLURM, {args.shards} array tasks of {n // args.shards:,} rows, merge after them "
+    what = "thresholds, a scoring array, the selection" if name == "hn" else "a shard array, the merge"
+    print(f"{name:>18} on SLURM ({what}), {args.shards} array tasks of {n // args.shards:,} rows "
           f"({state}, {wall:.0f} s in all):", flush=True)
-    for task, a, b, rc in sorted(rows, key=lambda x: (x[0] == "merge", x[0])):
+    for task, a, b, rc in sorted(rows, key=lambda x: (not x[0].isdigit(), x[0])):
         kib = int(open(os.path.join(out, f"hwm_{task}")).read().split()[1]) if os.path.exists(
             os.path.join(out, f"hwm_{task}")) else 0
         print(f"{'':>18}   task {task}: {float(b) - float(a):7.1f} s, peak RSS {kib / 2**20:.2f} GiB, exit {rc}",

@@ -27,7 +27,7 @@ from ..stream import ArrayRows, ConcatRows, RangeRows
 from .base import Allocation, Context, Strategy, register
 
 NEIGHBOURS = 20
-CHUNK = 1 << 20  # pool rows loaded at a time (each chunk costs one small product per cluster)
+CHUNK = 1 << 18  # pool rows loaded at a time: 0.5 GiB at D = 512 (each chunk costs one small product per cluster)
 
 
 class MappedRows:
@@ -110,7 +110,7 @@ class TypiClust(Strategy):
         lists: dict[int, list] = {c: [] for c in range(k)}
         for s in range(0, b - a, CHUNK):
             e = min(b - a, s + CHUNK)
-            x = np.array(pool_points.load(s, e).numpy(), dtype=np.float32)
+            x = np.asarray(pool_points.load(s, e).numpy(), dtype=np.float32)
             cluster = assign(ArrayRows(x), centers, ctx.device)
             rows = np.arange(a + s, a + e)
             pool_count += np.bincount(cluster, minlength=k)
