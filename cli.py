@@ -727,8 +727,9 @@ def score(paired: Paired, unpaired: Unpaired, out: Out,
 @with_strategy_options()
 def select_cmd(
     out: Out,
-    budget: Annotated[Optional[int], typer.Option(help="How many pool items to choose (B); with --candidates it is "
-                                                       "the shards' own.", show_default=False)] = None,
+    budget: Annotated[Optional[int], typer.Option(help="How many pool items to choose (B). No default: required, "
+                                                       "except with --candidates (the shards' own).",
+                                                  show_default=False)] = None,
     strategy: Annotated[Optional[str], typer.Option(show_default=False, help=(
         f"A strategy and its option tokens ({', '.join(strategies.names())}; e.g. hn-texts-top3-mini-counting); "
         f"`alsel strategies` lists them \\[default: hn with --scores, else {strategies.DEFAULT}]."))] = None,
@@ -754,11 +755,14 @@ def select_cmd(
         "URL."))] = None,
     shard: Annotated[Optional[str], typer.Option("--shard", show_default=False, help=(
         "Shard i of n (0-based) of a sharded selection: write the candidates of pool rows [i·N/n, (i+1)·N/n) to "
-        "--out (coreset, typiclust, probcover, hn-density, random); merge them with --candidates."))] = None,
+        f"--out ({', '.join(strategies.sharded())}; auto needs --advice); merge them with --candidates. "
+        "Default: the whole pool in this process."))] = None,
     candidates: Annotated[Optional[list[str]], typer.Option("--candidates", show_default=False, help=(
-        "Merge the candidates files of every shard (select --shard) into the selection."))] = None,
+        "Merge the candidates files of every shard (select --shard) into the selection. Default: none, "
+        "the strategy runs on the pool."))] = None,
     advice: Annotated[Optional[str], typer.Option("--advice", show_default=False, help=(
-        "--strategy auto: the advice file of `alsel advise` for these stores and budget (else advised here)."))] = None,
+        "--strategy auto: the advice file of `alsel advise` for these stores and budget. Default: none, "
+        "advised here."))] = None,
     html_page: Annotated[Optional[str], typer.Option("--html", show_default=False, help=(
         "Also write the batch as one self-contained HTML page: thumbnails in rank order with the reason for "
         "each, a PCA map of paired, pool and batch, the fill share."))] = None,

@@ -107,7 +107,29 @@ def synth_stores(out_dir: str, images: int = 2000, captions: int = 5, classes: i
     order = np.random.default_rng(seed + 1).permutation(images)
     split = {"paired": order[:n_paired], "pool": order[n_paired:n_paired + n_pool],
              "test": order[n_paired + n_pool:]}
+    created_dir = not os.path.exists(out_dir)
     os.makedirs(out_dir, exist_ok=True)
+    new_files: list[str] = []  # written by this call where no file was: removed if it stops half-way
+    try:
+        return _write_world(world, split, out_dir, captions, dim, seed, dtype, created_by, new_files)
+    except BaseException:  # stopped or failed: no half-written world stays behind
+        for p in new_files:
+            os.remove(p)
+        if created_dir and not os.listdir(out_dir):
+            os.rmdir(out_dir)
+        raise
+
+
+def _write_world(world, split, out_dir, captions, dim, seed, dtype, created_by, new_files) -> dict[str, str]:
+    paths: dict[str, str] = {}
+
+    def write(name, **arrays):
+        path = paths[name] = os.path.join(out_dir, f"{name}.h5")
+        fresh = not os.path.exists(path)
+        write_store(path, **arrays, **common)
+        if fresh:
+            new_files.append(path)
+
     model = f"synthetic-d{dim}-seed{seed}"
     common = dict(model=model, pretrained="synthetic", dtype=dtype, created_by=created_by)
 
@@ -123,20 +145,15 @@ def synth_stores(out_dir: str, images: int = 2000, captions: int = 5, classes: i
             return {}
         return {"image_labels": world.labels[idx], "text_labels": np.repeat(world.labels[idx], captions, axis=0)}
 
-    paths = {}
     for name, idx in (("paired", split["paired"]), ("test", split["test"]), ("oracle", split["pool"])):
         if len(idx) == 0:
             continue
         img_ids, cap_rows, txt_ids, text_image = pairs(idx)
-        paths[name] = os.path.join(out_dir, f"{name}.h5")
-        write_store(paths[name], images=world.images[idx], image_ids=img_ids, texts=world.captions[cap_rows],
-                    text_ids=txt_ids, text_image=text_image, **labels_of(idx), **common)
+        write(name, images=world.images[idx], image_ids=img_ids, texts=world.captions[cap_rows],
+              text_ids=txt_ids, text_image=text_image, **labels_of(idx))
     img_ids, cap_rows, txt_ids, _ = pairs(split["pool"])
     pool_labels = labels_of(split["pool"])
-    paths["pool_images"] = os.path.join(out_dir, "pool_images.h5")
-    write_store(paths["pool_images"], images=world.images[split["pool"]], image_ids=img_ids,
-                image_labels=pool_labels.get("image_labels"), **common)
-    paths["pool_texts"] = os.path.join(out_dir, "pool_texts.h5")
-    write_store(paths["pool_texts"], texts=world.captions[cap_rows], text_ids=txt_ids,
-                text_labels=pool_labels.get("text_labels"), **common)
+    write("pool_images", images=world.images[split["pool"]], image_ids=img_ids,
+          image_labels=pool_labels.get("image_labels"))
+    write("pool_texts", texts=world.captions[cap_rows], text_ids=txt_ids, text_labels=pool_labels.get("text_labels"))
     return paths
