@@ -318,6 +318,8 @@ def summary_lines(verdicts: list, keys: list[str], titles: dict) -> list[str]:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", default="0-4")
+    ap.add_argument("--seeds-of", action="append", default=[], metavar="KEY=SEEDS",
+                    help="other seeds for one experiment (e.g. large_scratch_linear=0-2); the report says which")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--only", default=None, help="run experiments (keys, comma-separated), write no report")
     ap.add_argument("--list", action="store_true", help="print the experiment keys")
@@ -333,6 +335,7 @@ def main():
     os.makedirs(args.work, exist_ok=True)
     out_dir = os.path.dirname(os.path.abspath(args.report))
     runs = experiments(args.work)
+    known = {r[0] for r in runs}
     if args.list:
         print("\n".join(r[0] for r in runs))
         return
@@ -341,12 +344,15 @@ def main():
         runs = [r for r in runs if r[0] in keys]
         if len(runs) != len(keys):
             raise SystemExit(f"--only {args.only}: no such experiment")
+    seeds_of = dict(kv.split("=", 1) for kv in args.seeds_of)
+    if set(seeds_of) - known:
+        raise SystemExit(f"--seeds-of: no experiment {', '.join(sorted(set(seeds_of) - known))}")
     sections, verdicts, titles = [], [], {}
     for key, title, data, head in runs:
         data = dict(data)
         rounds = min(args.rounds, data.pop("rounds", args.rounds))
         cfg = SimConfig(out=os.path.join(args.work, key), rounds=rounds, strategies=parse_strategies(STRATEGIES, head=head),
-                        seeds=parse_seeds(args.seeds), head=head, **data)
+                        seeds=parse_seeds(seeds_of.get(key, args.seeds)), head=head, **data)
         rows = simulate(cfg, lambda msg: print(f"[{key}] {msg}", flush=True))
         if args.only and not args.write:
             continue
