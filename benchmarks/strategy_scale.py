@@ -131,15 +131,19 @@ def limits(name: str, n: int, p: int, d: int, b: int, dim: int) -> dict:
     if name in ("hn", "hn-learnability"):  # thresholds (paired × paired) and the scores (pool × captions)
         times = 2 if name == "hn-learnability" else 1
         return {"bf16": times * (p * p * d + n * p * d), "read": times * read}
-    if name in ("hn-density", "schedule"):
-        k = b if name == "hn-density" else min(p + b, 500)
-        return {"bf16": p * p * d + n * p * d, "fp32": n * k * d + lloyd(k), "read": 2 * read}
+    m = min(MAX_TARGETS, n + p)
+    purity_delta = m * m * d + m * 20 * d + lloyd(20)  # δ auto: k-means (--clusters 20) on a sample, the members
+    if name == "hn-density":
+        return {"bf16": p * p * d + n * p * d, "fp32": n * b * d + lloyd(b), "read": 2 * read}
+    if name == "schedule":  # δ, the coverage (pool × paired), TypiClust, and hn when c·B rounds to an item
+        parts = [limits("typiclust", n, p, d, b, dim), limits("hn", n, p, d, b, dim),
+                 {"bf16": n * p * d, "fp32": purity_delta, "read": read}]
+        return {key: sum(x.get(key, 0) for x in parts) for key in ("bf16", "fp32", "read", "scan")}
     if name == "typiclust":  # k-means (fit, assignment), typicality against the cluster's sampled points
         k = min(p + b, 500)
         return {"fp32": n * k * d + n * (k_sample / k) * d + lloyd(k), "read": read}
-    if name == "probcover":  # the purity δ (20 clusters), then every pool row against the ball members
-        m = min(MAX_TARGETS, n + p)
-        return {"bf16": n * m * d, "fp32": m * m * d + lloyd(20), "read": read}
+    if name == "probcover":  # the purity δ, then every pool row against the ball members
+        return {"bf16": n * m * d, "fp32": purity_delta, "read": read}
     # the ASCMR family: both Gaussian maps of every pool pair, J = 8 samples of each written and read once,
     # then k-means on the fused means
     return {"fp32": n * 2 * 2 * d * dim + lloyd(20), "read": 2 * read, "scan": 2 * 2 * 8 * n * dim * 4}

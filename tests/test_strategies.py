@@ -84,10 +84,10 @@ def in_space(head, rows, side):
     return unit64(unit64(rows) @ lin.weight.detach().double().numpy().T + lin.bias.detach().double().numpy())
 
 
-def run(name, paired, pool, select_side, budget, head=None, seed=0, **kw):
+def run(name, paired, pool, select_side, budget, head=None, seed=0, precision=None, **kw):
     with open_store(paired, need="paired") as p, open_store(pool) as u:
-        return select(name, Inputs(pool=u, paired=p, budget=budget, head=head, seed=seed, device=CPU), select=select_side,
-                      **kw)
+        return select(name, Inputs(pool=u, paired=p, budget=budget, head=head, seed=seed, device=CPU,
+                                   precision=precision), select=select_side, **kw)
 
 
 # --------------------------------------------------------------------------- hn, the fill, /closest, /paired
@@ -304,8 +304,10 @@ def test_hn_learnability_matches_a_direct_implementation(tmp_path, select_side, 
 
 @pytest.mark.parametrize("select_side", ["images", "texts"])
 @pytest.mark.parametrize("with_head", [False, True])
-def test_schedule_matches_a_direct_implementation(tmp_path, small_tiles, select_side, with_head):
-    """Coverage c at δ, then (1 - c)·B items by TypiClust and c·B by the hard-negative order among the rest."""
+@pytest.mark.parametrize("precision", [None, torch.bfloat16, torch.float16])
+def test_schedule_matches_a_direct_implementation(tmp_path, small_tiles, select_side, with_head, precision):
+    """Coverage c at δ, then (1 - c)·B items by TypiClust and c·B by the hard-negative order among the rest;
+    on the low-precision paths too (the distances to the paired set are exact there)."""
     rng = np.random.default_rng(12)
     paired, pool, ti = world(tmp_path, rng, select_side, n_images=9, n_pool=45, repeat_paired=2, noise=0.9)
     head = random_head(8, seed=5) if with_head else None
@@ -326,7 +328,7 @@ def test_schedule_matches_a_direct_implementation(tmp_path, small_tiles, select_
     rest[typical] = False
     cc = ref_c(U, X, T, ti, ref_xi(X, T, ti, select_side), select_side)
     hard = ref_hn_order(np.where(cc > 0, cc, 0).sum(axis=1), cc.max(axis=1), rest, n_hard, "random", 3)
-    sel = run("schedule", paired, pool, select_side, budget, head=head, seed=3, delta=delta)
+    sel = run("schedule", paired, pool, select_side, budget, head=head, seed=3, delta=delta, precision=precision)
     assert list(sel.rows) == typical + hard
     assert list(sel.parts["hard"]) == [0.0] * (budget - n_hard) + [1.0] * n_hard
     assert sel.attrs["coverage"] == pytest.approx(c) and sel.attrs["hard_items"] == n_hard

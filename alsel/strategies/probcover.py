@@ -107,6 +107,21 @@ def auto_delta(members: np.ndarray, clusters: np.ndarray, device: torch.device) 
     return float(DELTA_GRID[i]), float(purity[i])
 
 
+def ball_members(ctx: Context, points) -> tuple[np.random.Generator, np.ndarray, np.ndarray, float, float | None]:
+    """(the generator that drew them, the ball members' rows in points: all or a seeded sample of
+    MAX_TARGETS, the members, δ, its purity): δ = --delta, or auto, the largest with 95% pure balls under k-means (--clusters) fitted
+    on a sample; only the members are assigned."""
+    rng = ctx.rng(1)
+    n_all = points.n
+    members_at = np.arange(n_all) if n_all <= MAX_TARGETS else np.sort(rng.choice(n_all, MAX_TARGETS, replace=False))
+    members = take(points, members_at)
+    if ctx.opts.delta != "auto":
+        return rng, members_at, members, float(ctx.opts.delta), None
+    centers, _, _ = fit_on_sample(points, min(ctx.clusters(), n_all), ctx.inputs.seed, device=ctx.device)
+    delta, purity = auto_delta(members, assign(ArrayRows(members), centers, ctx.device), ctx.device)
+    return rng, members_at, members, delta, purity
+
+
 class ProbCover(Strategy):
     """probcover: greedy max coverage of δ-balls (Yehuda et al., NeurIPS 2022)."""
     name = "probcover"
@@ -122,14 +137,8 @@ class ProbCover(Strategy):
         covered members)."""
         paired, points = points_of(ctx)
         n_paired, n_all = len(paired), points.n
-        rng = ctx.rng(1)
-        members_at = np.arange(n_all) if n_all <= MAX_TARGETS else np.sort(rng.choice(n_all, MAX_TARGETS, replace=False))
-        members = take(points, members_at)
-        delta = ctx.opts.delta
-        if delta == "auto":
-            k = min(ctx.clusters(), n_all)
-            centers, _, _ = fit_on_sample(points, k, ctx.inputs.seed, device=ctx.device)
-            delta, purity = auto_delta(members, assign(ArrayRows(members), centers, ctx.device), ctx.device)
+        rng, members_at, members, delta, purity = ball_members(ctx, points)
+        if ctx.opts.delta == "auto":
             ctx.attrs.update(delta_auto=delta, purity=purity)
         cut = 1.0 - delta * delta / 2.0
         pool_rows = ArrayRows(points.take(np.arange(n_paired, n_all))) if isinstance(points, ArrayRows) \
@@ -148,7 +157,7 @@ class ProbCover(Strategy):
         # members within δ of a paired item (a paired member is within 0 of itself) start covered
         (near,) = collect(sweep(ArrayRows(members), to_device(paired, ctx.device), MaxSim(), device=ctx.device))
         covered = (near >= cut) | (members_at < n_paired)
-        ctx.attrs.update(delta=delta, members=len(members_at))
+        ctx.attrs.update(delta=delta, members=len(members))
         return src + a, dst, covered
 
     def _edges(self, ctx, rows, members, cut):

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..clustering import kmeans, take
 from ..stream import ArrayRows, MaxSim, collect, sweep, to_device
 from .base import Allocation, Context, Strategy, register
 from .hn import HardNegatives, hn_gain, positives_then_fill
-from .probcover import MAX_TARGETS, auto_delta
+from .probcover import ball_members
 from .typiclust import TypiClust, points_of
 
 TYPICLUST = TypiClust()
@@ -27,18 +26,11 @@ def coverage(ctx: Context) -> tuple[float, float]:
     """(c, δ): the share of the selectable pool rows within δ of a paired item, in the current space."""
     paired, points = points_of(ctx)
     n_paired = len(paired)
-    delta = ctx.opts.delta
-    if delta == "auto":
-        rng = ctx.rng(1)
-        at = np.arange(points.n) if points.n <= MAX_TARGETS else np.sort(rng.choice(points.n, MAX_TARGETS,
-                                                                                     replace=False))
-        _, assign = kmeans(points, min(ctx.clusters(), points.n), ctx.inputs.seed, device=ctx.device,
-                           chunk_size=ctx.inputs.chunk_size)
-        delta, _ = auto_delta(take(points, at), assign[at], ctx.device)
+    delta = ball_members(ctx, points)[3]
     pool_rows = ArrayRows(points.take(np.arange(n_paired, points.n))) if isinstance(points, ArrayRows) \
         else points.parts[1]
     (near,) = collect(sweep(pool_rows, to_device(paired, ctx.device), MaxSim(), device=ctx.device,
-                            chunk_size=ctx.inputs.chunk_size))
+                            chunk_size=ctx.inputs.chunk_size, precision=ctx.inputs.precision))  # exact maxima
     covered = near >= 1.0 - delta * delta / 2.0
     return float(covered[ctx.selectable].mean()) if ctx.selectable.any() else 1.0, float(delta)
 
