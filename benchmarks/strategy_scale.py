@@ -11,7 +11,8 @@ its *limit*: what its passes and products cost at this machine's bare rates, mea
     mm_bf16   a bare bfloat16 torch.mm of 1024 × 512 tiles against 2048 columns (float32 accumulation),
     mm_fp32   the same in float32 (also what k-means fitting runs at);
     read      a bare read of the pool's rows from the page cache (float16 file);
-    scan      a bare pass over the rows held in memory as float32 (a matrix-vector product).
+    scan      a bare pass over the rows held in memory as float32 (a matrix-vector product);
+    normal    bare torch.randn (the ASCMR family draws J = 8 samples of each Gaussian it maps).
 
     limit = start + products / mm rate + bytes / read or scan rate, per strategy (LIMITS below: the
     products and passes each strategy cannot avoid, at the precision it may use exactly).
@@ -115,6 +116,18 @@ def rate_scan(n: int = 1 << 20, d: int = 512, seconds: float = 1.5) -> float:
     return k * n * d * 4 / (time.perf_counter() - t0)
 
 
+def rate_normal(seconds: float = 1.5) -> float:
+    """Standard normal float32 numbers per second of bare torch.randn (the ASCMR family's samples)."""
+    g = torch.Generator().manual_seed(0)
+    out = torch.empty(4096, 1024)
+    torch.randn(out.shape, generator=g, out=out)
+    k, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        torch.randn(out.shape, generator=g, out=out)
+        k += 1
+    return k * out.numel() / (time.perf_counter() - t0)
+
+
 # --------------------------------------------------------------------------- limits
 
 
@@ -138,7 +151,7 @@ def limits(name: str, n: int, p: int, d: int, b: int, dim: int) -> dict:
     if name == "schedule":  # δ, the coverage (pool × paired), TypiClust, and hn when c·B rounds to an item
         parts = [limits("typiclust", n, p, d, b, dim), limits("hn", n, p, d, b, dim),
                  {"bf16": n * p * d, "fp32": purity_delta, "read": read}]
-        return {key: sum(x.get(key, 0) for x in parts) for key in ("bf16", "fp32", "read", "scan")}
+        return {key: sum(x.get(key, 0) for x in parts) for key in ("bf16", "fp32", "read", "scan", "normal")}
     if name == "typiclust":  # k-means (fit, assignment), typicality against the cluster's sampled points
         k = min(p + b, 500)
         return {"fp32": n * k * d + n * (k_sample / k) * d + lloyd(k), "read": read}
@@ -146,11 +159,12 @@ def limits(name: str, n: int, p: int, d: int, b: int, dim: int) -> dict:
         return {"bf16": n * m * d, "fp32": purity_delta, "read": read}
     # the ASCMR family: both Gaussian maps of every pool pair, J = 8 samples of each written and read once,
     # then k-means on the fused means
-    return {"fp32": n * 2 * 2 * d * dim + lloyd(20), "read": 2 * read, "scan": 2 * 2 * 8 * n * dim * 4}
+    return {"fp32": n * 2 * 2 * d * dim + lloyd(20), "read": 2 * read, "scan": 2 * 2 * 8 * n * dim * 4,
+            "normal": 2 * 8 * n * dim}
 
 
 def limit_seconds(need: dict, rates: dict) -> float:
-    return rates["start"] + sum(need.get(k, 0) / rates[k] for k in ("bf16", "fp32", "read", "scan"))
+    return rates["start"] + sum(need.get(k, 0) / rates[k] for k in ("bf16", "fp32", "read", "scan", "normal"))
 
 
 def run_select(d: str, name: str, pool: str, paired: str, head: str, budget: int, extra=()) -> tuple[float, float]:
@@ -259,11 +273,11 @@ def main():
             pool = os.path.join(d, f"pool{n}.h5")
             write_pairs(pool, n, args.dim, n, "u")
             rates = {"start": float(np.median(starts)), "bf16": rate_mm(torch.bfloat16), "fp32": rate_mm(torch.float32),
-                     "read": rate_read(pool), "scan": rate_scan(min(n, 1 << 20), args.dim)}
+                     "read": rate_read(pool), "scan": rate_scan(min(n, 1 << 20), args.dim), "normal": rate_normal()}
             print(f"\npool {n:,} rows ({n * args.dim * 2 / 2**30:.2f} GiB). Bare rates in this run: start "
                   f"{rates['start']:.1f} s, bf16 mm {rates['bf16'] / 1e9:.0f} G/s, fp32 mm {rates['fp32'] / 1e9:.0f} G/s, "
                   f"read {rates['read'] / 2**30:.1f} GiB/s, scan "
-                  f"{rates['scan'] / 2**30:.1f} GiB/s")
+                  f"{rates['scan'] / 2**30:.1f} GiB/s, randn {rates['normal'] / 1e6:.0f} M/s")
             print(f"{'strategy':>18} {'seconds':>8} {'limit':>7} {'ratio':>6} {'peak RSS':>10}")
             for name in names:
                 limit = limit_seconds(limits(name, n, args.paired, args.dim, args.budget, 64), rates)
