@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -140,9 +139,12 @@ class Advice:
     def confidence(self) -> str:
         """The recommendation's support in words."""
         b = self.best
-        t = b["gain_mean"] / b["gain_se"] if b["gain_se"] > 0 else math.inf
+        if b["gain_se"] > 0:
+            t = f" (t = {b['gain_mean'] / b['gain_se']:.1f})"
+        else:  # every split gave the same gain: t is undefined, the splits say it all
+            t = " (the same on every split)"
         line = (f"{b['strategy']}: {b['gain_mean']:+.1f} ± {b['gain_se']:.1f} R-sum over random, ahead on "
-                f"{b['ahead']} of {b['splits']} splits (t = {t:.1f})")
+                f"{b['ahead']} of {b['splits']} splits{t}")
         return line if self.reliable else f"no strategy is reliably ahead of random here (best: {line})"
 
     def as_dict(self) -> dict:

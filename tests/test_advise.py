@@ -132,3 +132,17 @@ def test_auto_in_simulate_advises_every_round(world, tmp_path, run_cli):
                    "--device", "cpu", "--out", tmp_path / "sim", "--quiet")[0] == 0
     assert list(csv.DictReader(open(tmp_path / "sim" / "results.csv"))) == rows
     assert os.path.exists(tmp_path / "sim" / "runs" / "_round0" / "seed0" / "head.pt")
+
+
+@pytest.mark.parametrize("mean, se, reliable, words", [
+    (0.0, 0.0, False, "the same on every split"), (4.0, 0.0, True, "the same on every split"),
+    (3.0, 1.0, True, "(t = 3.0)"), (1.0, 2.0, False, "(t = 0.5)")])
+def test_confidence_says_t_or_that_every_split_agreed(mean, se, reliable, words):
+    from alsel.advise import Advice
+
+    a = Advice("coreset" if reliable else "random", reliable,
+               [{"strategy": "coreset", "gain_mean": mean, "gain_se": se, "ahead": 3, "splits": 6}],
+               plan(200, 1400, AdviceConfig(budget=100)), {}, {}, 1.0)
+    text = a.confidence()
+    assert words in text and "inf" not in text and "nan" not in text
+    assert text.startswith("no strategy is reliably ahead") != reliable
