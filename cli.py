@@ -732,7 +732,8 @@ def select_cmd(
                                                   show_default=False)] = None,
     strategy: Annotated[Optional[str], typer.Option(show_default=False, help=(
         f"A strategy and its option tokens ({', '.join(strategies.names())}; e.g. hn-texts-top3-mini-counting); "
-        f"`alsel strategies` lists them \\[default: hn with --scores, else {strategies.DEFAULT}]."))] = None,
+        f"`alsel strategies` lists them; auto: the one `alsel advise` finds reliably ahead of random on the "
+        f"paired store, else random \\[default: hn with --scores, else {strategies.DEFAULT}]."))] = None,
     scores: Annotated[Optional[list[str]], typer.Option("--scores", show_default=False,
                                                         help="hn: score files of `alsel score` (all shards of one run).")] = None,
     thresholds_path: Annotated[Optional[str], typer.Option("--thresholds", show_default=False,
@@ -794,7 +795,7 @@ def select_cmd(
                                 given=[n for n, v in (("--csv", csv), ("--labelstudio", labelstudio),
                                                       ("--html", html_page), ("--scores", scores)) if v])
     if advice is not None and spec != "auto":
-        raise AlselError("--advice goes with --strategy auto")
+        raise AlselError("--advice goes with --strategy auto (the default)")
     if html_page is not None and unpaired is None:
         raise AlselError("--html: give the pool (--unpaired POOL.h5): the page shows its photos and maps it")
     for o in (out, csv, labelstudio, html_page):
@@ -887,7 +888,7 @@ def select_shard_cmd(out, budget, spec, shard, paired, unpaired, head, seed, dev
                                  "shards, so that every shard runs the same strategy)")
             spec, _ = choose_auto(pst, pool, budget, advice_path=advice, has_head=head is not None)
         elif advice is not None:
-            raise AlselError("--advice goes with --strategy auto")
+            raise AlselError("--advice goes with --strategy auto (the default)")
         from alsel.probhead import load_any_head
 
         inputs = strategies.Inputs(pool=pool, budget=budget, paired=pst, seed=seed, device=dev,

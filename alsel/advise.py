@@ -46,6 +46,10 @@ MIN_START = 4  # images in a split's starting part, at the least
 MIN_TEST = 5
 
 
+class TooFewPairs(AlselError):
+    """The paired store is too small for the splits advise simulates on."""
+
+
 @dataclass
 class AdviceConfig:
     budget: int
@@ -114,7 +118,7 @@ def plan(n_images: int, pool_size: int, cfg: AdviceConfig) -> Plan:
     b = max(1, int(round(rho * s)))
     if s < MIN_START or rest - s < cfg.rounds * b + 1:
         need = MIN_TEST + MIN_START + 2 * cfg.rounds + 1
-        raise AlselError(f"the paired store has {n_images} images: too few to simulate rounds of this budget "
+        raise TooFewPairs(f"the paired store has {n_images} images: too few to simulate rounds of this budget "
                          f"on splits of it (at least about {max(need, 20)} are needed); choose without advice")
     return Plan(m, t, s, rest - s, b)
 
@@ -295,8 +299,13 @@ def choose_auto(paired, pool, budget: int, cfg: AdviceConfig | None = None, advi
         if not has_head:
             cfg = AdviceConfig(**dict(asdict(cfg), head=cfg.head, candidates=tuple(
                 c for c in cfg.candidates if "head" not in strategies.resolve(c, "--strategies")[0].needs)))
-        doc = advise(paired, pool, AdviceConfig(**dict(asdict(cfg), head=cfg.head, budget=budget)),
-                     progress).as_dict()
+        try:
+            doc = advise(paired, pool, AdviceConfig(**dict(asdict(cfg), head=cfg.head, budget=budget)),
+                         progress).as_dict()
+        except TooFewPairs as e:  # nothing can be measured, so nothing is reliably ahead of random (the rule)
+            doc = {"format": FORMAT, "recommendation": BASELINE, "reliable": False, "table": [], "seconds": 0.0,
+                   "confidence": "no strategy is reliably ahead of random here: nothing could be measured ("
+                                 f"{str(e).split(';')[0]})"}
     choice = doc["recommendation"]
     if "head" in strategies.resolve(choice, "--advice")[0].needs and not has_head:
         raise AlselError(f"{advice_path}: the advice recommends {choice}, which needs --head (a head from "

@@ -90,8 +90,12 @@ def test_advise_command_and_auto_in_select(world, tmp_path, run_cli):
     code, _, err = run_cli("select", *args, "--budget", 11, "--strategy", "auto", "--advice", tmp_path / "adv.json",
                            "--out", tmp_path / "x.h5")
     assert code == 2 and "another budget" in err and not (tmp_path / "x.h5").exists()
-    code, _, err = run_cli("select", *args, "--budget", 10, "--advice", tmp_path / "adv.json", "--out", tmp_path / "x.h5")
-    assert code == 2 and "--advice goes with --strategy auto" in err
+    code, _, err = run_cli("select", *args, "--budget", 10, "--strategy", "coreset", "--advice", tmp_path / "adv.json",
+                           "--out", tmp_path / "x.h5")
+    assert code == 2 and "--advice goes with --strategy auto" in err and not (tmp_path / "x.h5").exists()
+    code, _, err = run_cli("select", *args, "--budget", 10, "--advice", tmp_path / "adv.json", "--out", tmp_path / "d.h5",
+                           "--device", "cpu")  # auto is the default
+    assert code == 0 and read_selection(str(tmp_path / "d.h5")).attrs["strategy"] == saved["recommendation"], err
     with open_store(world["paired"], need="paired") as p, open_store(world["pool_texts"]) as u:
         with pytest.raises(AlselError, match="another pool"):
             read_advice(str(tmp_path / "adv.json"), p, _as_images(u), 10)
@@ -146,3 +150,17 @@ def test_confidence_says_t_or_that_every_split_agreed(mean, se, reliable, words)
     text = a.confidence()
     assert words in text and "inf" not in text and "nan" not in text
     assert text.startswith("no strategy is reliably ahead") != reliable
+
+
+def test_auto_on_a_store_too_small_to_measure_is_random_and_says_why(tmp_path, run_cli):
+    """advise refuses a 6-pair store; select's auto (the default) takes random, the rule's answer when
+    nothing is measured ahead, and says so."""
+    w = synth_stores(str(tmp_path / "w"), images=60, captions=1, classes=3, dim=8, seed=2, paired=0.1, test=0.1)
+    args = ("--paired", w["paired"], "--unpaired", w["pool_images"], "--budget", 3)
+    code, _, err = run_cli("advise", *args, "--out", tmp_path / "a.json")
+    assert code == 2 and "too few" in err and not (tmp_path / "a.json").exists()
+    code, _, err = run_cli("select", *args, "--out", tmp_path / "s.h5")
+    assert code == 0, err
+    assert "auto chose random: no strategy is reliably ahead of random here: nothing could be measured" in err
+    sel = read_selection(str(tmp_path / "s.h5"))
+    assert sel.attrs["strategy"] == "random" and int(sel.attrs["auto"]) == 1 and len(sel.rows) == 3

@@ -41,7 +41,13 @@ def test_quickstart_runs_offline(tmp_path):
     assert "top of the selection" in r.stdout and "rank,id,row,score" in r.stdout
     assert len((tmp_path / "qs" / "selection.csv").read_text().splitlines()) == 21
     assert (tmp_path / "qs" / "selection.html").exists()
-    assert "coreset" in r.stdout  # it ends with the recommended strategy (the default of select)
+    import json
+
+    from alsel.selection import read_selection
+
+    advice = json.loads((tmp_path / "qs" / "advice.json").read_text())
+    sel = read_selection(str(tmp_path / "qs" / "selection.h5"))  # select's default: the advice's choice
+    assert sel.attrs["strategy"] == advice["recommendation"] and int(sel.attrs["auto"]) == 1
 
 
 def readme_text():

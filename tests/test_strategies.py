@@ -482,14 +482,15 @@ def test_select_hn_in_one_go_equals_score_then_select(tmp_path, run_cli):
 
 
 def test_select_without_a_strategy_runs_the_default(tmp_path, run_cli):
-    """coreset, the report's recommendation (hn when --scores are given)."""
+    """auto: advised on the paired store, then the advice's choice (hn when --scores are given)."""
     from alsel.synth import synth_stores
 
-    w = synth_stores(str(tmp_path / "w"), images=200, captions=2, classes=5, dim=16, seed=1)
-    code, _, err = run_cli("select", "--paired", w["paired"], "--unpaired", w["pool_images"], "--budget", "6",
-                           "--out", tmp_path / "a.h5", "--device", "cpu")
+    w = synth_stores(str(tmp_path / "w"), images=120, captions=2, classes=5, dim=16, seed=1, paired=0.3)
+    common = ("--paired", w["paired"], "--unpaired", w["pool_images"], "--budget", "6", "--device", "cpu")
+    code, _, err = run_cli("select", *common, "--out", tmp_path / "a.h5")
     assert code == 0, err
-    code, _, err = run_cli("select", "--strategy", "coreset", "--paired", w["paired"], "--unpaired",
-                           w["pool_images"], "--budget", "6", "--out", tmp_path / "b.h5", "--device", "cpu")
+    assert strategies.DEFAULT == "auto" and "note: auto chose" in err
+    code, _, err = run_cli("select", "--strategy", "auto", *common, "--out", tmp_path / "b.h5")
     a, b = read_selection(str(tmp_path / "a.h5")), read_selection(str(tmp_path / "b.h5"))
-    assert a.attrs["strategy"] == strategies.DEFAULT == "coreset" and list(a.rows) == list(b.rows)
+    assert int(a.attrs["auto"]) == 1 and a.attrs["strategy"] == b.attrs["strategy"]
+    assert list(a.rows) == list(b.rows) and a.attrs["auto_advice"] == b.attrs["auto_advice"]
