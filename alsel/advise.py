@@ -46,8 +46,15 @@ MIN_START = 4  # images in a split's starting part, at the least
 MIN_TEST = 5
 
 
+NONE_AHEAD = "no strategy is reliably ahead of random here"
+
+
 class TooFewPairs(AlselError):
-    """The paired store is too small for the splits advise simulates on."""
+    """The paired store is too small for the splits advise simulates on; `reason` says how small."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"{reason}; choose without advice")
+        self.reason = reason
 
 
 @dataclass
@@ -119,7 +126,7 @@ def plan(n_images: int, pool_size: int, cfg: AdviceConfig) -> Plan:
     if s < MIN_START or rest - s < cfg.rounds * b + 1:
         need = MIN_TEST + MIN_START + 2 * cfg.rounds + 1
         raise TooFewPairs(f"the paired store has {n_images} images: too few to simulate rounds of this budget "
-                         f"on splits of it (at least about {max(need, 20)} are needed); choose without advice")
+                          f"on splits of it (at least about {max(need, 20)} are needed)")
     return Plan(m, t, s, rest - s, b)
 
 
@@ -149,7 +156,7 @@ class Advice:
             t = " (the same on every split)"
         line = (f"{b['strategy']}: {b['gain_mean']:+.1f} ± {b['gain_se']:.1f} R-sum over random, ahead on "
                 f"{b['ahead']} of {b['splits']} splits{t}")
-        return line if self.reliable else f"no strategy is reliably ahead of random here (best: {line})"
+        return line if self.reliable else f"{NONE_AHEAD} (best: {line})"
 
     def as_dict(self) -> dict:
         """The advice file's content (format alsel-advice-1)."""
@@ -304,8 +311,7 @@ def choose_auto(paired, pool, budget: int, cfg: AdviceConfig | None = None, advi
                          progress).as_dict()
         except TooFewPairs as e:  # nothing can be measured, so nothing is reliably ahead of random (the rule)
             doc = {"format": FORMAT, "recommendation": BASELINE, "reliable": False, "table": [], "seconds": 0.0,
-                   "confidence": "no strategy is reliably ahead of random here: nothing could be measured ("
-                                 f"{str(e).split(';')[0]})"}
+                   "confidence": f"{NONE_AHEAD}: nothing could be measured ({e.reason})"}
     choice = doc["recommendation"]
     if "head" in strategies.resolve(choice, "--advice")[0].needs and not has_head:
         raise AlselError(f"{advice_path}: the advice recommends {choice}, which needs --head (a head from "

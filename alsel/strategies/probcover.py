@@ -107,19 +107,20 @@ def auto_delta(members: np.ndarray, clusters: np.ndarray, device: torch.device) 
     return float(DELTA_GRID[i]), float(purity[i])
 
 
-def ball_members(ctx: Context, points) -> tuple[np.random.Generator, np.ndarray, np.ndarray, float, float | None]:
-    """(the generator that drew them, the ball members' rows in points: all or a seeded sample of
-    MAX_TARGETS, the members, δ, its purity): δ = --delta, or auto, the largest with 95% pure balls under k-means (--clusters) fitted
-    on a sample; only the members are assigned."""
+def ball_members(ctx: Context, points) -> tuple[np.random.Generator, np.ndarray, np.ndarray]:
+    """(the generator that drew them, the ball members' rows in points, the members): all points, or a
+    seeded sample of MAX_TARGETS of them."""
     rng = ctx.rng(1)
     n_all = points.n
     members_at = np.arange(n_all) if n_all <= MAX_TARGETS else np.sort(rng.choice(n_all, MAX_TARGETS, replace=False))
-    members = take(points, members_at)
-    if ctx.opts.delta != "auto":
-        return rng, members_at, members, float(ctx.opts.delta), None
-    centers, _, _ = fit_on_sample(points, min(ctx.clusters(), n_all), ctx.inputs.seed, device=ctx.device)
-    delta, purity = auto_delta(members, assign(ArrayRows(members), centers, ctx.device), ctx.device)
-    return rng, members_at, members, delta, purity
+    return rng, members_at, take(points, members_at)
+
+
+def purity_delta(ctx: Context, points, members: np.ndarray) -> tuple[float, float]:
+    """(δ, its purity) for --delta auto: the largest δ whose balls around the members are 95% pure under
+    k-means (--clusters) fitted on a sample of the points; only the members are assigned."""
+    centers, _, _ = fit_on_sample(points, min(ctx.clusters(), points.n), ctx.inputs.seed, device=ctx.device)
+    return auto_delta(members, assign(ArrayRows(members), centers, ctx.device), ctx.device)
 
 
 class ProbCover(Strategy):
@@ -137,8 +138,10 @@ class ProbCover(Strategy):
         covered members)."""
         paired, points = points_of(ctx)
         n_paired, n_all = len(paired), points.n
-        rng, members_at, members, delta, purity = ball_members(ctx, points)
-        if ctx.opts.delta == "auto":
+        rng, members_at, members = ball_members(ctx, points)
+        delta = ctx.opts.delta
+        if delta == "auto":
+            delta, purity = purity_delta(ctx, points, members)
             ctx.attrs.update(delta_auto=delta, purity=purity)
         cut = 1.0 - delta * delta / 2.0
         pool_rows = ArrayRows(points.take(np.arange(n_paired, n_all))) if isinstance(points, ArrayRows) \

@@ -15,7 +15,7 @@ import numpy as np
 from ..stream import ArrayRows, MaxSim, collect, sweep, to_device
 from .base import Allocation, Context, Strategy, register
 from .hn import HardNegatives, hn_gain, positives_then_fill
-from .probcover import ball_members
+from .probcover import ball_members, purity_delta
 from .typiclust import TypiClust, points_of
 
 TYPICLUST = TypiClust()
@@ -26,7 +26,9 @@ def coverage(ctx: Context) -> tuple[float, float]:
     """(c, δ): the share of the selectable pool rows within δ of a paired item, in the current space."""
     paired, points = points_of(ctx)
     n_paired = len(paired)
-    delta = ball_members(ctx, points)[3]
+    delta = ctx.opts.delta
+    if delta == "auto":  # ProbCover's δ, from the same members
+        delta, _ = purity_delta(ctx, points, ball_members(ctx, points)[2])
     pool_rows = ArrayRows(points.take(np.arange(n_paired, points.n))) if isinstance(points, ArrayRows) \
         else points.parts[1]
     (near,) = collect(sweep(pool_rows, to_device(paired, ctx.device), MaxSim(), device=ctx.device,
