@@ -961,7 +961,9 @@ def strategies_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print o
     if as_json:
         print_json(rows)
         return
-    table = Table("name", "needs", "options (tokens)", "what it does", "paper", title="strategies")
+    table = Table("name", "needs", "options (tokens)", "what it does", "paper", title="strategies",
+                  caption="and auto, in select (its default) and simulate: `alsel advise` on the paired store, "
+                          "then the strategy it finds reliably ahead of random, else random")
     for r in rows:
         table.add_row(r["name"], "; ".join(r["needs"]), " ".join(r["options"]), r["summary"], r["paper"])
     out_console.print(table)

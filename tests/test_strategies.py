@@ -381,7 +381,7 @@ def test_a_registered_strategy_runs_through_select_and_simulate(tmp_path, run_cl
     strategies.register(FirstRows())
     try:
         code, out, err = run_cli("strategies")
-        assert code == 0 and "toy-first" in out
+        assert code == 0 and "toy-first" in out and "and auto, in select (its default)" in out
         code, _, err = run_cli("select", "--strategy", "toy-first-texts", "--paired", w["paired"], "--unpaired",
                                w["pool_texts"], "--budget", "5", "--out", tmp_path / "sel.h5")
         assert code == 0, err
