@@ -166,6 +166,14 @@ class Advice:
                 "per_split": self.per_split}
 
 
+def recommend(table: list, reliable_at: float = RELIABLE) -> tuple[str, bool]:
+    """The decision rule: the first row of `table` (best mean gain first) when its mean gain is positive and
+    more than `reliable_at` standard errors above zero, else random. Returns (strategy, reliable)."""
+    best = table[0]
+    reliable = best["gain_mean"] > 0 and best["gain_mean"] > reliable_at * best["gain_se"]
+    return (best["strategy"], True) if reliable else (BASELINE, False)
+
+
 def fingerprints(paired, pool, budget: int) -> dict:
     """What an advice file must match to be reused: the paired store, the pool and the budget."""
     from .store import paired_fingerprint
@@ -242,12 +250,11 @@ def advise(paired, pool, cfg: AdviceConfig, progress: Callable[[str], None] | No
                       "gain_se": round(float(g.std(ddof=1) / np.sqrt(len(g))), 3),
                       "ahead": int((g > 0).sum()), "splits": len(g)})
     table.sort(key=lambda r: (-r["gain_mean"], r["strategy"]))
-    best = table[0]
-    reliable = best["gain_mean"] > RELIABLE * best["gain_se"] and best["gain_mean"] > 0
+    choice, reliable = recommend(table)
     settings = {"budget": cfg.budget, "rounds": cfg.rounds, "splits": cfg.splits, "max_pairs": cfg.max_pairs,
                 "test_fraction": cfg.test_fraction, "seed": cfg.seed, "candidates": list(cfg.candidates),
                 "learner": cfg.head.learner, "init": cfg.head.init, "reliable_at": RELIABLE}
-    return Advice(best["strategy"] if reliable else BASELINE, bool(reliable), table, p, settings,
+    return Advice(choice, reliable, table, p, settings,
                   fingerprints(paired, pool, cfg.budget) if pool is not None else {}, time.perf_counter() - t0,
                   {c: [round(x, 3) for x in v] for c, v in gains.items()})
 

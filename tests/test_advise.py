@@ -144,12 +144,26 @@ def test_auto_in_simulate_advises_every_round(world, tmp_path, run_cli):
 def test_confidence_says_t_or_that_every_split_agreed(mean, se, reliable, words):
     from alsel.advise import Advice
 
-    a = Advice("coreset" if reliable else "random", reliable,
-               [{"strategy": "coreset", "gain_mean": mean, "gain_se": se, "ahead": 3, "splits": 6}],
+    from alsel.advise import recommend
+
+    table = [{"strategy": "coreset", "gain_mean": mean, "gain_se": se, "ahead": 3, "splits": 6}]
+    assert recommend(table) == ("coreset" if reliable else "random", reliable)
+    a = Advice("coreset" if reliable else "random", reliable, table,
                plan(200, 1400, AdviceConfig(budget=100)), {}, {}, 1.0)
     text = a.confidence()
     assert words in text and "inf" not in text and "nan" not in text
     assert text.startswith("no strategy is reliably ahead") != reliable
+
+
+def test_the_rule_needs_a_positive_gain_that_many_standard_errors_above_zero():
+    from alsel.advise import recommend
+
+    rows = [{"strategy": "typiclust", "gain_mean": 3.0, "gain_se": 2.0},
+            {"strategy": "coreset", "gain_mean": 2.9, "gain_se": 0.1}]
+    assert recommend(rows) == ("random", False)  # only the best mean is weighed, and t = 1.5 < 2
+    assert recommend(rows, reliable_at=1.0) == ("typiclust", True)
+    assert recommend(rows, reliable_at=1.5) == ("random", False)  # strictly more than 1.5 SE
+    assert recommend([{"strategy": "hn", "gain_mean": -1.0, "gain_se": 0.0}], reliable_at=0.0) == ("random", False)
 
 
 def test_auto_on_a_store_too_small_to_measure_is_random_and_says_why(tmp_path, run_cli):
