@@ -137,8 +137,9 @@ class ConcatRows:
                 yield p, lo - a, hi - a
 
     def load(self, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Rows [start, stop) across the parts."""
-        return torch.cat([torch.as_tensor(p.load(a, b)) for p, a, b in self._pieces(start, stop)])
+        """Rows [start, stop) across the parts (within one part: that part's rows, not a copy of them)."""
+        pieces = [torch.as_tensor(p.load(a, b)) for p, a, b in self._pieces(start, stop)]
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """The given rows (ascending) across the parts."""

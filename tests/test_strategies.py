@@ -494,3 +494,20 @@ def test_select_without_a_strategy_runs_the_default(tmp_path, run_cli):
     a, b = read_selection(str(tmp_path / "a.h5")), read_selection(str(tmp_path / "b.h5"))
     assert int(a.attrs["auto"]) == 1 and a.attrs["strategy"] == b.attrs["strategy"]
     assert list(a.rows) == list(b.rows) and a.attrs["auto_advice"] == b.attrs["auto_advice"]
+
+
+def test_concatenated_rows_load_take_and_release_across_parts():
+    """ConcatRows (the paired items, then the pool, as one source): a range inside one part is that part's
+    rows, a range across parts their concatenation; take finds rows in either part."""
+    from alsel.stream import ArrayRows, ConcatRows
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((5, 3)).astype(np.float32), rng.standard_normal((7, 3)).astype(np.float32)
+    both = ConcatRows(ArrayRows(a), ArrayRows(b))
+    whole = np.concatenate([a, b])
+    assert (both.n, both.d) == (12, 3)
+    for start, stop in ((0, 5), (1, 4), (5, 12), (6, 9), (3, 8), (0, 12), (4, 6)):
+        assert np.array_equal(both.load(start, stop).numpy(), whole[start:stop]), (start, stop)
+    rows = np.array([0, 4, 5, 11])
+    assert np.array_equal(both.take(rows), whole[rows])
+    both.release(0, 12)

@@ -114,10 +114,13 @@ class TypiClust(Strategy):
             cluster = assign(ArrayRows(x), centers, ctx.device)
             rows = np.arange(a + s, a + e)
             pool_count += np.bincount(cluster, minlength=k)
-            ok = ctx.selectable[rows]
-            left += np.bincount(cluster[ok], minlength=k)
-            for c in np.unique(cluster[ok]):
-                mine = np.flatnonzero((cluster == c) & ok)
+            ok = np.flatnonzero(ctx.selectable[rows])
+            per = np.bincount(cluster[ok], minlength=k)
+            left += per
+            by_cluster = ok[np.argsort(cluster[ok], kind="stable")]  # grouped by cluster, rows ascending within
+            ends = np.cumsum(per)
+            for c in np.flatnonzero(per):
+                mine = by_cluster[ends[c] - per[c]:ends[c]]
                 t = typicality_against(x[mine], n_p + rows[mine], sample[refs[c]], picked[refs[c]], ctx.device)
                 lists[c].append((rows[mine], t))
             pool_points.release(s, e)
