@@ -149,3 +149,31 @@ def test_labels_are_checked_multi_hot(tmp_path):
     with open_store(tmp_path / "ok.h5", need="images") as st:
         with pytest.raises(AlselError, match="ok.h5: /images/labels must be multi-hot"):
             st.labels("images")
+
+
+def test_ids_that_are_not_utf8_are_refused(tmp_path):
+    """Ids are read as text: bytes that do not decode, and a str that cannot be encoded (a lone surrogate),
+    are refused with the file and dataset named."""
+    import h5py
+    import numpy as np
+    import pytest
+
+    from alsel.errors import AlselError
+    from alsel.h5file import read_ids
+
+    path = tmp_path / "ids.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("good", data=np.array([b"a", "\u00e9t\u00e9".encode()], dtype=object),
+                         dtype=h5py.string_dtype())
+        f.create_dataset("bad", data=np.array([b"a", b"\xff\xfe"], dtype=object), dtype=h5py.string_dtype())
+    with h5py.File(path, "r") as f:
+        assert list(read_ids(f["good"], str(path))) == ["a", "\u00e9t\u00e9"]
+        with pytest.raises(AlselError, match="ids.h5: /bad holds ids that are not valid UTF-8"):
+            read_ids(f["bad"], str(path))
+
+    class AsStr(np.ndarray):  # a reader handing back str, one of them not encodable
+        name = "/texts"
+    strs = np.array(["a", "b\udc80"], dtype=object).view(AsStr)
+    with pytest.raises(AlselError, match="/texts holds ids that are not valid UTF-8"):
+        read_ids(strs, "x.h5")
+    assert list(read_ids(np.array(["a", "b"], dtype=object).view(AsStr), "x.h5")) == ["a", "b"]
