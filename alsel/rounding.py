@@ -229,11 +229,13 @@ class LowTile:
             k_lo = lo.view(torch.int16).numpy()[:, None]
             rn = rows.numpy()
             k = keys.numpy()[rn]
-            mixed = kmax.numpy()[rn] >= 0  # rows with an entry >= 0 (few): both signs to compare
-            if mixed.any():
-                cand = np.where(k_lo >= 0, k >= k_lo, (k >= 0) | (k <= k_lo))
-            else:  # all entries negative: approx >= lo <=> magnitude <= lo's <=> key <= lo's key
-                cand = k <= k_lo
+            # rows whose entries are all negative (then lo < 0 too): approx >= lo <=> magnitude <= lo's <=>
+            # key <= lo's key; rows with an entry >= 0 (few) compare both signs, on their own
+            cand = k <= k_lo
+            mixed = np.flatnonzero(kmax.numpy()[rn] >= 0)
+            if len(mixed):
+                km, kl = k[mixed], k_lo[mixed]
+                cand[mixed] = np.where(kl >= 0, km >= kl, (km >= 0) | (km <= kl))
             flat = np.flatnonzero(cand)
             r, c = torch.from_numpy(flat // a.shape[1]), torch.from_numpy(flat % a.shape[1])
         else:

@@ -242,3 +242,37 @@ def test_row_max_is_exact_at_low_precision(dtype, small_tiles):
     xl, _ = low.rows(torch.from_numpy(pool))
     naive = (xl.float() @ low.matrix.float().T).double().numpy().argmax(axis=1)  # the largest cheap product
     assert np.abs((pool.astype(np.float64) * texts.astype(np.float64)[naive]).sum(1) - want).max() > 1e-6
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_band_candidates_in_key_space_are_the_float_comparison(seed):
+    """The CPU path finds a row's band (approx >= reach) by comparing int16 keys of the bfloat16 tile with
+    reach rounded down (lo); on a tile with rows of mixed signs, all-negative rows, values at and around 0
+    (both zeros) and rows whose best is already positive, it returns the entries the float comparison of
+    the same tile returns, and besides them at most the entries equal to lo, below all of those."""
+    from alsel.rounding import LowTile
+
+    rng = np.random.default_rng(seed)
+    n, m = 64, 96
+    center = rng.choice([-0.3, -0.01, 0.0, 0.01], size=(n, 1))  # all-negative rows, and rows across 0
+    approx = torch.from_numpy((center + 0.02 * rng.standard_normal((n, m))).astype(np.float32)).bfloat16()
+    approx[rng.random((n, m)) < 0.03] = 0.0
+    approx[rng.random((n, m)) < 0.03] = -0.0
+    err = torch.from_numpy(rng.uniform(0, 0.01, n).astype(np.float32))
+    shift = torch.from_numpy(rng.uniform(0, 0.01, m).astype(np.float32))
+    best = torch.from_numpy(rng.choice([-np.inf, -0.2, -0.005, 0.0, 0.02], n).astype(np.float32))
+    u = out_rel(torch.bfloat16)
+    x, cols = torch.zeros(n, 4), torch.zeros(m, 4)
+    keyed = LowTile(approx, x, cols, None, err, u, shift).band_candidates(best.clone())
+    floats = LowTile(approx.float(), x, cols, None, err, u, shift).band_candidates(best.clone())
+    assert len(keyed[0]) > 10 and len(keyed[1]) > 50
+    assert torch.equal(keyed[0], floats[0])
+    as_set = lambda rows, r, c: set(zip(rows[r].tolist(), c.tolist()))  # noqa: E731
+    keys, exact = as_set(*keyed), as_set(*floats)
+    assert exact <= keys
+    value = approx.float()
+    for i in {i for i, _ in keys - exact}:
+        extra = {float(value[i, j]) for k, j in keys - exact if k == i}
+        assert len(extra) == 1  # one value: lo
+        lo = extra.pop()
+        assert all(float(value[i, j]) > lo for k, j in exact if k == i)
