@@ -448,10 +448,17 @@ def _claim_folder(cfg: SimConfig) -> None:
     if os.path.exists(config_path):
         with open(config_path, encoding="utf-8") as fh:
             old = json.load(fh)
-        if old != now:
-            diff = sorted(k for k in set(old) | set(now) if old.get(k) != now.get(k))
+        diff = sorted(k for k in set(old) | set(now) if old.get(k) != now.get(k))
+        if diff == ["seeds"] and set(old["seeds"]) < set(now["seeds"]):
+            # more seeds for the same experiment: each seed is computed on its own, the old ones are kept;
+            # config.json keeps the time of the first run (its mtime is where the experiment started)
+            first = os.stat(config_path)
+            _write_json(config_path, now)
+            os.utime(config_path, ns=(first.st_atime_ns, first.st_mtime_ns))
+        elif diff:
+            more = " (more seeds may be added: give all of the old ones too)" if diff == ["seeds"] else ""
             raise AlselError(f"{config_path}: {cfg.out} holds a simulation with other settings "
-                             f"({', '.join(diff)}); use another --out")
+                             f"({', '.join(diff)}); use another --out{more}")
     else:
         _write_json(config_path, now)
 

@@ -118,6 +118,17 @@ def test_smoke_reproducible_and_resumable(world, tmp_path, run_cli):
     assert run_cli(*sim_args(world, tmp_path / "b", *args))[0] == 0
     assert read_csv(tmp_path / "b" / "results.csv") == rows
     assert (run / "round1" / "head.pt").stat().st_mtime_ns == kept
+    # more seeds later: the old seeds' runs are kept, the new ones computed; fewer or other seeds refused
+    more = [a if a != "0,1" else "0,1,2" for a in args]
+    assert run_cli(*sim_args(world, tmp_path / "b", *more))[0] == 0
+    grown = read_csv(tmp_path / "b" / "results.csv")
+    assert [r for r in grown if r["seed"] != "2"] == rows and len(grown) == len(rows) * 3 // 2
+    assert (run / "round1" / "head.pt").stat().st_mtime_ns == kept
+    assert run_cli(*sim_args(world, tmp_path / "c", *[a if a != "0,1" else "2" for a in args]))[0] == 0
+    assert read_csv(tmp_path / "c" / "results.csv") == [r for r in grown if r["seed"] == "2"]
+    for fewer in ("0", "1,3"):
+        assert_bad_input(run_cli(*sim_args(world, tmp_path / "b", *[a if a != "0,1" else fewer for a in args])),
+                         "config.json", "other settings (seeds)")
 
 
 @pytest.mark.parametrize("names,rounds,seed", [
