@@ -353,7 +353,7 @@ class Reporter:
         earlier run did (a --resume): shown as done, left out of the rate and the ETA."""
         if self.mode == "quiet":
             def advance(n: int = 1, total: int | None = None, **fields) -> None:
-                pass
+                _stop_if_lost()
             advance.resumed = advance
             return advance
         if self.mode == "lines":
@@ -361,6 +361,7 @@ class Reporter:
             self.plain.append(t)
 
             def advance(n: int = 1, total: int | None = None, **fields) -> None:
+                _stop_if_lost()
                 t.advance(n, total, **fields)
             advance.resumed = t.resumed
             return advance
@@ -369,6 +370,7 @@ class Reporter:
         base = [completed]
 
         def advance(n: int = 1, total: int | None = None, **fields) -> None:
+            _stop_if_lost()
             done = bar.tasks[task].completed + n - base[0]
             rate = done / max(time.monotonic() - t0, 1e-9)
             bar.update(task, advance=n, total=total if total is not None else bar.tasks[task].total,
@@ -1413,7 +1415,7 @@ def _expand_multi(argv: list[str]) -> list[str]:
     return out
 
 
-_STOP = {"cooperative": False, "requested": 0, "kept": "nothing was written"}
+_STOP = {"cooperative": False, "requested": 0, "raised": 0, "kept": "nothing was written"}
 SIGNAL_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
@@ -1444,7 +1446,15 @@ def _on_signal(signum, frame):
     if _STOP["cooperative"] and not _STOP["requested"]:
         _STOP["requested"] = signum  # finish the chunk, record progress, then stop
         return
+    _STOP["raised"] = signum
     raise Stopped(signum)
+
+
+def _stop_if_lost() -> None:
+    """Raise Stopped again at the next progress step when the signal handler's one was lost: a handler
+    that runs inside a finaliser (a __del__ or weakref callback) has its exception printed and dropped."""
+    if _STOP.get("raised") and not _STOP["cooperative"]:
+        raise Stopped(_STOP["raised"])
 
 
 def _signal_name(signum: int) -> str:
@@ -1457,7 +1467,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv) or ["--help"]
     CREATED_BY = shlex.join(["alsel"] + argv)
     _QUIET["on"] = False
-    _STOP.update(cooperative=False, requested=0, kept="nothing was written")
+    _STOP.update(cooperative=False, requested=0, raised=0, kept="nothing was written")
     previous = {}
     with contextlib.suppress(ValueError):  # not in the main thread
         for s in SIGNAL_CODES:

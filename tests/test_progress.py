@@ -249,3 +249,32 @@ def test_resumed_rows_count_as_done_but_not_in_the_rate(monkeypatch, capsys):
         advance(1_000)
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[-1].startswith("score: 101,000/200,000 rows (50.5%), 100 rows/s, ETA 16m30s"), lines
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the lost one, on purpose
+@pytest.mark.parametrize("mode", ["quiet", "lines"])
+def test_a_stop_lost_in_a_finaliser_is_raised_again_at_the_next_progress_step(mode, monkeypatch):
+    """The handler raises Stopped where the signal lands; inside a __del__ that exception is printed and
+    dropped, so the next progress step raises it again (outside a cooperative section only)."""
+    import signal
+
+    import cli
+
+    monkeypatch.setitem(cli._STOP, "cooperative", False)
+    monkeypatch.setitem(cli._STOP, "requested", 0)
+    monkeypatch.setitem(cli._STOP, "raised", 0)
+    reporter = cli.Reporter()
+    monkeypatch.setattr(reporter, "mode", mode)
+    advance = reporter.task("train", 10, "steps")
+    advance(1)  # nothing pending: no stop
+
+    class Finaliser:
+        def __del__(self):
+            cli._on_signal(signal.SIGINT, None)  # what a signal landing in a finaliser runs
+
+    Finaliser()  # its Stopped is printed as "Exception ignored" and lost
+    with pytest.raises(cli.Stopped) as e:
+        advance(1)
+    assert e.value.signum == signal.SIGINT
+    monkeypatch.setitem(cli._STOP, "cooperative", True)  # a cooperative section handles its own request
+    advance(1)
