@@ -168,7 +168,10 @@ class Advice:
 
 def recommend(table: list, reliable_at: float = RELIABLE) -> tuple[str, bool]:
     """The decision rule: the first row of `table` (best mean gain first) when its mean gain is positive and
-    more than `reliable_at` standard errors above zero, else random. Returns (strategy, reliable)."""
+    more than `reliable_at` standard errors above zero, else random (also for an empty table: nothing was
+    measured). Returns (strategy, reliable)."""
+    if not table:
+        return BASELINE, False
     best = table[0]
     reliable = best["gain_mean"] > 0 and best["gain_mean"] > reliable_at * best["gain_se"]
     return (best["strategy"], True) if reliable else (BASELINE, False)

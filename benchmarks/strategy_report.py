@@ -35,7 +35,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from alsel.advise import recommend  # noqa: E402
+from alsel.advise import RELIABLE, recommend  # noqa: E402
 from alsel.head import TrainConfig  # noqa: E402
 from alsel.selection import read_selection  # noqa: E402
 from alsel.simulate import SimConfig, parse_seeds, parse_strategies, plot_curves, simulate, summarize  # noqa: E402
@@ -244,7 +244,7 @@ def advices(cfg: SimConfig) -> list[dict]:
 CALIBRATION: dict = {}  # key -> what the summary's calibration table needs
 
 
-RULES = (0.0, 1.0, 2.0, 3.0)  # decision thresholds (standard errors) replayed on the advice files
+RULES = (0.0, 1.0, RELIABLE, 3.0)  # decision thresholds (standard errors) replayed on the advice files
 
 
 def auto_lines(cfg: SimConfig, rows: list[dict], key: str, verdicts: list) -> list[str]:
@@ -258,8 +258,8 @@ def auto_lines(cfg: SimConfig, rows: list[dict], key: str, verdicts: list) -> li
     within = auto_vs_best[0] >= -se
     adv = advices(cfg)
     hits = sum(a["recommendation"] == best for a in adv)
-    # what following each advice would have gained, by the fixed strategies' own gains (random: 0)
-    gap = [gains[best][0] - (gains[a["recommendation"]][0] if a["recommendation"] in gains else 0.0) for a in adv]
+    # what following each advice would have gained under each rule, by the fixed strategies' own gains (random:
+    # 0); the rule advise uses gives the gap to always taking the best
     rule = {t: float(np.mean([gains.get(recommend(a["table"], t)[0], (0.0,))[0] for a in adv])) if adv else None
             for t in RULES}
     used = {}
@@ -267,7 +267,7 @@ def auto_lines(cfg: SimConfig, rows: list[dict], key: str, verdicts: list) -> li
         if r["strategy"] == "auto" and r["round"] > 0:
             used.setdefault(r["round"], []).append(r.get("used") or "?")
     CALIBRATION[key] = dict(best=best, best_gain=gains[best], auto=auto_vs_random, auto_vs_best=auto_vs_best,
-                            within=within, hits=hits, advices=len(adv), gap=float(np.mean(gap)) if gap else None,
+                            within=within, hits=hits, advices=len(adv), gap=gains[best][0] - rule[RELIABLE] if adv else None,
                             seconds=float(np.mean([a["seconds"] for a in adv])) if adv else None,
                             reliable=sum(a["reliable"] for a in adv), rule=rule)
     lines = ["", f"**auto** (advice before every round on that round's paired set; {len(adv)} advices, "
@@ -282,7 +282,7 @@ def auto_lines(cfg: SimConfig, rows: list[dict], key: str, verdicts: list) -> li
               f" ({verdict(auto_vs_random)} random); auto vs {best}: {auto_vs_best[0]:+.1f} ± {se:.1f} "
               f"({'within' if within else 'not within'} one standard error);",
               f"- the advice named {best} in {hits} of {len(adv)} advices and was reliable (not random) in "
-              f"{sum(a['reliable'] for a in adv)}; following each advice gives up {np.mean(gap):.1f} R-sum on average "
+              f"{sum(a['reliable'] for a in adv)}; following each advice gives up {CALIBRATION[key]['gap']:.1f} R-sum on average "
               f"against always taking {best} (by the fixed strategies' own gains)." if adv else "- no advice files."]
     return lines
 
@@ -313,18 +313,18 @@ def calibration_lines(keys: list[str], titles: dict) -> list[str]:
             "for a whole run would have gained, not a rerun:", "",
             "| experiment | best fixed | auto (ran, rule t > 2) | " + " | ".join(f"t > {t:g}" for t in RULES) + " |",
             "|---|---|---|" + "---|" * len(RULES)]
-    worst = {t: [] for t in RULES}
+    replayed = {t: [] for t in RULES}
     for key in keys:
         c = CALIBRATION.get(key)
         if c is None or c["rule"][RULES[0]] is None:
             continue
         for t in RULES:
-            worst[t].append(c["rule"][t])
+            replayed[t].append(c["rule"][t])
         out.append(f"| {titles[key]} | {c['best']} {c['best_gain'][0]:+.1f} | {c['auto'][0]:+.1f} | "
                    + " | ".join(f"{c['rule'][t]:+.1f}" for t in RULES) + " |")
-    if worst[RULES[0]]:
-        out += ["", "Over the experiments, mean: " + ", ".join(f"t > {t:g}: {np.mean(worst[t]):+.1f}" for t in RULES)
-                + "; lowest: " + ", ".join(f"t > {t:g}: {min(worst[t]):+.1f}" for t in RULES) + "."]
+    if replayed[RULES[0]]:
+        out += ["", "Over the experiments, mean: " + ", ".join(f"t > {t:g}: {np.mean(replayed[t]):+.1f}" for t in RULES)
+                + "; lowest: " + ", ".join(f"t > {t:g}: {min(replayed[t]):+.1f}" for t in RULES) + "."]
     return out
 
 

@@ -164,6 +164,7 @@ def test_the_rule_needs_a_positive_gain_that_many_standard_errors_above_zero():
     assert recommend(rows, reliable_at=1.0) == ("typiclust", True)
     assert recommend(rows, reliable_at=1.5) == ("random", False)  # strictly more than 1.5 SE
     assert recommend([{"strategy": "hn", "gain_mean": -1.0, "gain_se": 0.0}], reliable_at=0.0) == ("random", False)
+    assert recommend([]) == ("random", False)  # nothing measured (a store too small to split)
 
 
 def test_auto_on_a_store_too_small_to_measure_is_random_and_says_why(tmp_path, run_cli):
