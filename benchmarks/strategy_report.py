@@ -328,6 +328,29 @@ def calibration_lines(keys: list[str], titles: dict) -> list[str]:
     return out
 
 
+HEADLINE = ("coreset", "typiclust", "schedule", "hn", "auto")
+
+
+def headline_lines(verdicts: list, keys: list[str], titles: dict) -> list[str]:
+    """The README's table: R-sum over random averaged over rounds 1..R, bold = beats, italics = trails."""
+    out = ["| experiment (seeds) | " + " | ".join(f"`{n}`" for n in HEADLINE) + " |", "|---" * (len(HEADLINE) + 1) + "|"]
+    for key in keys:
+        mine = {v[2]: v for v in verdicts if v[0] == key and v[3] == "random"}
+        if not mine:
+            continue
+        cells = []
+        for name in HEADLINE:
+            if name not in mine:
+                cells.append("")
+                continue
+            _, _, _, _, v, a = mine[name]
+            mark = {"beats": "**", "trails": "*"}.get(v, "")
+            cells.append(f"{mark}{a[0]:+.1f}{mark}".replace("-", "−"))
+        n = next(iter(mine.values()))[5][3]
+        out.append(f"| {titles[key]} ({n} seeds) | " + " | ".join(cells) + " |")
+    return out
+
+
 def summary_lines(verdicts: list, keys: list[str], titles: dict) -> list[str]:
     """Per experiment: the strategies that beat random, and where the hard-negative family stands."""
     out = []
@@ -392,6 +415,8 @@ def main():
     missing = "" if os.path.exists(COCO) else \
         "\n### COCO-500\n\n`../shared/data/coco500-clip-vitb16` is not on this machine: skipped.\n"
     computed = ["## Computed summary (from the verdicts below)", ""] + summary_lines(verdicts, list(titles), titles) \
+        + ["", "R-sum over random averaged over rounds 1..R (bold: beats random, more than two standard errors above 0; "
+                 "italics: trails it), the README's table:", ""] + headline_lines(verdicts, list(titles), titles) \
         + [""] + calibration_lines(list(titles), titles)
     with open(args.report, "w", encoding="utf-8") as fh:
         fh.write(intro.rstrip() + "\n\n" + "\n".join(computed) + "\n\n" + "\n".join(sections) + missing)
