@@ -245,6 +245,13 @@ CALIBRATION: dict = {}  # key -> what the summary's calibration table needs
 
 
 RULES = (0.0, 1.0, RELIABLE, 3.0)  # decision thresholds (standard errors) replayed on the advice files
+FALLBACKS = ("typiclust", "coreset")  # replayed in random's place when no candidate is reliably ahead
+
+
+def fallback_choice(table: list, fallback: str) -> str:
+    """advise's rule, but `fallback` instead of random when no candidate is reliably ahead."""
+    name, reliable = recommend(table, RELIABLE)
+    return name if reliable else fallback
 
 
 def auto_lines(cfg: SimConfig, rows: list[dict], key: str, verdicts: list) -> list[str]:
@@ -262,6 +269,8 @@ def auto_lines(cfg: SimConfig, rows: list[dict], key: str, verdicts: list) -> li
     # 0); the rule advise uses gives the gap to always taking the best
     rule = {t: float(np.mean([gains.get(recommend(a["table"], t)[0], (0.0,))[0] for a in adv])) if adv else None
             for t in RULES}
+    rule.update({fb: float(np.mean([gains.get(fallback_choice(a["table"], fb), (0.0,))[0] for a in adv])) if adv
+                 else None for fb in FALLBACKS})
     used = {}
     for r in rows:
         if r["strategy"] == "auto" and r["round"] > 0:
@@ -308,23 +317,27 @@ def calibration_lines(keys: list[str], titles: dict) -> list[str]:
     out += ["### The decision rule", "",
             "advise recommends its best candidate only when the mean gain over its splits is more than 2 standard "
             "errors above zero (`alsel.advise.recommend`). Replayed on every advice auto received above (each "
-            "advice file keeps its table), a weaker rule would have chosen as follows; a choice is valued by that "
+            "advice file keeps its table), a weaker rule would have chosen as follows, and so would the same rule "
+            "falling back to TypiClust or core-set instead of random (last two columns); a choice is valued by that "
             "strategy's own gain over random in the experiment (random: 0), so this is what following each advice "
             "for a whole run would have gained, not a rerun:", "",
-            "| experiment | best fixed | auto (ran, rule t > 2) | " + " | ".join(f"t > {t:g}" for t in RULES) + " |",
-            "|---|---|---|" + "---|" * len(RULES)]
-    replayed = {t: [] for t in RULES}
+            "| experiment | best fixed | auto (ran, rule t > 2) | " + " | ".join(f"t > {t:g}" for t in RULES)
+            + " | " + " | ".join(f"t > {RELIABLE:g}, else {fb}" for fb in FALLBACKS) + " |",
+            "|---|---|---|" + "---|" * (len(RULES) + len(FALLBACKS))]
+    replayed = {t: [] for t in RULES + FALLBACKS}
     for key in keys:
         c = CALIBRATION.get(key)
         if c is None or c["rule"][RULES[0]] is None:
             continue
-        for t in RULES:
+        for t in RULES + FALLBACKS:
             replayed[t].append(c["rule"][t])
         out.append(f"| {titles[key]} | {c['best']} {c['best_gain'][0]:+.1f} | {c['auto'][0]:+.1f} | "
-                   + " | ".join(f"{c['rule'][t]:+.1f}" for t in RULES) + " |")
+                   + " | ".join(f"{c['rule'][t]:+.1f}" for t in RULES + FALLBACKS) + " |")
     if replayed[RULES[0]]:
-        out += ["", "Over the experiments, mean: " + ", ".join(f"t > {t:g}: {np.mean(replayed[t]):+.1f}" for t in RULES)
-                + "; lowest: " + ", ".join(f"t > {t:g}: {min(replayed[t]):+.1f}" for t in RULES) + "."]
+        name = (lambda t: f"t > {t:g}" if t in RULES else f"else {t}")
+        out += ["", "Over the experiments, mean: " + ", ".join(f"{name(t)}: {np.mean(replayed[t]):+.1f}"
+                                                                for t in RULES + FALLBACKS)
+                + "; lowest: " + ", ".join(f"{name(t)}: {min(replayed[t]):+.1f}" for t in RULES + FALLBACKS) + "."]
     return out
 
 
