@@ -251,6 +251,8 @@ def main():
     ap.add_argument("--slurm", action="store_true", help="with --shards: submit them as an array with "
                                                          "examples/slurm/submit.sh on a one-node SLURM started here "
                                                          "(tests/slurm/cluster.sh; root)")
+    ap.add_argument("--pools", default=None, help="a folder that keeps the generated pools (pool<N>.h5) and reuses "
+                                                  "them when present (they are the same for the same N)")
     args = ap.parse_args()
     torch.manual_seed(0)
     names = args.strategies.split(",")
@@ -270,8 +272,10 @@ def main():
         print(f"paired store {args.paired:,} pairs, D = {args.dim}, float16 pools, budget {args.budget}, "
               f"{os.cpu_count()} CPU cores, torch {torch.__version__}")
         for n in (int(x) for x in args.sizes.split(",")):
-            pool = os.path.join(d, f"pool{n}.h5")
-            write_pairs(pool, n, args.dim, n, "u")
+            pool = os.path.join(args.pools or d, f"pool{n}x{args.dim}.h5")
+            if not (args.pools and os.path.exists(pool)):
+                write_pairs(pool + ".part", n, args.dim, n, "u")
+                os.replace(pool + ".part", pool)
             rates = {"start": float(np.median(starts)), "bf16": rate_mm(torch.bfloat16), "fp32": rate_mm(torch.float32),
                      "read": rate_read(pool), "scan": rate_scan(min(n, 1 << 20), args.dim), "normal": rate_normal()}
             print(f"\npool {n:,} rows ({n * args.dim * 2 / 2**30:.2f} GiB). Bare rates in this run: start "
@@ -307,7 +311,8 @@ def main():
                     continue
                 dt, gib = run_select(d, name, pool, paired, os.path.join(d, "ph.pt"), args.budget)
                 print(f"{name:>18} {dt:>8.1f} {limit:>7.1f} {dt / limit:>6.2f} {gib:>8.2f} GiB", flush=True)
-            os.unlink(pool)
+            if not args.pools:
+                os.unlink(pool)
         cluster = os.path.join(d, "cluster")
         if os.path.exists(os.path.join(cluster, "slurm.conf")):
             subprocess.run(["bash", os.path.join(ROOT, "tests", "slurm", "cluster.sh"), "stop", cluster],
