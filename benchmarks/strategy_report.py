@@ -114,6 +114,19 @@ def differences(rows: list[dict], strategy: str, baseline: str, rounds: int) -> 
         (float(area.mean()), sd(area), int((area > 0).sum()), len(seeds))
 
 
+def setbacks(rows: list[dict], drop: float = 0.1) -> tuple[int, int]:
+    """(rounds whose R-sum fell more than `drop` of the previous round's, rounds after the first), over every
+    strategy and seed: with more pairs and the same training rule a healthy learner does not fall that far,
+    so these count trainings that went wrong (stalled early, or stopped at a poor epoch)."""
+    n = bad = 0
+    for name in dict.fromkeys(r["strategy"] for r in rows):
+        for curve in by_seed(rows, name).values():
+            for r in range(1, len(curve)):
+                n += 1
+                bad += curve[r] < (1 - drop) * curve[r - 1]
+    return bad, n
+
+
 def verdict(area: tuple) -> str:
     """beats / trails when the mean paired difference is more than two standard errors from zero."""
     mean, sd, _, n = area
@@ -364,6 +377,9 @@ def headline_lines(verdicts: list, keys: list[str], titles: dict) -> list[str]:
     return out
 
 
+SETBACKS: dict = {}  # key -> setbacks(rows)
+
+
 def summary_lines(verdicts: list, keys: list[str], titles: dict) -> list[str]:
     """Per experiment: the strategies that beat random, and where the hard-negative family stands."""
     out = []
@@ -373,7 +389,8 @@ def summary_lines(verdicts: list, keys: list[str], titles: dict) -> list[str]:
         hn = [f"{n} {v} random ({a[0]:+.1f} ± {a[1]:.1f})" for _, _, n, _, v, a in mine if n.startswith("hn")]
         best = max(mine, key=lambda v: v[5][0])
         out.append(f"- *{titles[key]}*: beats random: {', '.join(beats) or 'none'}; the largest gain over random: "
-                   f"{best[2]} ({best[5][0]:+.1f}); hard negatives: {'; '.join(hn)}.")
+                   f"{best[2]} ({best[5][0]:+.1f}); hard negatives: {'; '.join(hn)}; rounds whose R-sum fell more "
+                   f"than 10% below the round before: {SETBACKS[key][0]} of {SETBACKS[key][1]}.")
     return out
 
 
@@ -421,6 +438,7 @@ def main():
         png = os.path.join(out_dir, f"strategy_report_{key}.png")
         plot_curves(rows, png, title)
         titles[key] = title
+        SETBACKS[key] = setbacks(rows)
         sections.append(section(title, key, cfg, rows, png, wall_seconds(cfg.out), verdicts))
     if args.only and not args.write:
         return
