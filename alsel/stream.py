@@ -42,16 +42,78 @@ def tile_rows_for(device: torch.device) -> int:
     return CPU_TILE_ROWS if device.type == "cpu" else CUDA_TILE_ROWS
 
 
-def available_host_bytes() -> int:
-    """Free host memory in bytes (0 where the system does not say)."""
+def _read_kib(path: str, key: str) -> int | None:
+    """The value of `key` (in kB) in a /proc/meminfo-style file, in bytes; None when absent."""
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 4 << 30
+        with open(path) as fh:
+            for line in fh:
+                name, _, rest = line.partition(":")
+                if name == key:
+                    return int(rest.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as fh:
+            text = fh.read().strip()
+        return None if text == "max" else int(text)
+    except (OSError, ValueError):
+        return None
+
+
+def cgroup_headroom(proc: str = "/proc", root: str = "/sys/fs/cgroup") -> int | None:
+    """Bytes this process's memory cgroup (a SLURM job's, a container's) may still take: its limit minus
+    its usage plus its inactive page cache (reclaimable); None without a limit. cgroup v2 (memory.max,
+    memory.current, memory.stat inactive_file) and v1 (memory.limit_in_bytes, memory.usage_in_bytes,
+    memory.stat total_inactive_file)."""
+    try:
+        with open(os.path.join(proc, "self", "cgroup")) as fh:
+            lines = [line.rstrip("\n").split(":", 2) for line in fh]
+    except OSError:
+        return None
+    for _, controllers, path in (x for x in lines if len(x) == 3):
+        if controllers == "":  # v2
+            d = os.path.join(root, path.lstrip("/"))
+            limit, used = _read_int(os.path.join(d, "memory.max")), _read_int(os.path.join(d, "memory.current"))
+            cache = "inactive_file"
+        elif "memory" in controllers.split(","):  # v1
+            d = os.path.join(root, "memory", path.lstrip("/"))
+            limit, used = (_read_int(os.path.join(d, "memory.limit_in_bytes")),
+                           _read_int(os.path.join(d, "memory.usage_in_bytes")))
+            cache = "total_inactive_file"
+        else:
+            continue
+        if limit is None or used is None or limit >= 1 << 60:  # no limit (v1 writes one near 2^63)
+            continue
+        stat = {}
+        try:
+            with open(os.path.join(d, "memory.stat")) as fh:
+                stat = dict(line.split()[:2] for line in fh if len(line.split()) >= 2)
+        except OSError:
+            pass
+        return max(0, limit - used + int(stat.get(cache, 0)))
+    return None
+
+
+def available_host_bytes(proc: str = "/proc", root: str = "/sys/fs/cgroup") -> int:
+    """Host memory this process may still take, in bytes: MemAvailable (free memory plus the page cache
+    the kernel can reclaim: a pool file just read sits in the cache, and MemFree alone would count it as
+    used), capped by the memory cgroup's headroom where there is a limit (SLURM jobs, containers)."""
+    avail = _read_kib(os.path.join(proc, "meminfo"), "MemAvailable")
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            avail = 4 << 30
+    headroom = cgroup_headroom(proc, root)
+    return avail if headroom is None else min(avail, headroom)
 
 
 def auto_chunk_size(d: int, device: torch.device) -> int:
-    """Pool rows per chunk from free memory: two float32 staging buffers within 2% of free host
+    """Pool rows per chunk from available memory: two float32 staging buffers within 2% of available host
     memory on CPU (1024..16384 rows: larger chunks only raised peak memory here), a quarter of free GPU memory on CUDA (8192..1M rows); always a
     multiple of the compute tile, so the tiles — and the results, bit for bit — do not depend on it."""
     tile = tile_rows_for(device)

@@ -6,7 +6,7 @@ raise every m to its similarity with the new center. Memory O(N_u), never an N_u
 
 The state lives on the device as torch tensors and each pick is an argmin and one matrix-vector product
 there: no host round trip per pick (the picks are read back at the end). Rows that fit in the memory
-budget (POOL_FRACTION of free host memory, or of free GPU memory) are held in float32 in the current space;
+budget (POOL_FRACTION of the available host memory (stream.available_host_bytes), or of free GPU memory) are held in float32 in the current space;
 otherwise every pick streams them from the store again.
 
 Composable core-sets (Malkomes, Chen, Moseley, Krause, NeurIPS 2015): every shard runs the greedy seeded
@@ -30,7 +30,7 @@ from .._lazy import torch  # imported on first use (fast start)
 from ..stream import MaxSim, Rows, available_host_bytes, collect, sweep, to_device
 
 PER_SHARD = 2  # a shard keeps this many times B candidates (more than B tightens the merged radius)
-POOL_FRACTION = 0.4  # rows are held in memory (float32) when they take at most this share of free memory
+POOL_FRACTION = 0.4  # rows are held in memory (float32) when they take at most this share of available memory
 
 
 def distance_from_sim(s: np.ndarray) -> np.ndarray:
