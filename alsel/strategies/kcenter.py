@@ -55,19 +55,21 @@ def memory_budget(device: torch.device) -> int:
 
 
 def hold(rows: Rows, device: torch.device, transform=None, chunk_size: int | None = None) -> torch.Tensor:
-    """All rows of `rows` in float32 on the device, in the current space (through `transform`)."""
-    d = None
-    parts = []
+    """All rows of `rows` in float32 on the device, in the current space (through `transform`), written
+    chunk by chunk into one tensor (concatenating the chunks would need twice the memory at its peak)."""
+    out = None
     step = chunk_size or 65536
     for a in range(0, rows.n, step):
-        x = rows.load(a, min(rows.n, a + step)).to(device)
+        b = min(rows.n, a + step)
+        x = rows.load(a, b).to(device)
         with torch.no_grad():
             x = transform(x) if transform is not None else x
-        parts.append(x.float())
-        d = x.shape[1]
+        if out is None:
+            out = torch.empty((rows.n, x.shape[1]), dtype=torch.float32, device=device)
+        out[a:b] = x
         if hasattr(rows, "release"):
-            rows.release(a, min(rows.n, a + step))
-    return torch.cat(parts) if parts else torch.zeros((0, d or rows.d), device=device)
+            rows.release(a, b)
+    return out if out is not None else torch.zeros((0, rows.d), device=device)
 
 
 def kcenter_greedy(pool: Rows, centers: np.ndarray, budget: int, device: torch.device,
