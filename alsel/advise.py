@@ -15,8 +15,11 @@ already paired — is the user's. At most `max_pairs` paired images are used (a 
 does not grow with the paired store.
 
 Recommendation: the candidate with the largest mean gain, when that gain is more than RELIABLE standard
-errors above zero; otherwise random ("no strategy is reliably ahead of random here"). A paired set chosen
-actively is biased toward what earlier strategies liked (Baram et al. 2004): the advice describes this set.
+errors above zero; otherwise the fallback ("no strategy is reliably ahead of random here"), TypiClust by
+default: on the strategy report's 16 experiments it was behind random on none and ahead on 8, and replayed
+on every advice there, falling back to it instead of random raised the mean gain of following the advice from
++0.8 to +3.8 R-sum (`--fallback random` restores the plain rule). A paired set chosen actively is biased
+toward what earlier strategies liked (Baram et al. 2004): the advice describes this set.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ MIN_TEST = 5
 
 
 NONE_AHEAD = "no strategy is reliably ahead of random here"
+FALLBACK = "typiclust"  # what advise recommends when no candidate is reliably ahead (module docstring)
 
 
 class TooFewPairs(AlselError):
@@ -69,6 +73,7 @@ class AdviceConfig:
     seed: int = 0
     device: str = "cpu"
     chunk_size: int | None = None
+    fallback: str = FALLBACK
 
     def check(self) -> "AdviceConfig":
         """The settings checked (one-line errors)."""
@@ -95,7 +100,20 @@ class AdviceConfig:
         names = [n for n in dict.fromkeys(names) if n != BASELINE]
         if not names:
             raise AlselError("--strategies: give at least one strategy besides random")
-        return AdviceConfig(**dict(asdict(self), candidates=tuple(names), head=self.head))
+        return AdviceConfig(**dict(asdict(self), candidates=tuple(names), head=self.head,
+                                   fallback=check_fallback(self.fallback)))
+
+
+def check_fallback(spec: str) -> str:
+    """--fallback: a caption strategy over pool images that needs no head (it is used when nothing could be
+    measured, also where no head exists); its canonical name."""
+    from . import strategies
+
+    strategy, opts, _ = strategies.resolve(spec, "--fallback")
+    if strategy.needs & {"pool_pairs", "prob_head", "head"} or opts.select != "images":
+        raise AlselError(f"--fallback {spec}: give a strategy over pool images that needs no head "
+                         f"(e.g. {FALLBACK} or {BASELINE})")
+    return strategy.canonical(opts)
 
 
 @dataclass
@@ -142,6 +160,7 @@ class Advice:
     fingerprints: dict
     seconds: float
     per_split: dict = field(default_factory=dict)  # strategy -> gains per split
+    fallback: str = BASELINE  # what the recommendation is when no candidate is reliably ahead
 
     @property
     def best(self) -> dict:
@@ -156,7 +175,9 @@ class Advice:
             t = " (the same on every split)"
         line = (f"{b['strategy']}: {b['gain_mean']:+.1f} ± {b['gain_se']:.1f} R-sum over random, ahead on "
                 f"{b['ahead']} of {b['splits']} splits{t}")
-        return line if self.reliable else f"{NONE_AHEAD} (best: {line})"
+        if self.reliable:
+            return line
+        return f"{NONE_AHEAD} (best: {line}){fallback_words(self.fallback)}"
 
     def as_dict(self) -> dict:
         """The advice file's content (format alsel-advice-1)."""
@@ -166,15 +187,19 @@ class Advice:
                 "per_split": self.per_split}
 
 
-def recommend(table: list, reliable_at: float = RELIABLE) -> tuple[str, bool]:
+def fallback_words(fallback: str) -> str:
+    return "" if fallback == BASELINE else f"; falling back to {fallback} (--fallback)"
+
+
+def recommend(table: list, reliable_at: float = RELIABLE, fallback: str = BASELINE) -> tuple[str, bool]:
     """The decision rule: the first row of `table` (best mean gain first) when its mean gain is positive and
-    more than `reliable_at` standard errors above zero, else random (also for an empty table: nothing was
+    more than `reliable_at` standard errors above zero, else `fallback` (also for an empty table: nothing was
     measured). Returns (strategy, reliable)."""
     if not table:
-        return BASELINE, False
+        return fallback, False
     best = table[0]
     reliable = best["gain_mean"] > 0 and best["gain_mean"] > reliable_at * best["gain_se"]
-    return (best["strategy"], True) if reliable else (BASELINE, False)
+    return (best["strategy"], True) if reliable else (fallback, False)
 
 
 def fingerprints(paired, pool, budget: int) -> dict:
@@ -253,13 +278,14 @@ def advise(paired, pool, cfg: AdviceConfig, progress: Callable[[str], None] | No
                       "gain_se": round(float(g.std(ddof=1) / np.sqrt(len(g))), 3),
                       "ahead": int((g > 0).sum()), "splits": len(g)})
     table.sort(key=lambda r: (-r["gain_mean"], r["strategy"]))
-    choice, reliable = recommend(table)
+    choice, reliable = recommend(table, fallback=cfg.fallback)
     settings = {"budget": cfg.budget, "rounds": cfg.rounds, "splits": cfg.splits, "max_pairs": cfg.max_pairs,
                 "test_fraction": cfg.test_fraction, "seed": cfg.seed, "candidates": list(cfg.candidates),
-                "learner": cfg.head.learner, "init": cfg.head.init, "reliable_at": RELIABLE}
+                "learner": cfg.head.learner, "init": cfg.head.init, "reliable_at": RELIABLE,
+                "fallback": cfg.fallback}
     return Advice(choice, reliable, table, p, settings,
                   fingerprints(paired, pool, cfg.budget) if pool is not None else {}, time.perf_counter() - t0,
-                  {c: [round(x, 3) for x in v] for c, v in gains.items()})
+                  {c: [round(x, 3) for x in v] for c, v in gains.items()}, cfg.fallback)
 
 
 def save_advice(out: str, advice: Advice, inputs: tuple = ()) -> None:
@@ -320,8 +346,10 @@ def choose_auto(paired, pool, budget: int, cfg: AdviceConfig | None = None, advi
             doc = advise(paired, pool, AdviceConfig(**dict(asdict(cfg), head=cfg.head, budget=budget)),
                          progress).as_dict()
         except TooFewPairs as e:  # nothing can be measured, so nothing is reliably ahead of random (the rule)
-            doc = {"format": FORMAT, "recommendation": BASELINE, "reliable": False, "table": [], "seconds": 0.0,
-                   "confidence": f"{NONE_AHEAD}: nothing could be measured ({e.reason})"}
+            fallback = check_fallback(cfg.fallback)
+            doc = {"format": FORMAT, "recommendation": fallback, "reliable": False, "table": [], "seconds": 0.0,
+                   "confidence": f"{NONE_AHEAD}: nothing could be measured ({e.reason})"
+                                 f"{fallback_words(fallback)}"}
     choice = doc["recommendation"]
     if "head" in strategies.resolve(choice, "--advice")[0].needs and not has_head:
         raise AlselError(f"{advice_path}: the advice recommends {choice}, which needs --head (a head from "

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from . import strategies
+from .advise import FALLBACK
 from .errors import AlselError
 from .head import TrainConfig, load_head, save_head, train_head
 from .merge import merge
@@ -125,6 +126,7 @@ class SimConfig:
     chunk_size: int | None = None
     annotate: str = "captions"  # or "labels": the ASCMR setting
     prob: ProbConfig = field(default_factory=ProbConfig)  # the head of the labels setting
+    auto_fallback: str = FALLBACK  # auto's choice when no candidate is reliably ahead (alsel.advise)
 
     @property
     def labels(self) -> bool:
@@ -133,7 +135,8 @@ class SimConfig:
     def describe(self) -> dict:
         """The settings that define the experiment (kept in OUT/config.json; a resume must match them)."""
         d = asdict(self)
-        for k in ("device", "chunk_size") + (("head",) if self.labels else ("annotate", "prob")):
+        for k in ("device", "chunk_size") + (("head",) if self.labels else ("annotate", "prob")) \
+                + (() if AUTO in self.strategies else ("auto_fallback",)):
             d.pop(k)
         return d
 
@@ -355,7 +358,7 @@ def select_round(cfg: SimConfig, name: str, seed: int, r: int, paired_path: str,
 
             spec, advice = choose_auto(pst, pool, cfg.budget, AdviceConfig(
                 budget=cfg.budget, head=cfg.head, seed=round_seed(seed, r), device=cfg.device,
-                chunk_size=cfg.chunk_size), has_head=True)
+                chunk_size=cfg.chunk_size, fallback=cfg.auto_fallback), has_head=True)
             _write_json(os.path.join(rd, "advice.json"), advice)
         sel = strategies.select(spec, inputs, "--strategies")
     save_selection(os.path.join(rd, "selection.h5"), sel, os.path.join(rd, "selection.csv"),
@@ -420,6 +423,9 @@ def check_setting(cfg: SimConfig) -> None:
         if name == AUTO:
             if cfg.labels:
                 raise AlselError("--strategies auto: advice compares caption strategies; not with --annotate labels")
+            from .advise import check_fallback
+
+            check_fallback(cfg.auto_fallback)
             continue
         strategy, opts, _ = strategies.resolve(name, "--strategies")
         label = bool(strategy.needs & {"pool_pairs", "prob_head"})

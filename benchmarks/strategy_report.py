@@ -21,6 +21,12 @@ auto against the best fixed strategy, and the advisor's calibration.
     python benchmarks/strategy_report.py                      # once more to write the report (resumes)
     python benchmarks/strategy_report.py --list               # the experiment keys
     python benchmarks/strategy_report.py --seeds 0-1 --rounds 2 --work /tmp/sr --report /tmp/sr.md  # a look
+    python benchmarks/strategy_report.py --from-data --only coco_scratch_linear,coco_scratch_mlp --report X.md
+
+Each finished experiment leaves its figures (every row of results.csv, auto's advice tables, the fill shares,
+the nearness, the wall time) in benchmarks/strategy_report_data/KEY.json, committed with the report: the
+run folders under --work are hours of computing and do not outlive the machine, so `--from-data` writes the
+report from those files alone, and seeds run on another machine can be added by rerunning only them.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from alsel.advise import RELIABLE, recommend  # noqa: E402
+from alsel.advise import BASELINE, FALLBACK, RELIABLE, recommend  # noqa: E402
 from alsel.head import TrainConfig  # noqa: E402
 from alsel.selection import read_selection  # noqa: E402
 from alsel.simulate import SimConfig, parse_seeds, parse_strategies, plot_curves, simulate, summarize  # noqa: E402
@@ -45,6 +51,8 @@ COCO = os.path.join(ROOT, "..", "shared", "data", "coco500-clip-vitb16", "featur
 STRATEGIES = "random,coreset,typiclust,probcover,hn,hn-density,schedule,hn-learnability,auto"
 FIXED = ("coreset", "typiclust", "probcover", "hn", "hn-density", "schedule", "hn-learnability")
 BASELINES = ("random", "coreset")
+DATA = os.path.join(ROOT, "benchmarks", "strategy_report_data")
+DATA_FORMAT = "alsel-strategy-report-data-1"
 
 
 def coco_stores(folder: str) -> dict[str, str]:
@@ -181,24 +189,58 @@ def wall_seconds(out: str) -> float:
     return last - os.path.getmtime(os.path.join(out, "config.json"))
 
 
-def section(title: str, key: str, cfg: SimConfig, rows: list[dict], png: str, seconds: float | None,
-            verdicts: list) -> str:
-    init = "the synth paired store" if cfg.paired else f"{int(cfg.initial)} of the oracle's images (per seed)"
+def experiment_data(key: str, title: str, cfg: SimConfig, rows: list[dict]) -> dict:
+    """Everything the report shows of one experiment, from its run folder (kept in DATA/KEY.json)."""
+    names = list(dict.fromkeys(r["strategy"] for r in rows))
+    start = "the synth paired store" if cfg.paired else f"{int(cfg.initial)} of the oracle's images (per seed)"
+    return {"format": DATA_FORMAT, "key": key, "title": title,
+            "settings": {"start": start, "budget": cfg.budget, "rounds": cfg.rounds, "seeds": list(cfg.seeds),
+                         "init": cfg.head.init, "learner": cfg.head.learner, "auto_fallback": cfg.auto_fallback,
+                         "strategies": list(cfg.strategies)},
+            "rows": rows, "advices": advices(cfg),
+            "fill_share": {n: [fill_share(cfg, n, r) for r in range(cfg.rounds)] for n in names if n.startswith("hn")},
+            "nearness": {n: nearness(cfg, n) for n in names}, "seconds": wall_seconds(cfg.out),
+            "raw_rsum": raw_rsum(cfg.test) if cfg.head.init == "identity" else None}
+
+
+def save_data(folder: str, data: dict) -> str:
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{data['key']}.json")
+    with open(path + ".tmp", "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=0, sort_keys=True)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def load_data(folder: str, key: str) -> dict:
+    path = os.path.join(folder, f"{key}.json")
+    if not os.path.exists(path):
+        raise SystemExit(f"{path}: no data for {key} (run the experiment first)")
+    with open(path, encoding="utf-8") as fh:
+        data = json.load(fh)
+    if data.get("format") != DATA_FORMAT:
+        raise SystemExit(f"{path}: not {DATA_FORMAT}")
+    return data
+
+
+def section(data: dict, png: str, verdicts: list) -> str:
+    key, title, st, rows = data["key"], data["title"], data["settings"], data["rows"]
+    rounds, budget = st["rounds"], st["budget"]
     lines = [f"### {title}", "",
-             f"Start: {init}; budget {cfg.budget} per round, {cfg.rounds} rounds; head `--init {cfg.head.init}` "
-             f"`--learner {cfg.head.learner}`, "
-             f"trained with `alsel train`'s defaults every round; seeds {', '.join(map(str, cfg.seeds))}"
-             + f"; {seconds / 60:.1f} min of wall time on 2 cores (two experiments at a time, one thread each).", "",
+             f"Start: {st['start']}; budget {budget} per round, {rounds} rounds; head `--init {st['init']}` "
+             f"`--learner {st['learner']}`, "
+             f"trained with `alsel train`'s defaults every round; seeds {', '.join(map(str, st['seeds']))}"
+             + f"; {data['seconds'] / 60:.1f} min of wall time on 2 cores (two experiments at a time, one thread each).", "",
              f"![{title}]({os.path.basename(png)})", "", "R-sum (%), mean ± std over seeds, by annotated pool items:", ""]
     summary = summarize(rows, "rsum")
     names = list(dict.fromkeys(s["strategy"] for s in summary))
-    lines += ["| strategy | " + " | ".join(str(r * cfg.budget) for r in range(cfg.rounds + 1)) + " |",
-              "|---" * (cfg.rounds + 2) + "|"]
+    lines += ["| strategy | " + " | ".join(str(r * budget) for r in range(rounds + 1)) + " |",
+              "|---" * (rounds + 2) + "|"]
     for name in names:
         cells = [f"{s['mean']:.1f} ± {s['std']:.1f}" for s in summary if s["strategy"] == name]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    if cfg.head.init == "identity":
-        raw = raw_rsum(cfg.test)
+    if data["raw_rsum"] is not None:
+        raw = data["raw_rsum"]
         rnd = [s["mean"] for s in summary if s["strategy"] == "random"]
         lines += ["", f"Raw embeddings (no head) on this test set: R-sum {raw:.1f}. Random selection's curve "
                       f"starts at {rnd[0]:.1f} ({rnd[0] - raw:+.1f}) and ends at {rnd[-1]:.1f} "
@@ -216,7 +258,7 @@ def section(title: str, key: str, cfg: SimConfig, rows: list[dict], png: str, se
             if name == "random" and base == "coreset":  # said once, as coreset vs random
                 cells += ["", ""]
                 continue
-            last, area = differences(rows, name, base, cfg.rounds)
+            last, area = differences(rows, name, base, rounds)
             cells += [f"{last[0]:+.1f} ± {last[1]:.1f} ({last[2]}/{last[3]})",
                       f"{area[0]:+.1f} ± {area[1]:.1f} ({area[2]}/{area[3]})"]
             verdicts.append((key, title, name, base, verdict(area), area))
@@ -224,16 +266,16 @@ def section(title: str, key: str, cfg: SimConfig, rows: list[dict], png: str, se
     hn = [n for n in names if n.startswith("hn")]
     lines += ["", "Share of each hard-negative batch that came from the fill (items with no positive score, "
                   "chosen by `--fill random`), mean over seeds:", "",
-              "| strategy | " + " | ".join(f"round {r}" for r in range(cfg.rounds)) + " |",
-              "|---" * (cfg.rounds + 1) + "|"]
+              "| strategy | " + " | ".join(f"round {r}" for r in range(rounds)) + " |",
+              "|---" * (rounds + 1) + "|"]
     for name in hn:
-        lines.append(f"| {name} | " + " | ".join(f"{fill_share(cfg, name, r):.0f}%" for r in range(cfg.rounds)) + " |")
+        lines.append(f"| {name} | " + " | ".join(f"{v:.0f}%" for v in data["fill_share"][name]) + " |")
     lines += ["", "How far round 0's picks lie from the paired set: mean distance (raw embeddings, unit rows) from "
                   "each chosen image to its nearest paired image, mean over seeds:", "",
               "| " + " | ".join(names) + " |", "|---" * len(names) + "|",
-              "| " + " | ".join(f"{nearness(cfg, n):.3f}" for n in names) + " |"]
+              "| " + " | ".join(f"{data['nearness'][n]:.3f}" for n in names) + " |"]
     if "auto" in names:
-        lines += auto_lines(cfg, rows, key, verdicts)
+        lines += auto_lines(data, verdicts)
     lines += ["", "Verdicts (averaged over rounds 1..R):", ""]
     lines += [f"- {n} {v} {b} ({a[0]:+.1f} ± {a[1]:.1f} R-sum, {a[2]}/{a[3]} seeds ahead)"
               for k, _, n, b, v, a in verdicts if k == key]
@@ -262,21 +304,22 @@ FALLBACKS = ("typiclust", "coreset")  # replayed in random's place when no candi
 
 
 def fallback_choice(table: list, fallback: str) -> str:
-    """advise's rule, but `fallback` instead of random when no candidate is reliably ahead."""
-    name, reliable = recommend(table, RELIABLE)
-    return name if reliable else fallback
+    """advise's rule with `fallback` when no candidate is reliably ahead."""
+    return recommend(table, RELIABLE, fallback)[0]
 
 
-def auto_lines(cfg: SimConfig, rows: list[dict], key: str, verdicts: list) -> list[str]:
+def auto_lines(data: dict, verdicts: list) -> list[str]:
     """What auto chose, how it fared against random and against the best fixed strategy, and how often the
     advice named the experiment's actual best."""
-    gains = {n: differences(rows, n, "random", cfg.rounds)[1] for n in FIXED if by_seed(rows, n)}
+    key, rows, rounds = data["key"], data["rows"], data["settings"]["rounds"]
+    fallback = data["settings"].get("auto_fallback", BASELINE)
+    gains = {n: differences(rows, n, "random", rounds)[1] for n in FIXED if by_seed(rows, n)}
     best = max(gains, key=lambda n: gains[n][0])
-    auto_vs_random = differences(rows, "auto", "random", cfg.rounds)[1]
-    auto_vs_best = differences(rows, "auto", best, cfg.rounds)[1]
+    auto_vs_random = differences(rows, "auto", "random", rounds)[1]
+    auto_vs_best = differences(rows, "auto", best, rounds)[1]
     se = auto_vs_best[1] / max(np.sqrt(auto_vs_best[3]), 1)
     within = auto_vs_best[0] >= -se
-    adv = advices(cfg)
+    adv = data["advices"]
     hits = sum(a["recommendation"] == best for a in adv)
     # what following each advice would have gained under each rule, by the fixed strategies' own gains (random:
     # 0); the rule advise uses gives the gap to always taking the best
@@ -284,15 +327,18 @@ def auto_lines(cfg: SimConfig, rows: list[dict], key: str, verdicts: list) -> li
             for t in RULES}
     rule.update({fb: float(np.mean([gains.get(fallback_choice(a["table"], fb), (0.0,))[0] for a in adv])) if adv
                  else None for fb in FALLBACKS})
+    ran = fallback if fallback in FALLBACKS else RELIABLE  # the replayed column auto's own rule corresponds to
     used = {}
     for r in rows:
         if r["strategy"] == "auto" and r["round"] > 0:
             used.setdefault(r["round"], []).append(r.get("used") or "?")
     CALIBRATION[key] = dict(best=best, best_gain=gains[best], auto=auto_vs_random, auto_vs_best=auto_vs_best,
-                            within=within, hits=hits, advices=len(adv), gap=gains[best][0] - rule[RELIABLE] if adv else None,
+                            within=within, hits=hits, advices=len(adv), gap=gains[best][0] - rule[ran] if adv else None,
+                            fallback=fallback,
                             seconds=float(np.mean([a["seconds"] for a in adv])) if adv else None,
                             reliable=sum(a["reliable"] for a in adv), rule=rule)
-    lines = ["", f"**auto** (advice before every round on that round's paired set; {len(adv)} advices, "
+    lines = ["", f"**auto** (advice before every round on that round's paired set, `--fallback {fallback}` when no "
+                 f"candidate is reliably ahead; {len(adv)} advices, "
                  f"{np.mean([a['seconds'] for a in adv]):.0f} s each on average):" if adv else "", ""]
     lines += ["| round | strategies auto used (one per seed) |", "|---|---|"]
     for rnd in sorted(used):
@@ -329,12 +375,12 @@ def calibration_lines(keys: list[str], titles: dict) -> list[str]:
                 f"error of the best fixed strategy on {within} of {n}.", ""]
     out += ["### The decision rule", "",
             "advise recommends its best candidate only when the mean gain over its splits is more than 2 standard "
-            "errors above zero (`alsel.advise.recommend`). Replayed on every advice auto received above (each "
-            "advice file keeps its table), a weaker rule would have chosen as follows, and so would the same rule "
-            "falling back to TypiClust or core-set instead of random (last two columns); a choice is valued by that "
-            "strategy's own gain over random in the experiment (random: 0), so this is what following each advice "
-            "for a whole run would have gained, not a rerun:", "",
-            "| experiment | best fixed | auto (ran, rule t > 2) | " + " | ".join(f"t > {t:g}" for t in RULES)
+            "errors above zero, else its fallback (`alsel.advise.recommend`). Replayed on every advice auto received "
+            "above (each advice file keeps its table), a weaker or stronger rule falling back to random would have "
+            "chosen as follows (columns t > …), and so would the rule at 2 falling back to TypiClust or core-set "
+            "(last two columns); a choice is valued by that strategy's own gain over random in the experiment "
+            "(random: 0), so this is what following each advice for a whole run would have gained, not a rerun:", "",
+            "| experiment | best fixed | auto (ran; its fallback) | " + " | ".join(f"t > {t:g}" for t in RULES)
             + " | " + " | ".join(f"t > {RELIABLE:g}, else {fb}" for fb in FALLBACKS) + " |",
             "|---|---|---|" + "---|" * (len(RULES) + len(FALLBACKS))]
     replayed = {t: [] for t in RULES + FALLBACKS}
@@ -344,7 +390,7 @@ def calibration_lines(keys: list[str], titles: dict) -> list[str]:
             continue
         for t in RULES + FALLBACKS:
             replayed[t].append(c["rule"][t])
-        out.append(f"| {titles[key]} | {c['best']} {c['best_gain'][0]:+.1f} | {c['auto'][0]:+.1f} | "
+        out.append(f"| {titles[key]} | {c['best']} {c['best_gain'][0]:+.1f} | {c['auto'][0]:+.1f}; {c['fallback']} | "
                    + " | ".join(f"{c['rule'][t]:+.1f}" for t in RULES + FALLBACKS) + " |")
     if replayed[RULES[0]]:
         name = (lambda t: f"t > {t:g}" if t in RULES else f"else {t}")
@@ -403,9 +449,16 @@ def main():
     ap.add_argument("--only", default=None, help="run experiments (keys, comma-separated), write no report")
     ap.add_argument("--list", action="store_true", help="print the experiment keys")
     ap.add_argument("--write", action="store_true", help="with --only: write the report of those experiments")
+    ap.add_argument("--from-data", action="store_true",
+                    help="write the report from --data alone (no simulation; the run folders are not needed)")
+    ap.add_argument("--fallback", default=FALLBACK, help="auto's --fallback (what advise recommends when no "
+                                                          "candidate is reliably ahead)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--work", default=os.path.join(ROOT, "bench-out", "strategies"))
+    ap.add_argument("--data", default=DATA, help="where each experiment's figures are kept (KEY.json)")
     ap.add_argument("--report", default=os.path.join(ROOT, "benchmarks", "strategy_report.md"))
+    ap.add_argument("--intro", default=os.path.join(ROOT, "benchmarks", "strategy_report_intro.md"),
+                    help="the hand-written text the report starts with")
     args = ap.parse_args()
     if args.threads:
         import torch
@@ -426,24 +479,32 @@ def main():
     seeds_of = dict(kv.split("=", 1) for kv in args.seeds_of)
     if set(seeds_of) - known:
         raise SystemExit(f"--seeds-of: no experiment {', '.join(sorted(set(seeds_of) - known))}")
+    write = not args.only or args.write or args.from_data
     sections, verdicts, titles = [], [], {}
     for key, title, data, head in runs:
-        data = dict(data)
-        rounds = min(args.rounds, data.pop("rounds", args.rounds))
-        cfg = SimConfig(out=os.path.join(args.work, key), rounds=rounds, strategies=parse_strategies(STRATEGIES, head=head),
-                        seeds=parse_seeds(seeds_of.get(key, args.seeds)), head=head, **data)
-        rows = simulate(cfg, lambda msg: print(f"[{key}] {msg}", flush=True))
-        if args.only and not args.write:
+        if args.from_data:
+            found = load_data(args.data, key)
+        else:
+            data = dict(data)
+            rounds = min(args.rounds, data.pop("rounds", args.rounds))
+            cfg = SimConfig(out=os.path.join(args.work, key), rounds=rounds,
+                            strategies=parse_strategies(STRATEGIES, head=head),
+                            seeds=parse_seeds(seeds_of.get(key, args.seeds)), head=head, auto_fallback=args.fallback,
+                            **data)
+            rows = simulate(cfg, lambda msg: print(f"[{key}] {msg}", flush=True))
+            found = experiment_data(key, title, cfg, rows)
+            print(f"[{key}] kept its figures in {save_data(args.data, found)}", flush=True)
+        if not write:
             continue
         png = os.path.join(out_dir, f"strategy_report_{key}.png")
-        plot_curves(rows, png, title)
+        plot_curves(found["rows"], png, title)
         titles[key] = title
-        SETBACKS[key] = setbacks(rows)
-        sections.append(section(title, key, cfg, rows, png, wall_seconds(cfg.out), verdicts))
-    if args.only and not args.write:
+        SETBACKS[key] = setbacks(found["rows"])
+        sections.append(section(found, png, verdicts))
+    if not write:
         return
-    intro = open(os.path.join(ROOT, "benchmarks", "strategy_report_intro.md"), encoding="utf-8").read()
-    missing = "" if os.path.exists(COCO) else \
+    intro = open(args.intro, encoding="utf-8").read()
+    missing = "" if os.path.exists(COCO) or args.from_data else \
         "\n### COCO-500\n\n`../shared/data/coco500-clip-vitb16` is not on this machine: skipped.\n"
     computed = ["## Computed summary (from the verdicts below)", ""] + summary_lines(verdicts, list(titles), titles) \
         + ["", "R-sum over random averaged over rounds 1..R (bold: beats random, more than two standard errors above 0; "

@@ -2,6 +2,7 @@
 select and in simulate (which advises again every round and records what it used)."""
 
 import csv
+import dataclasses
 import json
 import os
 
@@ -47,6 +48,7 @@ def test_splits_are_disjoint_deterministic_and_capped(world, tmp_path):
     with open_store(world["paired"], need="paired") as p, open_store(world["pool_images"]) as u:
         a = advise(p, u, cfg, work=str(tmp_path / "a"))
         b = advise(p, u, cfg, work=str(tmp_path / "b"))
+        plain = advise(p, u, dataclasses.replace(cfg, fallback="random"), work=str(tmp_path / "c"))
         paired_ids = set(p.ids("images"))
     assert a.table == b.table and a.per_split == b.per_split  # deterministic for a seed
     assert a.plan.images == 40  # the cap
@@ -66,8 +68,12 @@ def test_splits_are_disjoint_deterministic_and_capped(world, tmp_path):
     g = np.array(a.per_split["coreset"])
     assert table["coreset"]["gain_mean"] == pytest.approx(g.mean(), abs=1e-3)
     assert table["coreset"]["gain_se"] == pytest.approx(g.std(ddof=1) / np.sqrt(2), abs=1e-3)
-    assert a.recommendation in ("random", "coreset", "hn")
-    assert a.reliable == (a.recommendation != "random")
+    assert a.recommendation in ("typiclust", "coreset", "hn")  # typiclust: the default fallback
+    assert a.reliable == (a.recommendation != "typiclust") and a.settings["fallback"] == "typiclust"
+    if not a.reliable:
+        assert "falling back to typiclust" in a.confidence()
+    assert plain.table == a.table  # the fallback changes the choice only, never the measurement
+    assert plain.recommendation == (a.recommendation if a.reliable else "random")
 
 
 def test_advise_command_and_auto_in_select(world, tmp_path, run_cli):
@@ -165,17 +171,38 @@ def test_the_rule_needs_a_positive_gain_that_many_standard_errors_above_zero():
     assert recommend(rows, reliable_at=1.5) == ("random", False)  # strictly more than 1.5 SE
     assert recommend([{"strategy": "hn", "gain_mean": -1.0, "gain_se": 0.0}], reliable_at=0.0) == ("random", False)
     assert recommend([]) == ("random", False)  # nothing measured (a store too small to split)
+    # the fallback takes random's place whenever nothing is reliably ahead, and only then
+    assert recommend(rows, fallback="typiclust") == ("typiclust", False)
+    assert recommend(rows, reliable_at=1.0, fallback="coreset") == ("typiclust", True)
+    assert recommend([], fallback="typiclust") == ("typiclust", False)
 
 
-def test_auto_on_a_store_too_small_to_measure_is_random_and_says_why(tmp_path, run_cli):
-    """advise refuses a 6-pair store; select's auto (the default) takes random, the rule's answer when
-    nothing is measured ahead, and says so."""
+def test_fallback_must_need_nothing_but_the_stores():
+    from alsel.advise import check_fallback
+
+    assert AdviceConfig(budget=5).check().fallback == "typiclust"
+    assert check_fallback("random") == "random" and check_fallback("coreset") == "coreset"
+    for bad, words in (("hn-learnability", "needs no head"), ("ascmr", "needs no head"),
+                       ("coreset-texts", "over pool images"), ("nope", "nope")):
+        with pytest.raises(AlselError, match=words):
+            AdviceConfig(budget=5, fallback=bad).check()
+
+
+def test_auto_on_a_store_too_small_to_measure_falls_back_and_says_why(tmp_path, run_cli):
+    """advise refuses a 6-pair store; select's auto (the default) takes the fallback (typiclust, or random
+    with --fallback random), the rule's answer when nothing is measured ahead, and says so."""
     w = synth_stores(str(tmp_path / "w"), images=60, captions=1, classes=3, dim=8, seed=2, paired=0.1, test=0.1)
     args = ("--paired", w["paired"], "--unpaired", w["pool_images"], "--budget", 3)
     code, _, err = run_cli("advise", *args, "--out", tmp_path / "a.json")
     assert code == 2 and "too few" in err and not (tmp_path / "a.json").exists()
-    code, _, err = run_cli("select", *args, "--out", tmp_path / "s.h5")
-    assert code == 0, err
-    assert "auto chose random: no strategy is reliably ahead of random here: nothing could be measured" in err
-    sel = read_selection(str(tmp_path / "s.h5"))
-    assert sel.attrs["strategy"] == "random" and int(sel.attrs["auto"]) == 1 and len(sel.rows) == 3
+    for fallback, extra in (("typiclust", ()), ("random", ("--fallback", "random"))):
+        out = tmp_path / f"s-{fallback}.h5"
+        code, _, err = run_cli("select", *args, *extra, "--out", out)
+        assert code == 0, err
+        assert (f"auto chose {fallback}: no strategy is reliably ahead of random here: nothing could be "
+                f"measured") in err
+        assert ("falling back to typiclust (--fallback)" in err) == (fallback == "typiclust")
+        sel = read_selection(str(out))
+        assert sel.attrs["strategy"] == fallback and int(sel.attrs["auto"]) == 1 and len(sel.rows) == 3
+    code, _, err = run_cli("select", *args, "--fallback", "hn-learnability", "--out", tmp_path / "x.h5")
+    assert code == 2 and err.startswith("error: --fallback hn-learnability") and not (tmp_path / "x.h5").exists()
