@@ -143,20 +143,19 @@ def verdict(area: tuple) -> str:
     return "is level with"
 
 
-def fill_share(cfg: SimConfig, name: str, rnd: int) -> float:
-    counts = []
-    for seed in cfg.seeds:
-        path = os.path.join(cfg.out, "runs", name, f"seed{seed}", f"round{rnd}", "selection.h5")
-        counts.append(int(read_selection(path).attrs.get("fill_count", 0)))
-    return 100.0 * float(np.mean(counts)) / cfg.budget
+def fill_share(cfg: SimConfig, name: str, seed: int) -> list[float]:
+    """The share (%) of each round's batch that came from the fill, one seed."""
+    return [100.0 * int(read_selection(os.path.join(cfg.out, "runs", name, f"seed{seed}", f"round{rnd}",
+                                                    "selection.h5")).attrs.get("fill_count", 0)) / cfg.budget
+            for rnd in range(cfg.rounds)]
 
 
-def nearness(cfg: SimConfig, name: str) -> float:
-    """Mean distance (raw embeddings) from the items of round 0's selection to their nearest paired image,
-    mean over seeds: how far a strategy reaches beyond what is already paired."""
+def nearness(cfg: SimConfig, name: str) -> dict:
+    """Per seed: the mean distance (raw embeddings) from the items of round 0's selection to their nearest
+    paired image: how far a strategy reaches beyond what is already paired."""
     from alsel.store import open_store
 
-    out = []
+    out = {}
     with open_store(cfg.oracle, need="paired") as oracle:
         row = {x: r for r, x in enumerate(oracle.ids("images"))}
         images = oracle.images.read()
@@ -166,8 +165,8 @@ def nearness(cfg: SimConfig, name: str) -> float:
                 paired = p.images.read()
             ids = read_selection(os.path.join(cfg.out, "runs", name, f"seed{seed}", "round0", "selection.h5")).ids
             picked = images[[row[str(x)] for x in ids]]
-            out.append(float(np.sqrt(np.maximum(2 - 2 * (picked @ paired.T).max(axis=1), 0)).mean()))
-    return float(np.mean(out))
+            out[str(seed)] = float(np.sqrt(np.maximum(2 - 2 * (picked @ paired.T).max(axis=1), 0)).mean())
+    return out
 
 
 def raw_rsum(test: str) -> float:
@@ -190,22 +189,44 @@ def wall_seconds(out: str) -> float:
 
 
 def experiment_data(key: str, title: str, cfg: SimConfig, rows: list[dict]) -> dict:
-    """Everything the report shows of one experiment, from its run folder (kept in DATA/KEY.json)."""
+    """Everything the report shows of one experiment, per seed, from its run folder (kept in DATA/KEY.json)."""
     names = list(dict.fromkeys(r["strategy"] for r in rows))
     start = "the synth paired store" if cfg.paired else f"{int(cfg.initial)} of the oracle's images (per seed)"
     return {"format": DATA_FORMAT, "key": key, "title": title,
-            "settings": {"start": start, "budget": cfg.budget, "rounds": cfg.rounds, "seeds": list(cfg.seeds),
-                         "init": cfg.head.init, "learner": cfg.head.learner, "auto_fallback": cfg.auto_fallback,
+            "settings": {"start": start, "budget": cfg.budget, "rounds": cfg.rounds, "init": cfg.head.init,
+                         "learner": cfg.head.learner, "auto_fallback": cfg.auto_fallback,
                          "strategies": list(cfg.strategies)},
-            "rows": rows, "advices": advices(cfg),
-            "fill_share": {n: [fill_share(cfg, n, r) for r in range(cfg.rounds)] for n in names if n.startswith("hn")},
-            "nearness": {n: nearness(cfg, n) for n in names}, "seconds": wall_seconds(cfg.out),
+            "seeds": sorted(cfg.seeds), "rows": rows, "advices": advices(cfg),
+            "fill_share": {n: {str(s): fill_share(cfg, n, s) for s in cfg.seeds} for n in names if n.startswith("hn")},
+            "nearness": {n: nearness(cfg, n) for n in names},
+            "runs": [{"seeds": sorted(cfg.seeds), "seconds": wall_seconds(cfg.out)}],
             "raw_rsum": raw_rsum(cfg.test) if cfg.head.init == "identity" else None}
+
+
+def merged(old: dict, new: dict) -> dict:
+    """`new` with the seeds of `old` that `new` did not run (same settings): seeds run on another machine add
+    up; a seed run again replaces its figures."""
+    if old["settings"] != new["settings"]:
+        raise SystemExit(f"{new['key']}: the kept figures were made with other settings ({old['settings']}); "
+                         f"move {new['key']}.json away to start afresh")
+    keep = [s for s in old["seeds"] if s not in new["seeds"]]
+    if not keep:
+        return new
+    out = dict(new, seeds=sorted(new["seeds"] + keep))
+    out["rows"] = [r for r in old["rows"] if r["seed"] in keep] + new["rows"]
+    out["advices"] = [a for a in old["advices"] if a["seed"] in keep] + new["advices"]
+    for part in ("fill_share", "nearness"):
+        out[part] = {n: {**{s: v for s, v in old[part].get(n, {}).items() if int(s) in keep}, **per_seed}
+                     for n, per_seed in new[part].items()}
+    out["runs"] = old["runs"] + new["runs"]
+    return out
 
 
 def save_data(folder: str, data: dict) -> str:
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, f"{data['key']}.json")
+    if os.path.exists(path):
+        data = merged(load_data(folder, data["key"]), data)
     with open(path + ".tmp", "w", encoding="utf-8") as fh:
         json.dump(data, fh, indent=0, sort_keys=True)
     os.replace(path + ".tmp", path)
@@ -229,8 +250,9 @@ def section(data: dict, png: str, verdicts: list) -> str:
     lines = [f"### {title}", "",
              f"Start: {st['start']}; budget {budget} per round, {rounds} rounds; head `--init {st['init']}` "
              f"`--learner {st['learner']}`, "
-             f"trained with `alsel train`'s defaults every round; seeds {', '.join(map(str, st['seeds']))}"
-             + f"; {data['seconds'] / 60:.1f} min of wall time on 2 cores (two experiments at a time, one thread each).", "",
+             f"trained with `alsel train`'s defaults every round; seeds {', '.join(map(str, data['seeds']))}"
+             + f"; {sum(r['seconds'] for r in data['runs']) / 60:.1f} min of wall time on 2 cores (two experiments at "
+               f"a time, one thread each).", "",
              f"![{title}]({os.path.basename(png)})", "", "R-sum (%), mean ± std over seeds, by annotated pool items:", ""]
     summary = summarize(rows, "rsum")
     names = list(dict.fromkeys(s["strategy"] for s in summary))
@@ -269,11 +291,12 @@ def section(data: dict, png: str, verdicts: list) -> str:
               "| strategy | " + " | ".join(f"round {r}" for r in range(rounds)) + " |",
               "|---" * (rounds + 1) + "|"]
     for name in hn:
-        lines.append(f"| {name} | " + " | ".join(f"{v:.0f}%" for v in data["fill_share"][name]) + " |")
+        share = np.mean(list(data["fill_share"][name].values()), axis=0)  # mean over seeds
+        lines.append(f"| {name} | " + " | ".join(f"{v:.0f}%" for v in share) + " |")
     lines += ["", "How far round 0's picks lie from the paired set: mean distance (raw embeddings, unit rows) from "
                   "each chosen image to its nearest paired image, mean over seeds:", "",
               "| " + " | ".join(names) + " |", "|---" * len(names) + "|",
-              "| " + " | ".join(f"{data['nearness'][n]:.3f}" for n in names) + " |"]
+              "| " + " | ".join(f"{np.mean(list(data['nearness'][n].values())):.3f}" for n in names) + " |"]
     if "auto" in names:
         lines += auto_lines(data, verdicts)
     lines += ["", "Verdicts (averaged over rounds 1..R):", ""]
@@ -496,7 +519,7 @@ def main():
             print(f"[{key}] kept its figures in {save_data(args.data, found)}", flush=True)
         if not write:
             continue
-        png = os.path.join(out_dir, f"strategy_report_{key}.png")
+        png = os.path.join(out_dir, f"{os.path.splitext(os.path.basename(args.report))[0]}_{key}.png")
         plot_curves(found["rows"], png, title)
         titles[key] = title
         SETBACKS[key] = setbacks(found["rows"])

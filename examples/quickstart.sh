@@ -13,7 +13,8 @@ alsel synth --out "$dir/world" --images 2000 --captions 5 --classes 50 --dim 64 
 alsel info "$dir/world/paired.h5" "$dir/world/pool_images.h5" --json | cut -c1-160
 
 # which strategy for this data and budget: alsel advise measures each candidate against random on splits of
-# the paired store (about a minute on 2 CPU cores) and recommends one, or random when none is reliably ahead
+# the paired store (about a minute on 2 CPU cores) and recommends one, or TypiClust (--fallback) when none is
+# reliably ahead
 alsel advise --paired "$dir/world/paired.h5" --unpaired "$dir/world/pool_images.h5" --budget 20 \
   --out "$dir/advice.json"
 
