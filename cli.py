@@ -110,8 +110,10 @@ InitOpt = Annotated[str, typer.Option(help="Head initialisation: identity (the r
 DimOpt = Annotated[Optional[int], typer.Option(help="Head output dimension.",
                                                show_default="the embedding D")]
 HeadMargin = Annotated[float, typer.Option(help="α of the max-of-hinges loss.")]
-EpochsOpt = Annotated[int, typer.Option(help="At most this many passes over the paired captions (early stopping "
-                                             "on a held-out split usually ends sooner).")]
+EpochsOpt = Annotated[Optional[int], typer.Option(show_default=False, help=(
+    "At most this many passes over the paired captions (early stopping on a held-out split usually ends "
+    "sooner). [default: 50 with --init identity, 200 with --init random; 50 with --objective labels / "
+    "--annotate labels]"))]
 ValSplitOpt = Annotated[float, typer.Option("--val-split", help="Fraction of the paired images held out to choose "
                                                                 "the epochs and the pull toward the initial map "
                                                                 "(then refit on all); 0 = train every epoch.")]
@@ -125,6 +127,7 @@ FallbackOpt = Annotated[str, typer.Option("--fallback", help=(
     "auto / advise: the strategy used when no candidate is reliably ahead of random (or nothing could be "
     "measured); random gives the plain rule. TypiClust was behind random in none of the strategy report's 16 "
     "experiments."))]
+LABEL_EPOCHS = 50  # --epochs of the probabilistic head (the labels setting) when not given
 PatienceOpt = Annotated[int, typer.Option(help="Epochs without a better validation MRR before stopping.")]
 HeadBatch = Annotated[int, typer.Option("--batch-size", help="Pairs per training step.")]
 LrOpt = Annotated[float, typer.Option(help="Adam learning rate.")]
@@ -1076,7 +1079,7 @@ def show_selection(out: str, sel) -> None:
 @command()
 def train(
     paired: Paired, out: Annotated[str, typer.Option("--out", help="Output head.pt (written atomically).", show_default=False)],
-    init: InitOpt = "identity", dim: DimOpt = None, margin: HeadMargin = 0.2, epochs: EpochsOpt = 50,
+    init: InitOpt = "identity", dim: DimOpt = None, margin: HeadMargin = 0.2, epochs: EpochsOpt = None,
     batch_size: HeadBatch = 128, lr: LrOpt = 1e-3,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, held-out split and batch order.")] = 0,
     val: Annotated[Optional[str], typer.Option("--val", show_default=False,
@@ -1099,7 +1102,8 @@ def train(
     if objective not in ("retrieval", "labels"):
         raise AlselError(f"--objective {objective!r}: expected retrieval or labels")
     if objective == "labels":
-        train_labels(paired, out, dim, margin, epochs, batch_size, lr, seed, samples, kl, steps, dev, as_json)
+        train_labels(paired, out, dim, margin, LABEL_EPOCHS if epochs is None else epochs, batch_size, lr, seed,
+                     samples, kl, steps, dev, as_json)
         return
     config = heads.TrainConfig(init=init, dim=dim, margin=margin, epochs=epochs, batch_size=batch_size, lr=lr,
                                seed=seed, patience=patience, val_split=val_split, anchor=anchor, learner=learner)
@@ -1347,7 +1351,7 @@ def simulate(
     paired: Annotated[Optional[str], typer.Option("--paired", show_default=False,
                                                   help="Initial paired store (the oracle is then the pool).")] = None,
     initial: Annotated[float, typer.Option(help="Without --paired: fraction (<1) or count of oracle images paired at the start.")] = 0.1,
-    init: InitOpt = "identity", dim: DimOpt = None, margin: HeadMargin = 0.2, epochs: EpochsOpt = 50,
+    init: InitOpt = "identity", dim: DimOpt = None, margin: HeadMargin = 0.2, epochs: EpochsOpt = None,
     batch_size: HeadBatch = 128, lr: LrOpt = 1e-3, patience: PatienceOpt = 10, val_split: ValSplitOpt = 0.2,
     anchor: AnchorOpt = None, learner: LearnerOpt = "linear",
     device: Device = DeviceName.auto, chunk_size: ChunkSize = None,
@@ -1377,7 +1381,8 @@ def simulate(
                                                         consumed=("samples",) if annotate == "labels" else ()),
                         seeds=sim.parse_seeds(seeds), paired=paired, initial=initial, head=head_cfg, device=str(dev),
                         chunk_size=chunk_size, annotate=annotate, auto_fallback=fallback,
-                        prob=ProbConfig(dim=dim or 64, samples=samples, epochs=epochs, steps=steps,
+                        prob=ProbConfig(dim=dim or 64, samples=samples, epochs=LABEL_EPOCHS if epochs is None else epochs,
+                                        steps=steps,
                                         batch_size=batch_size, lr=lr, margin=margin, kl=kl))
     sim.check_setting(cfg)
     if not cfg.labels:

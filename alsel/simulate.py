@@ -32,7 +32,7 @@ import torch
 from . import strategies
 from .advise import FALLBACK
 from .errors import AlselError
-from .head import TrainConfig, load_head, save_head, train_head
+from .head import TrainConfig, default_epochs, load_head, save_head, train_head
 from .merge import merge
 from .metrics import KEYS, MAP_KEYS, evaluate, store_labels
 from .probhead import ProbConfig, load_prob_head, save_prob_head, train_prob_head
@@ -138,6 +138,10 @@ class SimConfig:
         for k in ("device", "chunk_size") + (("head",) if self.labels else ("annotate", "prob")) \
                 + (() if AUTO in self.strategies else ("auto_fallback",)):
             d.pop(k)
+        if isinstance(d.get("head"), dict) and d["head"].get("epochs") is None:
+            d["head"]["epochs"] = default_epochs(d["head"]["init"])  # the number, as before it had a default
+        if isinstance(d.get("head"), dict) and d["head"].get("warmup") == 0:
+            d["head"].pop("warmup")  # no warm-up: the rule before the setting existed (older folders resume)
         return d
 
 

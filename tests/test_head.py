@@ -45,6 +45,27 @@ def test_vsepp_loss_matches_bruteforce():
     assert got == pytest.approx(float(ref), rel=1e-5)
 
 
+def test_sum_of_hinges_matches_bruteforce():
+    rng = np.random.default_rng(1)
+    img = torch.from_numpy(unit(rng.standard_normal((6, 5))))
+    txt = torch.from_numpy(unit(rng.standard_normal((6, 5))))
+    owner = torch.tensor([0, 1, 1, 2, 3, 3])
+    got = float(vsepp_loss(img, txt, owner, 0.2, hardest=False))
+    S = img.double() @ txt.double().T
+    ref = sum(max(0.0, 0.2 - S[a, a] + S[a, b]) + max(0.0, 0.2 - S[a, a] + S[b, a])
+              for a in range(6) for b in range(6) if owner[b] != owner[a])
+    assert got == pytest.approx(float(ref), rel=1e-5)
+
+
+def test_the_epoch_cap_depends_on_the_start():
+    """From a random map the max-of-hinges loss needs more epochs than 50 (benchmarks/train_rule.py)."""
+    assert TrainConfig(init="random").check(8).epochs == 200
+    assert TrainConfig(init="identity").check(8).epochs == 50
+    assert TrainConfig(init="random", epochs=7).check(8).epochs == 7
+    with pytest.raises(AlselError, match="--warmup"):
+        TrainConfig(warmup=-1).check(8)
+
+
 def test_identity_zero_epochs_reproduces_raw_metrics(world, tmp_path, run_cli):
     code, out, err = run_cli("train", "--paired", world["paired"], "--out", tmp_path / "h.pt", "--epochs", "0")
     assert code == 0, err
