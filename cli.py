@@ -112,7 +112,7 @@ DimOpt = Annotated[Optional[int], typer.Option(help="Head output dimension.",
 HeadMargin = Annotated[float, typer.Option(help="α of the max-of-hinges loss.")]
 EpochsOpt = Annotated[Optional[int], typer.Option(show_default=False, help=(
     "At most this many passes over the paired captions (early stopping on a held-out split usually ends "
-    "sooner). [default: 50 with --init identity, 200 with --init random; 50 with --objective labels / "
+    "sooner). \\[default: 50 with --init identity, 200 with --init random; 50 with --objective labels / "
     "--annotate labels]"))]
 ValSplitOpt = Annotated[float, typer.Option("--val-split", help="Fraction of the paired images held out to choose "
                                                                 "the epochs and the pull toward the initial map "

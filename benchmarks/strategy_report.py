@@ -372,7 +372,7 @@ def auto_lines(data: dict, verdicts: list) -> list[str]:
               f"- auto vs random: {auto_vs_random[0]:+.1f} ± {auto_vs_random[1] / max(np.sqrt(auto_vs_random[3]), 1):.1f}"
               f" ({verdict(auto_vs_random)} random); auto vs {best}: {auto_vs_best[0]:+.1f} ± {se:.1f} "
               f"({'within' if within else 'not within'} one standard error);",
-              f"- the advice named {best} in {hits} of {len(adv)} advices and was reliable (not random) in "
+              f"- the advice named {best} in {hits} of {len(adv)} advices and was reliable (a candidate more than 2 SE ahead, not the fallback) in "
               f"{sum(a['reliable'] for a in adv)}; following each advice gives up {CALIBRATION[key]['gap']:.1f} R-sum on average "
               f"against always taking {best} (by the fixed strategies' own gains)." if adv else "- no advice files."]
     return lines

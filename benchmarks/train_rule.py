@@ -41,6 +41,7 @@ VARIANTS = {  # rule: alsel train's defaults now; epochs50: the cap from a rando
     "rule": {},
     "epochs50": {"epochs": 50},
     "patience20": {"patience": 20},
+    "patience30": {"patience": 30},
     "epochs50p20": {"epochs": 50, "patience": 20},
     "warmup1": {"warmup": 1, "epochs": 50},  # VSE++'s sum of hinges for the first epochs
     "warmup3": {"warmup": 3, "epochs": 50},
