@@ -45,7 +45,6 @@ import alsel  # noqa: E402
 from alsel import figures  # noqa: E402
 from alsel._lazy import LazyModule  # noqa: E402
 from alsel import metrics, output, scoring, selection, store, strategies, thresholds  # noqa: E402
-from alsel.advise import FALLBACK  # noqa: E402
 from alsel.errors import AlselError, Interrupted  # noqa: E402
 from alsel.stream import DEVICES, resolve_device  # noqa: E402
 from alsel.rounding import resolve_precision  # noqa: E402
@@ -112,8 +111,8 @@ DimOpt = Annotated[Optional[int], typer.Option(help="Head output dimension.",
 HeadMargin = Annotated[float, typer.Option(help="α of the max-of-hinges loss.")]
 EpochsOpt = Annotated[Optional[int], typer.Option(show_default=False, help=(
     "At most this many passes over the paired captions (early stopping on a held-out split usually ends "
-    "sooner). \\[default: 50 with --init identity, 200 with --init random; 50 with --objective labels / "
-    "--annotate labels]"))]
+    "sooner). \\[default: 50 with --init identity, 200 with --init random; 50 for the probabilistic head of "
+    "the labels setting]"))]
 ValSplitOpt = Annotated[float, typer.Option("--val-split", help="Fraction of the paired images held out to choose "
                                                                 "the epochs and the pull toward the initial map "
                                                                 "(then refit on all); 0 = train every epoch.")]
@@ -774,7 +773,7 @@ def select_cmd(
     advice: Annotated[Optional[str], typer.Option("--advice", show_default=False, help=(
         "--strategy auto: the advice file of `alsel advise` for these stores and budget. Default: none, "
         "advised here."))] = None,
-    fallback: FallbackOpt = FALLBACK,
+    fallback: FallbackOpt = strategies.AUTO_FALLBACK,
     html_page: Annotated[Optional[str], typer.Option("--html", show_default=False, help=(
         "Also write the batch as one self-contained HTML page: thumbnails in rank order with the reason for "
         "each, a PCA map of paired, pool and batch, the fill share."))] = None,
@@ -975,7 +974,8 @@ def strategies_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print o
         return
     table = Table("name", "needs", "options (tokens)", "what it does", "paper", title="strategies",
                   caption="and auto, in select (its default) and simulate: `alsel advise` on the paired store, "
-                          "then the strategy it finds reliably ahead of random, else random")
+                          "then the strategy it finds reliably ahead of random, else --fallback "
+                          f"({strategies.AUTO_FALLBACK})")
     for r in rows:
         table.add_row(r["name"], "; ".join(r["needs"]), " ".join(r["options"]), r["summary"], r["paper"])
     out_console.print(table)
@@ -996,7 +996,7 @@ def advise_cmd(
                                                                  "seeded sample): a cap on the cost.")] = 1000,
     init: InitOpt = "identity", learner: LearnerOpt = "linear",
     seed: Annotated[int, typer.Option(help="Seed of the splits, the heads and the selections.")] = 0,
-    fallback: FallbackOpt = FALLBACK,
+    fallback: FallbackOpt = strategies.AUTO_FALLBACK,
     device: Device = DeviceName.auto, chunk_size: ChunkSize = None, as_json: JsonOpt = False,
 ):
     """Which strategy to use on your data: each candidate's gain over random at this budget, measured by
@@ -1357,7 +1357,7 @@ def simulate(
     device: Device = DeviceName.auto, chunk_size: ChunkSize = None,
     annotate: Annotated[str, typer.Option(help="captions: pool images get captions (R-sum); labels: pool pairs get "
                                                "class labels, the ASCMR setting (probabilistic head, mAP@all).")] = "captions",
-    kl: KlOpt = 1e-3, steps: StepsOpt = 0, fallback: FallbackOpt = FALLBACK,
+    kl: KlOpt = 1e-3, steps: StepsOpt = 0, fallback: FallbackOpt = strategies.AUTO_FALLBACK,
     strategy_options: dict = None,
 ):
     """The active-learning experiment: train, evaluate, select, annotate from the oracle, merge; repeat.

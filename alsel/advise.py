@@ -37,6 +37,7 @@ import numpy as np
 
 from .errors import AlselError
 from .head import TrainConfig
+from .strategies import AUTO_FALLBACK
 
 FORMAT = "alsel-advice-1"
 CANDIDATES = ("coreset", "typiclust", "probcover", "hn", "hn-density", "schedule", "hn-learnability")
@@ -50,7 +51,7 @@ MIN_TEST = 5
 
 
 NONE_AHEAD = "no strategy is reliably ahead of random here"
-FALLBACK = "typiclust"  # what advise recommends when no candidate is reliably ahead (module docstring)
+FALLBACK = AUTO_FALLBACK  # what advise recommends when no candidate is reliably ahead (module docstring)
 
 
 class TooFewPairs(AlselError):
@@ -188,6 +189,7 @@ class Advice:
 
 
 def fallback_words(fallback: str) -> str:
+    """What the advice adds when it falls back (nothing for random, the plain rule)."""
     return "" if fallback == BASELINE else f"; falling back to {fallback} (--fallback)"
 
 

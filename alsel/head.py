@@ -97,6 +97,7 @@ EPOCHS = {"identity": 50, "random": 200}  # the cap on epochs by init: from a ra
 
 
 def default_epochs(init: str) -> int:
+    """The epoch cap when --epochs is not given (EPOCHS)."""
     return EPOCHS.get(init, EPOCHS["identity"])
 
 

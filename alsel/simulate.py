@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 from . import strategies
-from .advise import FALLBACK
 from .errors import AlselError
 from .head import TrainConfig, default_epochs, load_head, save_head, train_head
 from .merge import merge
@@ -126,7 +125,7 @@ class SimConfig:
     chunk_size: int | None = None
     annotate: str = "captions"  # or "labels": the ASCMR setting
     prob: ProbConfig = field(default_factory=ProbConfig)  # the head of the labels setting
-    auto_fallback: str = FALLBACK  # auto's choice when no candidate is reliably ahead (alsel.advise)
+    auto_fallback: str = strategies.AUTO_FALLBACK  # auto's choice when no candidate is reliably ahead (alsel.advise)
 
     @property
     def labels(self) -> bool:

@@ -17,9 +17,12 @@ from .hn import ScoredPool, scored_pool  # noqa: E402,F401
 
 # `alsel select` without --strategy: auto (alsel advise on the user's paired store, then its choice). No
 # fixed strategy is ahead of random on every data set (benchmarks/strategy_report.md: coreset +20.7 R-sum on
-# COCO-500 from scratch, −10.3 on a Flickr30K set); auto falls back to random unless a candidate is reliably
-# ahead, and trailed random on none of the report's experiments.
+# COCO-500 from scratch, −10.3 on a Flickr30K set); auto falls back to AUTO_FALLBACK unless a candidate is
+# reliably ahead, and trailed random on none of the report's experiments.
 DEFAULT = "auto"
+# auto's choice when no candidate is reliably ahead of random (alsel.advise): TypiClust was behind random on
+# none of the report's 16 experiments and ahead on 8
+AUTO_FALLBACK = "typiclust"
 
 
 def default_for(scores) -> str:
