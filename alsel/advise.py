@@ -51,7 +51,6 @@ MIN_TEST = 5
 
 
 NONE_AHEAD = "no strategy is reliably ahead of random here"
-FALLBACK = AUTO_FALLBACK  # what advise recommends when no candidate is reliably ahead (module docstring)
 
 
 class TooFewPairs(AlselError):
@@ -74,7 +73,7 @@ class AdviceConfig:
     seed: int = 0
     device: str = "cpu"
     chunk_size: int | None = None
-    fallback: str = FALLBACK
+    fallback: str = AUTO_FALLBACK  # what advise recommends when no candidate is reliably ahead
 
     def check(self) -> "AdviceConfig":
         """The settings checked (one-line errors)."""
@@ -113,7 +112,7 @@ def check_fallback(spec: str) -> str:
     strategy, opts, _ = strategies.resolve(spec, "--fallback")
     if strategy.needs & {"pool_pairs", "prob_head", "head"} or opts.select != "images":
         raise AlselError(f"--fallback {spec}: give a strategy over pool images that needs no head "
-                         f"(e.g. {FALLBACK} or {BASELINE})")
+                         f"(e.g. {AUTO_FALLBACK} or {BASELINE})")
     return strategy.canonical(opts)
 
 

@@ -41,9 +41,10 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from alsel.advise import BASELINE, FALLBACK, RELIABLE, recommend  # noqa: E402
+from alsel.advise import BASELINE, RELIABLE, recommend  # noqa: E402
 from alsel.head import TrainConfig  # noqa: E402
 from alsel.selection import read_selection  # noqa: E402
+from alsel.strategies import AUTO_FALLBACK  # noqa: E402
 from alsel.simulate import SimConfig, parse_seeds, parse_strategies, plot_curves, simulate, summarize  # noqa: E402
 from alsel.synth import synth_stores  # noqa: E402
 
@@ -326,11 +327,6 @@ RULES = (0.0, 1.0, RELIABLE, 3.0)  # decision thresholds (standard errors) repla
 FALLBACKS = ("typiclust", "coreset")  # replayed in random's place when no candidate is reliably ahead
 
 
-def fallback_choice(table: list, fallback: str) -> str:
-    """advise's rule with `fallback` when no candidate is reliably ahead."""
-    return recommend(table, RELIABLE, fallback)[0]
-
-
 def auto_lines(data: dict, verdicts: list) -> list[str]:
     """What auto chose, how it fared against random and against the best fixed strategy, and how often the
     advice named the experiment's actual best."""
@@ -348,7 +344,7 @@ def auto_lines(data: dict, verdicts: list) -> list[str]:
     # 0); the rule advise uses gives the gap to always taking the best
     rule = {t: float(np.mean([gains.get(recommend(a["table"], t)[0], (0.0,))[0] for a in adv])) if adv else None
             for t in RULES}
-    rule.update({fb: float(np.mean([gains.get(fallback_choice(a["table"], fb), (0.0,))[0] for a in adv])) if adv
+    rule.update({fb: float(np.mean([gains.get(recommend(a["table"], RELIABLE, fb)[0], (0.0,))[0] for a in adv])) if adv
                  else None for fb in FALLBACKS})
     ran = fallback if fallback in FALLBACKS else RELIABLE  # the replayed column auto's own rule corresponds to
     used = {}
@@ -474,7 +470,7 @@ def main():
     ap.add_argument("--write", action="store_true", help="with --only: write the report of those experiments")
     ap.add_argument("--from-data", action="store_true",
                     help="write the report from --data alone (no simulation; the run folders are not needed)")
-    ap.add_argument("--fallback", default=FALLBACK, help="auto's --fallback (what advise recommends when no "
+    ap.add_argument("--fallback", default=AUTO_FALLBACK, help="auto's --fallback (what advise recommends when no "
                                                           "candidate is reliably ahead)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--work", default=os.path.join(ROOT, "bench-out", "strategies"))
