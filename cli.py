@@ -127,7 +127,8 @@ FallbackOpt = Annotated[str, typer.Option("--fallback", help=(
     "measured); random gives the plain rule. TypiClust was behind random in none of the strategy report's 16 "
     "experiments."))]
 LABEL_EPOCHS = 50  # --epochs of the probabilistic head (the labels setting) when not given
-PatienceOpt = Annotated[int, typer.Option(help="Epochs without a better validation MRR before stopping.")]
+PatienceOpt = Annotated[int, typer.Option(help="Epochs without a better validation MRR before stopping (epochs "
+                                                "whose outputs have collapsed to one point do not count).")]
 HeadBatch = Annotated[int, typer.Option("--batch-size", help="Pairs per training step.")]
 LrOpt = Annotated[float, typer.Option(help="Adam learning rate.")]
 # probabilistic-head flags (train --objective labels, simulate --annotate labels)

@@ -101,6 +101,13 @@ def default_epochs(init: str) -> int:
     return EPOCHS.get(init, EPOCHS["identity"])
 
 
+COLLAPSED = 0.99  # an epoch whose outputs (either modality, over its batches) have a mean unit row of at
+# least this norm has collapsed: all outputs within a few degrees of one point, the solution hardest negatives
+# drive a random start into (FaceNet's "collapsed model"; the max-of-hinges loss sits at 2α there, and its
+# hardest negative alone gives no way out). Such an epoch does not count toward the patience (nothing to
+# overfit yet), and the next one trains on the sum of hinges (VSE++'s warm-up loss), which pushes every
+# negative away (benchmarks/train_rule.py). CLIP spaces have norms of 0.7-0.8 (COCO-500, ViT-B/16).
+
 ANCHORS = (0.0, 50.0)  # candidate pulls toward the initial map, in pairs' worth (see train_head)
 MIN_VAL_IMAGES = 5  # a smaller held-out split gives no useful signal: train all epochs instead
 
@@ -228,6 +235,8 @@ class History:
     val_images: int = 0  # images held out for early stopping (then refit on all)
     anchor: float = 0.0  # the pull toward the initial map used
     trials: list = field(default_factory=list)  # per anchor tried on the split: its best val MRR and epochs
+    collapsed: int = 0  # epochs whose outputs had collapsed (COLLAPSED): not counted toward the patience, and
+    #                     each followed by an epoch of the sum of hinges
 
 
 def train_head(paired: Paired, config: TrainConfig, device: torch.device, val=None,
@@ -279,7 +288,7 @@ def train_head(paired: Paired, config: TrainConfig, device: torch.device, val=No
             trials.append((round(max(trial.val_mrr), 9), anchor, best, trial, copy.deepcopy(head.state_dict())))
         _, anchor, epochs, chosen, state = max(trials, key=lambda t: t[:2])  # ties: the stronger pull
         hist.trials = [{"anchor": t[1], "val_mrr": t[0], "epochs": t[2]} for t in trials]
-        hist.loss, hist.val_mrr = chosen.loss, chosen.val_mrr
+        hist.loss, hist.val_mrr, hist.collapsed = chosen.loss, chosen.val_mrr, chosen.collapsed
         head.load_state_dict(state)
         if val is None:  # refit on every pair with the chosen anchor and epoch count
             head.load_state_dict(initial)
@@ -338,16 +347,18 @@ def _fit(head: Head, initial: dict, data: tuple, anchor: float, config: TrainCon
     best = (score(), copy.deepcopy(head.state_dict()), 0) if val_data is not None else None
     if best is not None:
         hist.val_mrr.append(best[0])
-    stale = 0
+    stale, flat = 0, False
     for epoch in range(1, config.epochs + 1):
         perm = torch.randperm(n, generator=g).to(device)
-        total = 0.0
+        total, rows = 0.0, 0
+        sums = torch.zeros(2, head.dim, device=device)  # the epoch's outputs summed, per modality
+        hardest = epoch > config.warmup and not flat  # after a collapsed epoch: the sum of hinges
         for s in range(0, n, config.batch_size):
             idx = perm[s:s + config.batch_size]
             if len(idx) < 2:
                 continue
             img, txt = head.forward_side(images[owner[idx]], "image"), head.forward_side(texts[idx], "text")
-            hinge = vsepp_loss(img, txt, owner[idx], config.margin, hardest=epoch > config.warmup)
+            hinge = vsepp_loss(img, txt, owner[idx], config.margin, hardest=hardest)
             loss = hinge / len(idx)
             if pull:  # L2-SP: the squared distance of the weights from the initial map's
                 loss = loss + pull * sum(((p - p0) ** 2).sum() for p, p0 in zip(head.parameters(), anchors))
@@ -357,15 +368,21 @@ def _fit(head: Head, initial: dict, data: tuple, anchor: float, config: TrainCon
             hist.steps += 1
             value = hinge.detach().item()
             total += value
+            with torch.no_grad():
+                sums[0] += img.sum(0)
+                sums[1] += txt.sum(0)
+            rows += len(idx)
             if progress is not None:
                 progress(hist.steps, value / len(idx))
         hist.loss.append(total / n)
+        flat = rows > 0 and spread(sums, rows) >= COLLAPSED
+        hist.collapsed += flat
         if best is not None:
             value = score()
             hist.val_mrr.append(value)
             if value > best[0] + 1e-9:  # better, not equal up to summation order
                 best, stale = (value, copy.deepcopy(head.state_dict()), epoch), 0
-            else:
+            elif not flat:
                 stale += 1
                 if stale >= config.patience:
                     break
@@ -373,6 +390,12 @@ def _fit(head: Head, initial: dict, data: tuple, anchor: float, config: TrainCon
         return config.epochs
     head.load_state_dict(best[1])
     return best[2]
+
+
+def spread(sums: torch.Tensor, rows: int) -> float:
+    """The larger norm of the mean unit output of either modality, from their sums over `rows` outputs: 1 when
+    all outputs are one point, near 0 when they spread evenly."""
+    return float(sums.double().norm(dim=1).max()) / rows
 
 
 def steps_per_epoch(n_pairs: int, batch_size: int) -> int:

@@ -11,6 +11,7 @@ seconds.
 
     python benchmarks/train_rule.py --worlds synth --variants epochs50,epochs50p20,warmup3,lr3e-4,epochs100,rule,patience20
     python benchmarks/train_rule.py --worlds synth --variants epochs50,rule --learner linear
+    python benchmarks/train_rule.py --worlds large --seeds 0-1 --variants rule,nocollapse   # head.COLLAPSED
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from alsel.head import TrainConfig, train_head  # noqa: E402
+import alsel.head as head_module  # noqa: E402
+from alsel.head import COLLAPSED, TrainConfig, train_head  # noqa: E402
 from alsel.metrics import evaluate  # noqa: E402
 from alsel.simulate import parse_seeds  # noqa: E402
 from alsel.store import Paired, load_paired, open_store  # noqa: E402
@@ -45,6 +47,9 @@ VARIANTS = {  # rule: alsel train's defaults now; epochs50: the cap from a rando
     "epochs50p20": {"epochs": 50, "patience": 20},
     "warmup1": {"warmup": 1, "epochs": 50},  # VSE++'s sum of hinges for the first epochs
     "warmup3": {"warmup": 3, "epochs": 50},
+    "nocollapse": {"_collapsed": float("inf")},  # no collapse check (head.COLLAPSED): the rule before it
+    "warmup1e200": {"warmup": 1},  # the same at the 200-epoch cap from a random start
+    "warmup3e200": {"warmup": 3},
     "epochs100": {"epochs": 100, "patience": 20},
     "lr3e-4": {"lr": 3e-4, "epochs": 50},
 }
@@ -90,7 +95,9 @@ def main():
               + " | setbacks | epochs chosen (mean, range) | s |")
         print("|---" * (rounds + 5) + "|")
         for name in args.variants.split(","):
-            cfg = replace(TrainConfig(init=args.init, learner=args.learner), **VARIANTS[name])
+            variant = dict(VARIANTS[name])
+            head_module.COLLAPSED = variant.pop("_collapsed", COLLAPSED)
+            cfg = replace(TrainConfig(init=args.init, learner=args.learner), **variant)
             rsum, epochs, bad, t0 = [], [], 0, time.perf_counter()
             for seed in parse_seeds(args.seeds):
                 order = np.random.default_rng([seed, 31]).permutation(pool_rows)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from alsel.errors import AlselError
-from alsel.head import Head, TrainConfig, load_head, save_head, through_head, train_head, vsepp_loss
+from alsel.head import (COLLAPSED, Head, TrainConfig, load_head, save_head, spread, steps_per_epoch,
+                        through_head, train_head, vsepp_loss)
 from alsel.metrics import evaluate, mrr, recall
 from alsel.scoring import score_pool
 from alsel import strategies
@@ -120,6 +121,41 @@ def test_early_stopping_keeps_the_best_validation_epoch(world):
                   val.text_image, CPU)
     assert got == pytest.approx(max(hist.val_mrr))
     assert len(hist.loss) < 40 and hist.best_epoch == int(np.argmax(hist.val_mrr))
+
+
+@pytest.mark.parametrize("spread_of_outputs, epochs_run", [(1.0, 20), (0.5, 3)])
+def test_epochs_whose_outputs_have_collapsed_do_not_count_toward_the_patience(world, monkeypatch,
+                                                                                spread_of_outputs, epochs_run):
+    """A validation MRR that never improves stops training after `patience` epochs, unless the outputs sit
+    in one point (head.COLLAPSED): then the head trains on to the cap, each epoch on the sum of hinges."""
+    import alsel.head as head_module
+    import alsel.metrics
+
+    hardest = []
+    loss = head_module.vsepp_loss
+    monkeypatch.setattr(head_module, "vsepp_loss", lambda *a, **k: hardest.append(k["hardest"]) or loss(*a, **k))
+    monkeypatch.setattr(alsel.metrics, "mrr", lambda *a: 0.25)
+    monkeypatch.setattr(head_module, "spread", lambda sums, rows: spread_of_outputs)
+    p = paired_of(world["paired"])
+    with open_store(world["test"], need="paired") as val:
+        _, hist = train_head(p, TrainConfig(init="random", dim=16, epochs=20, patience=3), CPU, val)
+    assert len(hist.val_mrr) == 1 + epochs_run and hist.best_epoch == 0
+    flat = spread_of_outputs >= head_module.COLLAPSED
+    assert hist.collapsed == (epochs_run if flat else 0)
+    per_epoch = steps_per_epoch(len(p.texts), 128)
+    assert len(hardest) == epochs_run * per_epoch
+    # the first epoch on the max of hinges; after a collapsed epoch, the sum of hinges
+    assert hardest == [True] * per_epoch + [not flat] * (epochs_run - 1) * per_epoch
+
+
+def test_spread_is_the_largest_norm_of_a_mean_unit_output():
+    rng = np.random.default_rng(3)
+    rows = torch.from_numpy(unit(rng.standard_normal((500, 16))))
+    cone = torch.from_numpy(unit(rows[:1].numpy() + 0.01 * rng.standard_normal((500, 16))))  # within ~1 degree
+    sums = torch.stack([rows.sum(0), cone.sum(0)])
+    assert spread(sums, 500) == pytest.approx(float(cone.double().mean(0).norm()), rel=1e-6)  # float32 sums
+    assert spread(sums[:1], 500) < 0.2  # spread evenly
+    assert spread(sums[1:], 500) >= COLLAPSED
 
 
 def test_mrr_matches_a_direct_computation():
