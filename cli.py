@@ -122,10 +122,10 @@ AnchorOpt = Annotated[Optional[float], typer.Option("--anchor", show_default=Fal
 LearnerOpt = Annotated[str, typer.Option("--learner", help=(
     "linear: one linear map per modality; mlp: a residual MLP per modality after it (starts at the same "
     "map; same training rule)."))]
-FallbackOpt = Annotated[str, typer.Option("--fallback", help=(
+FallbackOpt = Annotated[Optional[str], typer.Option("--fallback", show_default=False, help=(
     "auto / advise: the strategy used when no candidate is reliably ahead of random (or nothing could be "
     "measured); random gives the plain rule. TypiClust was behind random in none of the strategy report's 16 "
-    "experiments."))]
+    f"experiments. \\[default: {strategies.AUTO_FALLBACK}]"))]
 LABEL_EPOCHS = 50  # --epochs of the probabilistic head (the labels setting) when not given
 PatienceOpt = Annotated[int, typer.Option(help="Epochs without a better validation MRR before stopping (epochs "
                                                 "whose outputs have collapsed to one point do not count).")]
@@ -774,7 +774,7 @@ def select_cmd(
     advice: Annotated[Optional[str], typer.Option("--advice", show_default=False, help=(
         "--strategy auto: the advice file of `alsel advise` for these stores and budget. Default: none, "
         "advised here."))] = None,
-    fallback: FallbackOpt = strategies.AUTO_FALLBACK,
+    fallback: FallbackOpt = None,
     html_page: Annotated[Optional[str], typer.Option("--html", show_default=False, help=(
         "Also write the batch as one self-contained HTML page: thumbnails in rank order with the reason for "
         "each, a PCA map of paired, pool and batch, the fill share."))] = None,
@@ -807,6 +807,9 @@ def select_cmd(
                                                       ("--html", html_page), ("--scores", scores)) if v])
     if advice is not None and spec != "auto":
         raise AlselError("--advice goes with --strategy auto (the default)")
+    if fallback is not None and spec != "auto":
+        raise AlselError(f"--fallback goes with --strategy auto (what auto runs when no candidate is reliably ahead "
+                         f"of random), not with {spec}")
     if html_page is not None and unpaired is None:
         raise AlselError("--html: give the pool (--unpaired POOL.h5): the page shows its photos and maps it")
     for o in (out, csv, labelstudio, html_page):
@@ -840,9 +843,10 @@ def select_cmd(
                 if pst is None or pool is None:
                     raise AlselError("--strategy auto: needs --paired and --unpaired (advice is measured on them)")
                 say = reporter.task("select: advise", None, "evaluations")
-                spec, auto = choose_auto(pst, pool, budget, AdviceConfig(budget=budget, fallback=fallback),
+                spec, auto = choose_auto(pst, pool, budget,
+                                         AdviceConfig(budget=budget, fallback=fallback or strategies.AUTO_FALLBACK),
                                          advice_path=advice, has_head=head_model is not None,
-                                         progress=lambda msg: say(1))
+                                         progress=lambda msg: say(1), fallback_given=fallback)
             sel = strategies.select(spec, inputs, **strategy_options)
             if auto is not None:
                 sel.attrs.update(auto=1, auto_advice=str(auto["confidence"]))
@@ -997,7 +1001,7 @@ def advise_cmd(
                                                                  "seeded sample): a cap on the cost.")] = 1000,
     init: InitOpt = "identity", learner: LearnerOpt = "linear",
     seed: Annotated[int, typer.Option(help="Seed of the splits, the heads and the selections.")] = 0,
-    fallback: FallbackOpt = strategies.AUTO_FALLBACK,
+    fallback: FallbackOpt = None,
     device: Device = DeviceName.auto, chunk_size: ChunkSize = None, as_json: JsonOpt = False,
 ):
     """Which strategy to use on your data: each candidate's gain over random at this budget, measured by
@@ -1014,7 +1018,7 @@ def advise_cmd(
     candidates = tuple(s.strip() for s in strategy_list.split(",") if s.strip()) if strategy_list else CANDIDATES
     cfg = AdviceConfig(budget=budget, rounds=rounds, candidates=candidates, splits=splits, max_pairs=max_pairs,
                        head=head_cfg, seed=seed, device=str(resolve_device(device.value)), chunk_size=chunk_size,
-                       fallback=fallback)
+                       fallback=fallback or strategies.AUTO_FALLBACK)
     with store.open_store(paired, need="paired") as pst, store.open_store(unpaired, need="images") as pool:
         store.check_compatible(pst, pool)
         cfg = cfg.check()
@@ -1358,7 +1362,7 @@ def simulate(
     device: Device = DeviceName.auto, chunk_size: ChunkSize = None,
     annotate: Annotated[str, typer.Option(help="captions: pool images get captions (R-sum); labels: pool pairs get "
                                                "class labels, the ASCMR setting (probabilistic head, mAP@all).")] = "captions",
-    kl: KlOpt = 1e-3, steps: StepsOpt = 0, fallback: FallbackOpt = strategies.AUTO_FALLBACK,
+    kl: KlOpt = 1e-3, steps: StepsOpt = 0, fallback: FallbackOpt = None,
     strategy_options: dict = None,
 ):
     """The active-learning experiment: train, evaluate, select, annotate from the oracle, merge; repeat.
@@ -1381,10 +1385,14 @@ def simulate(
                         strategies=sim.parse_strategies(strategy_list, strategy_options, head_cfg,
                                                         consumed=("samples",) if annotate == "labels" else ()),
                         seeds=sim.parse_seeds(seeds), paired=paired, initial=initial, head=head_cfg, device=str(dev),
-                        chunk_size=chunk_size, annotate=annotate, auto_fallback=fallback,
+                        chunk_size=chunk_size, annotate=annotate,
+                        auto_fallback=fallback or strategies.AUTO_FALLBACK,
                         prob=ProbConfig(dim=dim or 64, samples=samples, epochs=LABEL_EPOCHS if epochs is None else epochs,
                                         steps=steps,
                                         batch_size=batch_size, lr=lr, margin=margin, kl=kl))
+    if fallback is not None and sim.AUTO not in cfg.strategies:
+        raise AlselError("--fallback goes with auto in --strategies (what auto runs when no candidate is reliably "
+                         "ahead of random)")
     sim.check_setting(cfg)
     if not cfg.labels:
         with store.open_store(paired or oracle, need="paired") as st:

@@ -330,14 +330,21 @@ AUTO = "auto"
 
 
 def choose_auto(paired, pool, budget: int, cfg: AdviceConfig | None = None, advice_path: str | None = None,
-                has_head: bool = False, progress: Callable[[str], None] | None = None) -> tuple[str, dict]:
+                has_head: bool = False, progress: Callable[[str], None] | None = None,
+                fallback_given: str | None = None) -> tuple[str, dict]:
     """`--strategy auto` (SPEC §9): the strategy advise recommends for these stores and budget, read from
     `advice_path` when its fingerprints match, else computed (a candidate that needs a head is left out
-    when the selection has none). Returns (strategy, the advice as a dict)."""
+    when the selection has none). An advice file made with another fallback than `fallback_given` (a
+    --fallback the user gave) is refused: its recommendation may be that fallback. Returns (strategy, the
+    advice as a dict)."""
     from . import strategies
 
     if advice_path is not None:
         doc = read_advice(advice_path, paired, pool, budget)
+        made = (doc.get("settings") or {}).get("fallback", "random")  # files from before --fallback: the plain rule
+        if fallback_given is not None and made != fallback_given:
+            raise AlselError(f"{advice_path}: the advice was made with --fallback {made}, not {fallback_given}; run "
+                             f"alsel advise again with --fallback {fallback_given} (or leave out --fallback)")
     else:
         cfg = cfg or AdviceConfig(budget=budget)
         if not has_head:

@@ -102,6 +102,17 @@ def test_advise_command_and_auto_in_select(world, tmp_path, run_cli):
     code, _, err = run_cli("select", *args, "--budget", 10, "--advice", tmp_path / "adv.json", "--out", tmp_path / "d.h5",
                            "--device", "cpu")  # auto is the default
     assert code == 0 and read_selection(str(tmp_path / "d.h5")).attrs["strategy"] == saved["recommendation"], err
+    # --fallback where it would change nothing is refused: a fixed strategy, or advice made with another one
+    code, _, err = run_cli("select", *args, "--budget", 10, "--strategy", "coreset", "--fallback", "random",
+                           "--out", tmp_path / "x.h5")
+    assert code == 2 and "--fallback goes with --strategy auto" in err and not (tmp_path / "x.h5").exists()
+    code, _, err = run_cli("select", *args, "--budget", 10, "--advice", tmp_path / "adv.json", "--fallback", "random",
+                           "--out", tmp_path / "x.h5")
+    assert code == 2 and "made with --fallback typiclust, not random" in err and not (tmp_path / "x.h5").exists()
+    assert err.startswith(f"error: {tmp_path / 'adv.json'}: ")
+    code, _, err = run_cli("select", *args, "--budget", 10, "--advice", tmp_path / "adv.json", "--fallback",
+                           "typiclust", "--out", tmp_path / "t.h5", "--device", "cpu")  # the one it was made with
+    assert code == 0 and read_selection(str(tmp_path / "t.h5")).attrs["strategy"] == saved["recommendation"], err
     with open_store(world["paired"], need="paired") as p, open_store(world["pool_texts"]) as u:
         with pytest.raises(AlselError, match="another pool"):
             read_advice(str(tmp_path / "adv.json"), p, _as_images(u), 10)
@@ -142,6 +153,10 @@ def test_auto_in_simulate_advises_every_round(world, tmp_path, run_cli):
                    "--device", "cpu", "--out", tmp_path / "sim", "--quiet")[0] == 0
     assert list(csv.DictReader(open(tmp_path / "sim" / "results.csv"))) == rows
     assert os.path.exists(tmp_path / "sim" / "runs" / "_round0" / "seed0" / "head.pt")
+    code, _, err = run_cli("simulate", "--paired", world["paired"], "--oracle", world["oracle"], "--test",
+                           world["test"], "--budget", 10, "--strategies", "random", "--fallback", "random",
+                           "--out", tmp_path / "sim2", "--quiet")
+    assert code == 2 and "--fallback goes with auto in --strategies" in err and not (tmp_path / "sim2").exists()
 
 
 @pytest.mark.parametrize("mean, se, reliable, words", [
