@@ -247,7 +247,8 @@ def train_head(paired: Paired, config: TrainConfig, device: torch.device, val=No
     training captions, so the initial map weighs like `anchor` pairs: it dominates a few dozen pairs and
     fades as the set grows (L2-SP). Early stopping on the validation mean reciprocal rank (both ways,
     `metrics.mrr`), the initial map (epoch 0) included, after every epoch, stopping after `patience`
-    epochs without a better one:
+    epochs without a better one (an epoch whose outputs collapsed to one point does not count, and the next
+    trains on the sum of hinges: COLLAPSED);
     each pull of config.anchors() is tried and the better on validation wins (ties: the stronger pull);
     - with `val` (a paired Store), its best epoch's weights are kept;
     - else `val_split` of the paired images are held out, the pulls are fitted on the rest, and the head
