@@ -796,20 +796,20 @@ def select_cmd(
                                     html_page, paired, unpaired, as_json, device,
                                     given=[n for n, v in (("--strategy", strategy), ("--scores", scores),
                                                           ("--shard", shard), ("--thresholds", thresholds_path),
-                                                          ("--head", head)) if v])
+                                                          ("--head", head), ("--fallback", fallback)) if v])
     if budget is None:
         raise AlselError("select: --budget is required (how many pool items to choose)")
     spec = strategy or strategies.default_for(scores)
+    if fallback is not None and spec != "auto":
+        raise AlselError(f"--fallback goes with --strategy auto (what auto runs when no candidate is reliably ahead "
+                         f"of random), not with {spec}")
     if shard is not None:
         return select_shard_cmd(out, budget, spec, shard, paired, unpaired, head, seed, device, chunk_size, precision,
-                                advice, as_json, strategy_options,
+                                advice, fallback, as_json, strategy_options,
                                 given=[n for n, v in (("--csv", csv), ("--labelstudio", labelstudio),
                                                       ("--html", html_page), ("--scores", scores)) if v])
     if advice is not None and spec != "auto":
         raise AlselError("--advice goes with --strategy auto (the default)")
-    if fallback is not None and spec != "auto":
-        raise AlselError(f"--fallback goes with --strategy auto (what auto runs when no candidate is reliably ahead "
-                         f"of random), not with {spec}")
     if html_page is not None and unpaired is None:
         raise AlselError("--html: give the pool (--unpaired POOL.h5): the page shows its photos and maps it")
     for o in (out, csv, labelstudio, html_page):
@@ -882,7 +882,7 @@ def select_cmd(
 
 
 def select_shard_cmd(out, budget, spec, shard, paired, unpaired, head, seed, device, chunk_size, precision, advice,
-                     as_json, strategy_options, given) -> None:
+                     fallback, as_json, strategy_options, given) -> None:
     """select --shard i/n: one shard's candidates file (SPEC §10)."""
     from alsel.candidates import save_candidates
 
@@ -902,7 +902,8 @@ def select_shard_cmd(out, budget, spec, shard, paired, unpaired, head, seed, dev
             if advice is None:
                 raise AlselError("--strategy auto --shard: give --advice (run `alsel advise` once, before the "
                                  "shards, so that every shard runs the same strategy)")
-            spec, _ = choose_auto(pst, pool, budget, advice_path=advice, has_head=head is not None)
+            spec, _ = choose_auto(pst, pool, budget, advice_path=advice, has_head=head is not None,
+                                  fallback_given=fallback)
         elif advice is not None:
             raise AlselError("--advice goes with --strategy auto (the default)")
         from alsel.probhead import load_any_head

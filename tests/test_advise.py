@@ -110,6 +110,9 @@ def test_advise_command_and_auto_in_select(world, tmp_path, run_cli):
                            "--out", tmp_path / "x.h5")
     assert code == 2 and "made with --fallback typiclust, not random" in err and not (tmp_path / "x.h5").exists()
     assert err.startswith(f"error: {tmp_path / 'adv.json'}: ")
+    code, _, err = run_cli("select", *args, "--budget", 10, "--advice", tmp_path / "adv.json", "--fallback", "random",
+                           "--shard", "0/2", "--out", tmp_path / "x.h5")  # a shard reads the same advice
+    assert code == 2 and "made with --fallback typiclust, not random" in err and not (tmp_path / "x.h5").exists()
     code, _, err = run_cli("select", *args, "--budget", 10, "--advice", tmp_path / "adv.json", "--fallback",
                            "typiclust", "--out", tmp_path / "t.h5", "--device", "cpu")  # the one it was made with
     assert code == 0 and read_selection(str(tmp_path / "t.h5")).attrs["strategy"] == saved["recommendation"], err

@@ -133,6 +133,9 @@ def test_shards_through_the_command_line(tmp_path, run_cli):
     # every shard is needed, once, from one run; a budget the shards did not use is refused
     code, _, err = run_cli("select", "--candidates", tmp_path / "c0.h5", tmp_path / "c2.h5", "--out", tmp_path / "x.h5")
     assert code == 2 and "shards 1/3 are missing" in err
+    code, _, err = run_cli("select", "--candidates", tmp_path / "c0.h5", tmp_path / "c1.h5", tmp_path / "c2.h5",
+                           "--fallback", "random", "--out", tmp_path / "x.h5")
+    assert code == 2 and "leave out --fallback" in err and not (tmp_path / "x.h5").exists()
     code, _, err = run_cli("select", "--candidates", tmp_path / "c0.h5", tmp_path / "c0.h5", tmp_path / "c1.h5",
                            tmp_path / "c2.h5", "--out", tmp_path / "x.h5")
     assert code == 2 and "given twice" in err
@@ -146,6 +149,7 @@ def test_shards_through_the_command_line(tmp_path, run_cli):
     assert code == 2 and "--budget 9" in err and not (tmp_path / "x.h5").exists()
     # what a shard cannot do, one line each
     for extra, msg in ((["--csv", tmp_path / "x.csv"], "--candidates"),
-                       (["--strategy", "auto"], "--advice"), (["--strategy", "schedule"], "no sharded form")):
+                       (["--strategy", "auto"], "--advice"), (["--strategy", "schedule"], "no sharded form"),
+                       (["--strategy", "coreset", "--fallback", "random"], "--fallback goes with --strategy auto")):
         code, _, err = run_cli("select", *base, "--shard", "0/3", "--out", tmp_path / "x.h5", *extra)
         assert code == 2 and msg in err and err.count("\n") == 1, (extra, err)
