@@ -803,13 +803,13 @@ def select_cmd(
     if fallback is not None and spec != "auto":
         raise AlselError(f"--fallback goes with --strategy auto (what auto runs when no candidate is reliably ahead "
                          f"of random), not with {spec}")
+    if advice is not None and spec != "auto":
+        raise AlselError("--advice goes with --strategy auto (the default)")
     if shard is not None:
         return select_shard_cmd(out, budget, spec, shard, paired, unpaired, head, seed, device, chunk_size, precision,
                                 advice, fallback, as_json, strategy_options,
                                 given=[n for n, v in (("--csv", csv), ("--labelstudio", labelstudio),
                                                       ("--html", html_page), ("--scores", scores)) if v])
-    if advice is not None and spec != "auto":
-        raise AlselError("--advice goes with --strategy auto (the default)")
     if html_page is not None and unpaired is None:
         raise AlselError("--html: give the pool (--unpaired POOL.h5): the page shows its photos and maps it")
     for o in (out, csv, labelstudio, html_page):
@@ -904,8 +904,6 @@ def select_shard_cmd(out, budget, spec, shard, paired, unpaired, head, seed, dev
                                  "shards, so that every shard runs the same strategy)")
             spec, _ = choose_auto(pst, pool, budget, advice_path=advice, has_head=head is not None,
                                   fallback_given=fallback)
-        elif advice is not None:
-            raise AlselError("--advice goes with --strategy auto (the default)")
         from alsel.probhead import load_any_head
 
         inputs = strategies.Inputs(pool=pool, budget=budget, paired=pst, seed=seed, device=dev,

@@ -150,6 +150,7 @@ def test_shards_through_the_command_line(tmp_path, run_cli):
     # what a shard cannot do, one line each
     for extra, msg in ((["--csv", tmp_path / "x.csv"], "--candidates"),
                        (["--strategy", "auto"], "--advice"), (["--strategy", "schedule"], "no sharded form"),
-                       (["--strategy", "coreset", "--fallback", "random"], "--fallback goes with --strategy auto")):
+                       (["--strategy", "coreset", "--fallback", "random"], "--fallback goes with --strategy auto"),
+                       (["--strategy", "coreset", "--advice", tmp_path / "adv.json"], "--advice goes with --strategy auto")):
         code, _, err = run_cli("select", *base, "--shard", "0/3", "--out", tmp_path / "x.h5", *extra)
         assert code == 2 and msg in err and err.count("\n") == 1, (extra, err)
