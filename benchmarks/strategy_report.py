@@ -245,6 +245,16 @@ def load_data(folder: str, key: str) -> dict:
     return data
 
 
+def wall_line(runs: list[dict]) -> str:
+    """The wall time of an experiment's runs: the total of one run, else each seed's as a median and range (a
+    seed's folder resumed in a later session counts the time between the sessions, so a total would mislead)."""
+    if len(runs) == 1:
+        return f"{runs[0]['seconds'] / 60:.1f} min for all seeds in one run"
+    minutes = [r["seconds"] / 60 / len(r["seeds"]) for r in runs]
+    return (f"median {np.median(minutes):.0f} min per seed over {len(runs)} runs, {min(minutes):.0f}–{max(minutes):.0f} "
+            f"(a run resumed in a later session counts the time between the sessions)")
+
+
 def section(data: dict, png: str, verdicts: list) -> str:
     key, title, st, rows = data["key"], data["title"], data["settings"], data["rows"]
     rounds, budget = st["rounds"], st["budget"]
@@ -252,8 +262,7 @@ def section(data: dict, png: str, verdicts: list) -> str:
              f"Start: {st['start']}; budget {budget} per round, {rounds} rounds; head `--init {st['init']}` "
              f"`--learner {st['learner']}`, "
              f"trained with `alsel train`'s defaults every round; seeds {', '.join(map(str, data['seeds']))}"
-             + f"; {sum(r['seconds'] for r in data['runs']) / 60:.1f} min of wall time on 2 cores (two experiments at "
-               f"a time, one thread each).", "",
+             + f"; wall time, beside one other experiment on 2 cores (one thread each): {wall_line(data['runs'])}.", "",
              f"![{title}]({os.path.basename(png)})", "", "R-sum (%), mean ± std over seeds, by annotated pool items:", ""]
     summary = summarize(rows, "rsum")
     names = list(dict.fromkeys(s["strategy"] for s in summary))
