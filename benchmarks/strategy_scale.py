@@ -15,7 +15,8 @@ its *limit*: what its passes and products cost at this machine's bare rates, mea
     normal    bare torch.randn (the ASCMR family draws J = 8 samples of each Gaussian it maps).
 
     limit = start + products / mm rate + bytes / read or scan rate, per strategy (LIMITS below: the
-    products and passes each strategy cannot avoid, at the precision it may use exactly).
+    products and passes each strategy cannot avoid, at the precision it may use exactly; bfloat16 products
+    at the faster of the two mm rates, since a CPU without native bfloat16 runs them in float32).
 
     python benchmarks/strategy_scale.py --sizes 100000,1000000
     python benchmarks/strategy_scale.py --sizes 20000 --strategies typiclust,probcover   # a quick look
@@ -43,6 +44,7 @@ from alsel import strategies  # noqa: E402
 from alsel.clustering import KMEANS_ITERS, KMEANS_SAMPLE  # noqa: E402
 from alsel.probhead import ProbConfig, ProbHead, save_prob_head  # noqa: E402
 from alsel.store import StoreWriter  # noqa: E402
+from alsel.strategies.kcenter import PER_SHARD  # noqa: E402
 from alsel.strategies.probcover import MAX_TARGETS  # noqa: E402
 
 CHILD = """
@@ -164,7 +166,17 @@ def limits(name: str, n: int, p: int, d: int, b: int, dim: int) -> dict:
 
 
 def limit_seconds(need: dict, rates: dict) -> float:
-    return rates["start"] + sum(need.get(k, 0) / rates[k] for k in ("bf16", "fp32", "read", "scan", "normal"))
+    """Products that may run in bfloat16 count at the faster of the two matmul rates: where a CPU has no
+    native bfloat16 (its bare bf16 mm slower than float32), `--precision auto` runs them in float32."""
+    rate = dict(rates, bf16=max(rates["bf16"], rates["fp32"]))
+    return rate["start"] + sum(need.get(k, 0) / rate[k] for k in ("bf16", "fp32", "read", "scan", "normal"))
+
+
+def shard_limit(name: str, n: int, shards: int, args, rates: dict) -> float:
+    """The limit of one shard's task: the strategy's limit on its n / shards rows, with the picks it keeps
+    (core-set and ProbCover keep PER_SHARD × B candidates per shard; the others their B or all their rows)."""
+    picks = args.budget * (PER_SHARD if name in ("coreset", "probcover") else 1)
+    return limit_seconds(limits(name, n // shards, args.paired, args.dim, picks, 64), rates)
 
 
 def run_select(d: str, name: str, pool: str, paired: str, head: str, budget: int, extra=()) -> tuple[float, float]:
@@ -195,9 +207,10 @@ exit $rc
 """
 
 
-def slurm_shards(d: str, name: str, pool: str, paired: str, n: int, args) -> None:
+def slurm_shards(d: str, name: str, pool: str, paired: str, n: int, args, task_limit: float) -> None:
     """The shards of `name` as a SLURM array (examples/slurm/submit.sh, STRATEGY=name) and the merge, on a
-    one-node cluster started for the run: per task its wall time and peak RSS."""
+    one-node cluster started for the run: per task its wall time, its ratio to one shard's limit
+    (`task_limit`, not for the merge) and peak RSS."""
     out = os.path.join(d, f"slurm_{name}")
     os.makedirs(os.path.join(out, "bin"))
     wrapper = os.path.join(out, "bin", "alsel")
@@ -231,12 +244,13 @@ def slurm_shards(d: str, name: str, pool: str, paired: str, n: int, args) -> Non
     rows = [line.split() for line in open(os.path.join(out, "times"))]
     what = "thresholds, a scoring array, the selection" if name == "hn" else "a shard array, the merge"
     print(f"{name:>18} on SLURM ({what}), {args.shards} array tasks of {n // args.shards:,} rows "
-          f"({state}, {wall:.0f} s in all):", flush=True)
+          f"({state}, {wall:.0f} s in all; limit of one task {task_limit:.1f} s):", flush=True)
     for task, a, b, rc in sorted(rows, key=lambda x: (not x[0].isdigit(), x[0])):
         kib = int(open(os.path.join(out, f"hwm_{task}")).read().split()[1]) if os.path.exists(
             os.path.join(out, f"hwm_{task}")) else 0
-        print(f"{'':>18}   task {task}: {float(b) - float(a):7.1f} s, peak RSS {kib / 2**20:.2f} GiB, exit {rc}",
-              flush=True)
+        dt = float(b) - float(a)
+        ratio = f" ({dt / task_limit:.2f} × the limit)" if task.isdigit() else ""
+        print(f"{'':>18}   task {task}: {dt:7.1f} s{ratio}, peak RSS {kib / 2**20:.2f} GiB, exit {rc}", flush=True)
 
 
 def main():
@@ -287,7 +301,7 @@ def main():
                 limit = limit_seconds(limits(name, n, args.paired, args.dim, args.budget, 64), rates)
                 if args.shards > 1 and args.slurm:
                     if strategies.get(name).shardable:
-                        slurm_shards(d, name, pool, paired, n, args)
+                        slurm_shards(d, name, pool, paired, n, args, shard_limit(name, n, args.shards, args, rates))
                     continue
                 if args.shards > 1:
                     if not strategies.get(name).shardable:
@@ -306,8 +320,10 @@ def main():
                                        capture_output=True, text=True)
                     assert r.returncode == 0, r.stderr
                     merge = time.perf_counter() - t0
-                    print(f"{name:>18} shards of {n // args.shards:,} rows: " + ", ".join(
-                        f"{dt:.1f} s / {gib:.2f} GiB" for dt, gib in per) + f"; merge {merge:.1f} s", flush=True)
+                    task_limit = shard_limit(name, n, args.shards, args, rates)
+                    print(f"{name:>18} shards of {n // args.shards:,} rows (limit {task_limit:.1f} s): " + ", ".join(
+                        f"{dt:.1f} s ({dt / task_limit:.2f}×) / {gib:.2f} GiB" for dt, gib in per)
+                        + f"; merge {merge:.1f} s", flush=True)
                     continue
                 dt, gib = run_select(d, name, pool, paired, os.path.join(d, "ph.pt"), args.budget)
                 print(f"{name:>18} {dt:>8.1f} {limit:>7.1f} {dt / limit:>6.2f} {gib:>8.2f} GiB", flush=True)
