@@ -29,18 +29,21 @@ from .errors import AlselError
 EPS = 1e-12
 
 
-def fuse_gaussians(mu_a: np.ndarray, logvar_a: np.ndarray, mu_b: np.ndarray, logvar_b: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """(μ, log σ²) of the product of two diagonal Gaussians (per row, per dimension)."""
-    prec_a, prec_b = np.exp(-logvar_a), np.exp(-logvar_b)
+def fuse_gaussians(mu_a, logvar_a, mu_b, logvar_b):
+    """(μ, log σ²) of the product of two diagonal Gaussians (per row, per dimension); NumPy arrays or torch
+    tensors."""
+    exp, log = (np.exp, np.log) if isinstance(mu_a, np.ndarray) else (lambda x: x.exp(), lambda x: x.log())
+    prec_a, prec_b = exp(-logvar_a), exp(-logvar_b)
     var = 1.0 / (prec_a + prec_b)
-    return var * (mu_a * prec_a + mu_b * prec_b), np.log(var)
+    return var * (mu_a * prec_a + mu_b * prec_b), log(var)
 
 
-def bernoulli_entropy(p: np.ndarray) -> np.ndarray:
-    """H(p) = -p log p - (1-p) log(1-p), elementwise (p clipped away from 0 and 1)."""
-    p = np.clip(p, EPS, 1 - EPS)
-    return -(p * np.log(p) + (1 - p) * np.log(1 - p))
+def bernoulli_entropy(p):
+    """H(p) = -p log p - (1-p) log(1-p), elementwise (p clipped away from 0 and 1); a NumPy array or a torch
+    tensor (informativeness passes float64 tensors: torch's kernels use every core, NumPy's one)."""
+    p = p.clip(EPS, 1 - EPS)
+    log = np.log if isinstance(p, np.ndarray) else (lambda x: x.log())
+    return -(p * log(p) + (1 - p) * log(1 - p))
 
 
 def bald(prob_samples: np.ndarray) -> np.ndarray:
@@ -152,16 +155,15 @@ def informativeness(head, images: np.ndarray, texts: np.ndarray, text_image: np.
             lv_t = torch.where(has[:, None], var_t.clamp(min=1e-12).log(), lv_i)
             mu_t = torch.where(has[:, None], mu_t, mu_i)
             eps = torch.randn((2, samples, b - a, mu_i.shape[1]), generator=gen, device=device)
-            p_i = head.label_probs(mu_i, lv_i, eps[0]).double().cpu().numpy()
-            p_t = head.label_probs(mu_t, lv_t, eps[1]).double().cpu().numpy()
+            p_i = head.label_probs(mu_i, lv_i, eps[0]).double()
+            p_t = head.label_probs(mu_t, lv_t, eps[1]).double()
             hv = has.cpu().numpy()
-            out["intra"][a:b] = np.where(hv, (bald(p_i) + bald(p_t)) / 2, bald(p_i))
-            out["inter"][a:b] = np.where(hv, js_bernoulli(p_i.mean(axis=0), p_t.mean(axis=0)), 0.0)
-            mu_f, lv_f = fuse_gaussians(mu_i.double().cpu().numpy(), lv_i.double().cpu().numpy(),
-                                        mu_t.double().cpu().numpy(), lv_t.double().cpu().numpy())
-            mu_f = np.where(hv[:, None], mu_f, mu_i.double().cpu().numpy())
-            lv_f = np.where(hv[:, None], lv_f, lv_i.double().cpu().numpy())
-            out["mu"][a:b], out["logvar"][a:b] = mu_f, lv_f
+            bald_i, bald_t = bald(p_i).cpu().numpy(), bald(p_t).cpu().numpy()
+            out["intra"][a:b] = np.where(hv, (bald_i + bald_t) / 2, bald_i)
+            out["inter"][a:b] = np.where(hv, js_bernoulli(p_i.mean(axis=0), p_t.mean(axis=0)).cpu().numpy(), 0.0)
+            mu_f, lv_f = fuse_gaussians(mu_i.double(), lv_i.double(), mu_t.double(), lv_t.double())
+            out["mu"][a:b] = torch.where(has[:, None], mu_f, mu_i.double()).cpu().numpy()
+            out["logvar"][a:b] = torch.where(has[:, None], lv_f, lv_i.double()).cpu().numpy()
     return out
 
 
