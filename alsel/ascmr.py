@@ -29,31 +29,36 @@ from .errors import AlselError
 EPS = 1e-12
 
 
+def _exp_log(x):
+    """exp and log for x's kind: NumPy's for an array, the tensor's own methods for a torch tensor
+    (informativeness passes float64 tensors: torch's kernels use every core, NumPy's one)."""
+    return (np.exp, np.log) if isinstance(x, np.ndarray) else (lambda t: t.exp(), lambda t: t.log())
+
+
 def fuse_gaussians(mu_a, logvar_a, mu_b, logvar_b):
-    """(μ, log σ²) of the product of two diagonal Gaussians (per row, per dimension); NumPy arrays or torch
-    tensors."""
-    exp, log = (np.exp, np.log) if isinstance(mu_a, np.ndarray) else (lambda x: x.exp(), lambda x: x.log())
+    """(μ, log σ²) of the product of two diagonal Gaussians (per row, per dimension); arrays or tensors."""
+    exp, log = _exp_log(mu_a)
     prec_a, prec_b = exp(-logvar_a), exp(-logvar_b)
     var = 1.0 / (prec_a + prec_b)
     return var * (mu_a * prec_a + mu_b * prec_b), log(var)
 
 
 def bernoulli_entropy(p):
-    """H(p) = -p log p - (1-p) log(1-p), elementwise (p clipped away from 0 and 1); a NumPy array or a torch
-    tensor (informativeness passes float64 tensors: torch's kernels use every core, NumPy's one)."""
+    """H(p) = -p log p - (1-p) log(1-p), elementwise (p clipped away from 0 and 1); an array or a tensor."""
     p = p.clip(EPS, 1 - EPS)
-    log = np.log if isinstance(p, np.ndarray) else (lambda x: x.log())
+    log = _exp_log(p)[1]
     return -(p * log(p) + (1 - p) * log(1 - p))
 
 
-def bald(prob_samples: np.ndarray) -> np.ndarray:
-    """Mutual information between labels and embedding samples: prob_samples (J, N, C) -> (N,)."""
+def bald(prob_samples):
+    """Mutual information between labels and embedding samples: prob_samples (J, N, C) -> (N,); an array or
+    a tensor."""
     mean = prob_samples.mean(axis=0)
     return (bernoulli_entropy(mean) - bernoulli_entropy(prob_samples).mean(axis=0)).sum(axis=-1)
 
 
-def js_bernoulli(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Σ_c JS(Bern(p_c) || Bern(q_c)) per row: H(m) - (H(p) + H(q)) / 2 with m = (p + q) / 2."""
+def js_bernoulli(p, q):
+    """Σ_c JS(Bern(p_c) || Bern(q_c)) per row: H(m) - (H(p) + H(q)) / 2 with m = (p + q) / 2; arrays or tensors."""
     return (bernoulli_entropy((p + q) / 2) - (bernoulli_entropy(p) + bernoulli_entropy(q)) / 2).sum(axis=-1)
 
 
@@ -161,9 +166,10 @@ def informativeness(head, images: np.ndarray, texts: np.ndarray, text_image: np.
             bald_i, bald_t = bald(p_i).cpu().numpy(), bald(p_t).cpu().numpy()
             out["intra"][a:b] = np.where(hv, (bald_i + bald_t) / 2, bald_i)
             out["inter"][a:b] = np.where(hv, js_bernoulli(p_i.mean(axis=0), p_t.mean(axis=0)).cpu().numpy(), 0.0)
-            mu_f, lv_f = fuse_gaussians(mu_i.double(), lv_i.double(), mu_t.double(), lv_t.double())
-            out["mu"][a:b] = torch.where(has[:, None], mu_f, mu_i.double()).cpu().numpy()
-            out["logvar"][a:b] = torch.where(has[:, None], lv_f, lv_i.double()).cpu().numpy()
+            mu_i, lv_i = mu_i.double(), lv_i.double()
+            mu_f, lv_f = fuse_gaussians(mu_i, lv_i, mu_t.double(), lv_t.double())
+            out["mu"][a:b] = torch.where(has[:, None], mu_f, mu_i).cpu().numpy()
+            out["logvar"][a:b] = torch.where(has[:, None], lv_f, lv_i).cpu().numpy()
     return out
 
 
