@@ -30,8 +30,8 @@ from alsel.probhead import ProbConfig, ProbHead, save_prob_head  # noqa: E402
 from alsel.store import StoreWriter  # noqa: E402
 from strategy_scale import limits  # noqa: E402
 
-STRATEGIES = ("random", "coreset", "typiclust", "probcover", "hn", "hn-density", "schedule", "hn-learnability",
-              "ascmr")
+STRATEGIES = ("random", "coreset", "typiclust", "hn", "hn-density", "hn-learnability", "ascmr", "probcover",
+              "schedule")  # the dearest last: a run cut short at its limit still prints the rest
 
 
 def sync(device):
@@ -79,6 +79,19 @@ def rate_read(pool: str, device) -> float:
         return emb.n * emb.d * 2 / (time.perf_counter() - t0)
 
 
+def rate_normal(device, seconds=1.0) -> float:
+    """Standard normal float32 numbers per second of bare torch.randn (the ASCMR family's J samples)."""
+    out = torch.empty(1 << 24, device=device)
+    torch.randn(out.shape, out=out, device=device)
+    sync(device)
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        torch.randn(out.shape, out=out, device=device)
+        reps += 1
+    sync(device)
+    return reps * out.numel() / (time.perf_counter() - t0)
+
+
 def write_pairs(path: str, n: int, d: int, seed: int, prefix: str, device) -> None:
     """n images and one caption each, random unit rows made on the device, float16, in 2^20-row slices."""
     g = torch.Generator(device=device).manual_seed(seed)
@@ -93,7 +106,9 @@ def write_pairs(path: str, n: int, d: int, seed: int, prefix: str, device) -> No
             w.write("texts", a, t.half().cpu().numpy(), [f"{prefix}t{i}" for i in range(a, a + m)])
 
 
-def run(*args) -> float:
+def run(*args) -> float | None:
+    """Seconds of one command in this process; None (and its error on stderr) where it failed, so that one
+    strategy's failure on a device costs its line, not the rest of the run."""
     import contextlib
     import io
 
@@ -101,8 +116,59 @@ def run(*args) -> float:
     with contextlib.redirect_stdout(io.StringIO()):  # the commands' tables: only the times are printed here
         code = cli.main([str(a) for a in args] + ["--quiet"])
     if code != 0:
-        raise SystemExit(f"alsel {' '.join(map(str, args))}: exit {code}")
+        print(f"FAILED: alsel {' '.join(map(str, args))}: exit {code}", flush=True)
+        return None
     return time.perf_counter() - t0
+
+
+def select_args(s: str, paired: str, prob_head: str, head: str) -> list:
+    extra = ["--head", prob_head] if s.startswith("ascmr") else ["--paired", paired]
+    return extra + (["--head", head] if s == "hn-learnability" else [])
+
+
+def rows_of(path: str) -> np.ndarray:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return f["row"][:]
+
+
+def agree(d: str, device: str, n: int, budget: int, strategies) -> None:
+    """Each command on the CPU and on the device, on the same clustered world (`alsel synth`, D = 512):
+    score's counts (equal where the rounding bound makes them exact) and scores, and each strategy's picks
+    (shared rows of the two selections, and whether their order is the same)."""
+    w = os.path.join(d, "agree")
+    run("synth", "--out", w, "--images", n, "--dim", 512, "--captions", 2, "--classes", 40, "--paired", 0.1,
+        "--test", 0.05, "--seed", 3)
+    paired, pool, pairs = (os.path.join(w, f) for f in ("paired.h5", "pool_images.h5", "oracle.h5"))
+    ph, rh = os.path.join(d, "agree_ph.pt"), os.path.join(d, "agree_rh.pt")
+    save_prob_head(ph, ProbHead(512, 40, ProbConfig(dim=64)).eval())
+    run("train", "--paired", paired, "--out", rh, "--epochs", 2, "--device", "cpu")
+    import h5py
+
+    for i, dev in enumerate(("cpu", device)):
+        run("score", "--paired", paired, "--unpaired", pool, "--out", os.path.join(d, f"score_{i}.h5"), "--device", dev)
+        run("score", "--paired", paired, "--unpaired", pool, "--weight", "surplus", "--out",
+            os.path.join(d, f"surplus_{i}.h5"), "--device", dev)
+    for kind in ("score", "surplus"):
+        with h5py.File(os.path.join(d, f"{kind}_0.h5")) as a, h5py.File(os.path.join(d, f"{kind}_1.h5")) as b:
+            same = np.mean(a["count"][:] == b["count"][:])
+            diff = np.max(np.abs(a["score"][:].astype(np.float64) - b["score"][:]))
+            cdiff = np.max(np.abs(a["closest"][:].astype(np.float64) - b["closest"][:]))
+            print(f"agree {kind:>16}: counts equal on {same:.4%} of {len(a['count'])} rows, max |score diff| "
+                  f"{diff:.3g}, max |closest diff| {cdiff:.3g}", flush=True)
+    for s in strategies:
+        picks = []
+        for i, dev in enumerate(("cpu", device)):
+            src = pairs if s.startswith("ascmr") else pool
+            f = os.path.join(d, f"agree_{s}_{i}.h5")
+            if run("select", "--strategy", s, "--unpaired", src, *select_args(s, paired, ph, rh), "--budget", budget,
+                   "--out", f, "--device", dev) is not None:
+                picks.append(rows_of(f))
+        if len(picks) == 2:
+            a, b = picks
+            print(f"agree {s:>16}: {len(np.intersect1d(a, b))} of {len(a)} picks shared, same order: "
+                  f"{bool(np.array_equal(a, b))}", flush=True)
 
 
 def main():
@@ -113,20 +179,26 @@ def main():
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--budget", type=int, default=100)
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
+    ap.add_argument("--agree", type=int, default=20000,
+                    help="images of the clustered world on which the CPU and the device are compared (0: none)")
     args = ap.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     rates = {"bf16": rate_mm(torch.bfloat16, device), "fp16": rate_mm(torch.float16, device),
-             "fp32": rate_mm(torch.float32, device), "scan": rate_scan(device, 1 << 26 if device.type == "cpu" else 1 << 31)}
+             "fp32": rate_mm(torch.float32, device), "scan": rate_scan(device, 1 << 26 if device.type == "cpu" else 1 << 31), "normal": rate_normal(device)}
     rates["bf16"] = max(rates["bf16"], rates["fp16"])  # the exact low-precision path uses fp16 on CUDA
     print(f"{name}, torch {torch.__version__}: bare mm fp16 {rates['fp16'] / 1e12:.1f} T/s, bf16 "
           f"{rates['bf16'] / 1e12:.1f} T/s, fp32 {rates['fp32'] / 1e12:.2f} T/s (multiply-adds); memory scan "
-          f"{rates['scan'] / 2**30:.0f} GiB/s", flush=True)
+          f"{rates['scan'] / 2**30:.0f} GiB/s; randn {rates['normal'] / 1e9:.1f} G/s", flush=True)
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as d:
         paired = os.path.join(d, "paired.h5")
         write_pairs(paired, args.paired, args.dim, 1, "p", device)
         save_prob_head(os.path.join(d, "ph.pt"), ProbHead(args.dim, 10, ProbConfig(dim=64)).eval())
         run("train", "--paired", paired, "--out", os.path.join(d, "rh.pt"), "--epochs", 1, "--device", args.device)
+        if args.agree:  # on a CPU it compares the CPU with itself: the script's own check
+            t0 = time.perf_counter()
+            agree(d, args.device, args.agree, args.budget, args.strategies.split(","))
+            print(f"(agreement checks {time.perf_counter() - t0:.0f} s)", flush=True)
         for n in (int(x) for x in args.sizes.split(",")):
             pool = os.path.join(d, f"pool{n}.h5")
             t0 = time.perf_counter()
@@ -135,23 +207,24 @@ def main():
             print(f"\npool {n:,} rows ({n * args.dim * 2 / 2**30:.1f} GiB, written in {time.perf_counter() - t0:.0f} s); "
                   f"bare read to the device {rates['read'] / 2**30:.1f} GiB/s", flush=True)
             dt = run("score", "--paired", paired, "--unpaired", pool, "--out", os.path.join(d, "s.h5"), "--device",
-                     args.device)
+                     args.device) or float("nan")
             products = n * args.paired * args.dim
             mm_s = products / rates["fp16"]
             read_s = n * args.dim * 2 / rates["read"]
             print(f"{'score':>16} {dt:7.1f} s  {n / dt:12,.0f} rows/s; bare fp16 mm of the same shapes {mm_s:.2f} s, "
                   f"bare read {read_s:.2f} s: {dt / max(mm_s, read_s):.2f} x the larger", flush=True)
             for s in args.strategies.split(","):
-                extra = ["--head", os.path.join(d, "ph.pt")] if s.startswith("ascmr") else ["--paired", paired]
-                if s == "hn-learnability":
-                    extra += ["--head", os.path.join(d, "rh.pt")]
+                extra = select_args(s, paired, os.path.join(d, "ph.pt"), os.path.join(d, "rh.pt"))
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 dt = run("select", "--strategy", s, "--unpaired", pool, *extra, "--budget", args.budget, "--out",
                          os.path.join(d, f"sel_{s}.h5"), "--device", args.device)
+                if dt is None:
+                    continue
                 need = limits(s, n, args.paired, args.dim, args.budget, 64)
-                limit = sum(need.get(k, 0) / rates[k] for k in ("bf16", "fp32", "read", "scan"))
-                print(f"{s:>16} {dt:7.1f} s  limit {limit:6.2f} s  ratio {dt / max(limit, 1e-3):5.1f}", flush=True)
+                limit = sum(need.get(k, 0) / rates[k] for k in ("bf16", "fp32", "read", "scan", "normal"))
+                ratio = f"ratio {dt / limit:5.1f}" if limit else "(no products or passes: no limit)"
+                print(f"{s:>16} {dt:7.1f} s  limit {limit:6.2f} s  {ratio}", flush=True)
             os.unlink(pool)
 
 

@@ -5,6 +5,7 @@
 # open_clip is not needed here). The log is copied to $OUT when the device tool gives one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" ALSEL_DEBUG=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+python3 -c 'import sys, torch, numpy, h5py, typer; print(sys.version.split()[0], torch.__version__, numpy.__version__, h5py.__version__, typer.__version__)' || true
 python3 benchmarks/gpu_bench.py --sizes "${SIZES:-1000000,10000000}" "$@" 2>&1 | tee "${OUT:-/tmp}/gpu_check.log"
