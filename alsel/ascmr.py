@@ -252,6 +252,7 @@ def choose_rows(strategy: str, head, images: np.ndarray, texts: np.ndarray, text
     for pool pairs given as arrays or a store's readers; only `selectable` rows are chosen.
     Density-aware strategies (ascmr, ascmr-no-inter) cluster the fused representation; the others take
     the B largest gains (ties: lower row)."""
+    head.to(device)  # the head's weights where the rows go (a head file loads on the CPU)
     info = informativeness(head, images, texts, text_image, device, config.samples, config.seed)
     gain = gains_for(strategy, info, mean_prediction_entropy(head, images, device))
     if strategy in ("ascmr", "ascmr-no-inter"):

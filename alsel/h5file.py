@@ -150,7 +150,8 @@ def read_ids(ds: h5py.Dataset, path: str, start: int = 0, stop: int | None = Non
         out = np.array([x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in raw], dtype=object)
     except UnicodeDecodeError:
         out = None
-    if out is None or not all(_is_utf8(x) for x in out):
+    # a successful UTF-8 decode is valid text: only values that h5py gave as str need the encode check
+    if out is None or not all(_is_utf8(x) for x, r in zip(out, raw) if not isinstance(r, bytes)):
         raise AlselError(f"{path}: {ds.name} holds ids that are not valid UTF-8 text")
     return out
 

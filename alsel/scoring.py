@@ -62,7 +62,7 @@ class HingeSum:
         b_rows, b_r, b_c = tile.band_candidates(state[2])  # with closest before this tile: a superset
         exact = band = None
         if len(r) and len(r) <= tile.GATHER_MAX and len(b_r):
-            both = tile.gathered(torch.arange(tile.approx.shape[0]), torch.cat([rows[r], b_rows[b_r]]),
+            both = tile.gathered(torch.arange(tile.approx.shape[0], device=r.device), torch.cat([rows[r], b_rows[b_r]]),
                                  torch.cat([c, b_c]))
             exact, band = both[:len(r)], both[len(r):]
         elif len(r):

@@ -113,8 +113,14 @@ def run(*args) -> float | None:
     import io
 
     t0 = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):  # the commands' tables: only the times are printed here
-        code = cli.main([str(a) for a in args] + ["--quiet"])
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # the commands' tables: only the times are printed here
+            code = cli.main([str(a) for a in args] + ["--quiet"])
+    except Exception:  # noqa: BLE001 - ALSEL_DEBUG=1 re-raises: the traceback, then the next command
+        import traceback
+
+        traceback.print_exc()
+        code = "raised"
     if code != 0:
         print(f"FAILED: alsel {' '.join(map(str, args))}: exit {code}", flush=True)
         return None
@@ -179,6 +185,8 @@ def main():
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--budget", type=int, default=100)
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
+    ap.add_argument("--profile", default="score,random,typiclust",
+                    help="commands profiled on the largest pool (score or strategy names; empty: none)")
     ap.add_argument("--agree", type=int, default=20000,
                     help="images of the clustered world on which the CPU and the device are compared (0: none)")
     args = ap.parse_args()
@@ -225,7 +233,32 @@ def main():
                 limit = sum(need.get(k, 0) / rates[k] for k in ("bf16", "fp32", "read", "scan", "normal"))
                 ratio = f"ratio {dt / limit:5.1f}" if limit else "(no products or passes: no limit)"
                 print(f"{s:>16} {dt:7.1f} s  limit {limit:6.2f} s  {ratio}", flush=True)
+            if n == max(int(x) for x in args.sizes.split(",")):
+                for s in filter(None, args.profile.split(",")):
+                    profile(s, d, pool, paired, args)
             os.unlink(pool)
+
+
+def profile(s: str, d: str, pool: str, paired: str, args) -> None:
+    """cProfile of one command on the largest pool: its 30 dearest functions (own time) into
+    $OUT/profile_NAME.txt (or TMPDIR), where the time above the limit goes."""
+    import cProfile
+    import pstats
+
+    if s == "score":
+        cmd = ["score", "--paired", paired, "--unpaired", pool, "--out", os.path.join(d, "s.h5")]
+    else:
+        cmd = ["select", "--strategy", s, "--unpaired", pool, *select_args(s, paired, os.path.join(d, "ph.pt"),
+               os.path.join(d, "rh.pt")), "--budget", args.budget, "--out", os.path.join(d, f"sel_{s}.h5")]
+    prof = cProfile.Profile()
+    prof.enable()
+    dt = run(*cmd, "--device", args.device)
+    prof.disable()
+    out = os.path.join(os.environ.get("OUT") or tempfile.gettempdir(), f"profile_{s}.txt")
+    with open(out, "w") as fh:
+        fh.write(f"{s}: {dt} s under cProfile\n")
+        pstats.Stats(prof, stream=fh).sort_stats("tottime").print_stats(30)
+    print(f"(profile of {s}: {out})", flush=True)
 
 
 if __name__ == "__main__":

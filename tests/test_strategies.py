@@ -511,3 +511,13 @@ def test_concatenated_rows_load_take_and_release_across_parts():
     rows = np.array([0, 4, 5, 11])
     assert np.array_equal(both.take(rows), whole[rows])
     both.release(0, 12)
+
+
+@pytest.mark.parametrize("n,k", [(1, 1), (50, 0), (50, 7), (50, 50), (50, 80), (10_000, 100)])
+def test_lowest_ranks_is_the_k_lowest_of_a_full_sort(n, k):
+    """The partition-then-sort of random's draw against the plain sort of every row it replaced."""
+    from alsel.strategies.baselines import lowest_ranks, permutation_rank
+
+    rank = permutation_rank(3 * n, seed=n + k)
+    rows = np.sort(np.random.default_rng(k).choice(3 * n, n, replace=False))
+    np.testing.assert_array_equal(lowest_ranks(rank, rows, k), rows[np.argsort(rank[rows], kind="stable")[:k]])

@@ -18,8 +18,13 @@ def permutation_rank(n: int, seed: int) -> np.ndarray:
 
 
 def lowest_ranks(rank: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
-    """The k rows of `rows` with the lowest rank, in rank order."""
-    return rows[np.argsort(rank[rows], kind="stable")[:k]]
+    """The k rows of `rows` with the lowest rank, in rank order (ranks are distinct: a partition, then a sort
+    of the k, not a sort of the pool)."""
+    r = rank[rows]
+    if k < len(r):
+        keep = np.argpartition(r, k - 1)[:k]
+        return rows[keep[np.argsort(r[keep])]]
+    return rows[np.argsort(r)]
 
 
 class Random(Strategy):
