@@ -44,7 +44,6 @@ from alsel import strategies  # noqa: E402
 from alsel.clustering import KMEANS_ITERS, KMEANS_SAMPLE  # noqa: E402
 from alsel.probhead import ProbConfig, ProbHead, save_prob_head  # noqa: E402
 from alsel.store import StoreWriter  # noqa: E402
-from alsel.strategies.kcenter import PER_SHARD  # noqa: E402
 from alsel.strategies.probcover import MAX_TARGETS  # noqa: E402
 
 CHILD = """
@@ -174,8 +173,8 @@ def limit_seconds(need: dict, rates: dict) -> float:
 
 def shard_limit(name: str, n: int, shards: int, args, rates: dict) -> float:
     """The limit of one shard's task: the strategy's limit on its n / shards rows, with the picks it keeps
-    (core-set and ProbCover keep PER_SHARD × B candidates per shard; the others their B or all their rows)."""
-    picks = args.budget * (PER_SHARD if name in ("coreset", "probcover") else 1)
+    (a strategy's shard_keep × B: core-set and ProbCover keep more than B candidates per shard)."""
+    picks = args.budget * strategies.get(name).shard_keep
     return limit_seconds(limits(name, n // shards, args.paired, args.dim, picks, 64), rates)
 
 

@@ -285,6 +285,7 @@ class Strategy:
         raise NotImplementedError
 
     shardable = False  # a sharded form (SPEC §10): shard_map on each shard's rows, merge over the shards
+    shard_keep = 1  # a shard's map keeps this many times B picks (what one shard's task costs)
 
     def shard_map(self, ctx: Context, gain) -> tuple[dict, dict]:
         """One shard's candidates: datasets (with /row, /id: pool rows of ctx.rows) and attributes."""

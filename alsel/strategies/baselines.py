@@ -64,6 +64,7 @@ class CoreSet(Strategy):
     summary = "k-center greedy from the paired items: the farthest pool item, B times (score: its distance)"
     paper = "Sener & Savarese, ICLR 2018"
     shardable = True
+    shard_keep = PER_SHARD  # candidates per shard: more than B tightens the merged radius
 
     def gain(self, ctx: Context):
         return None  # the distances are the allocator's state
@@ -76,7 +77,7 @@ class CoreSet(Strategy):
 
     def shard_map(self, ctx: Context, gain):
         a, b = ctx.rows
-        keep = min(PER_SHARD * ctx.budget, int(ctx.selectable[a:b].sum()))
+        keep = min(self.shard_keep * ctx.budget, int(ctx.selectable[a:b].sum()))
         k = kcenter_greedy(RangeRows(ctx.pool, a, b), ctx.paired_points(), keep, ctx.device, ctx.inputs.chunk_size,
                            lambda n: ctx.progress("core-set", n, keep), ctx.transform, exclude=~ctx.selectable[a:b],
                            keep_emb=True, precision=ctx.inputs.precision)

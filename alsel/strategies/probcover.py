@@ -132,6 +132,7 @@ class ProbCover(Strategy):
                "pure balls under k-means (--clusters); random once all is covered")
     paper = "Yehuda, Dekel, Hacohen, Weinshall, NeurIPS 2022"
     shardable = True
+    shard_keep = PER_SHARD  # picks per shard before the merge's greedy cover
 
     def gain(self, ctx: Context):
         """The δ-ball graph from the pool rows ctx.rows to the ball members: (src pool rows, dst members,
@@ -181,7 +182,7 @@ class ProbCover(Strategy):
     def shard_map(self, ctx: Context, gain):
         src, dst, covered = gain
         a, b = ctx.rows
-        keep = PER_SHARD * ctx.budget
+        keep = self.shard_keep * ctx.budget
         picks, _ = greedy_cover(src, dst, covered, ctx.selectable, keep, lambda: ctx.progress("probcover", 1, keep))
         rank = permutation_rank(ctx.pool.n, ctx.inputs.seed)
         fill = lowest_ranks(rank, np.flatnonzero(ctx.selectable[a:b]) + a, ctx.budget)
