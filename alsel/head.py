@@ -135,13 +135,13 @@ class Head(nn.Module):
         from the seed and its last layer is zero, so the head starts as the linear map alone."""
         with torch.no_grad():
             for lin in (self.image, self.text):
-                if init == "identity":
+                if init == "identity":  # cpu: made on the host, copy_ moves it
                     lin.weight.copy_(torch.eye(self.dim, self.d_in))
-                else:
+                else:  # cpu: drawn on the host from the seed, the same draws on every device
                     lin.weight.copy_(torch.randn(self.dim, self.d_in, generator=generator) / np.sqrt(self.d_in))
                 lin.bias.zero_()
             if self.learner == "mlp":
-                for mlp in (self.image_mlp, self.text_mlp):
+                for mlp in (self.image_mlp, self.text_mlp):  # cpu: drawn on the host from the seed
                     mlp[0].weight.copy_(torch.randn(self.hidden, self.dim, generator=generator) / np.sqrt(self.dim))
                     mlp[0].bias.zero_()
                     mlp[2].weight.zero_()

@@ -78,7 +78,7 @@ class Embeddings:
         numpy's half-precision casts cost more than the copy itself on these machines.
         """
         n = stop - start
-        out = torch.empty((n, self.d), dtype=torch.float32) if out is None else out[:n]
+        out = torch.empty((n, self.d), dtype=torch.float32) if out is None else out[:n]  # cpu: rows read from the file
         out.copy_(torch.from_numpy(np.asarray(self.raw(start, stop))))
         return normalize_(out, self.path, self.name, start)
 

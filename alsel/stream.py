@@ -280,6 +280,7 @@ def sweep(rows: Rows, resident: torch.Tensor, reducer: Reducer, *, device: torch
     # competes with the matmul for the same cores (measured: -30% on 2 cores), so chunks are read in turn
     prefetch = cuda
     # with prefetch, two staging buffers: the reader fills one with the next chunk while this one is reduced
+    # cpu: pinned host buffers, copied to the device per chunk
     staging = [torch.empty((min(chunk_size, stop - start), rows.d), dtype=torch.float32, pin_memory=cuda)
                for _ in range(2 if prefetch else 1)]
     copied = [torch.cuda.Event() if cuda else None for _ in range(2)]

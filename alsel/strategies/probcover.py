@@ -47,7 +47,7 @@ class Edges:
         return torch.bincount(r, minlength=n)
 
     def init(self, n, r0):
-        return torch.zeros(n, dtype=torch.int64)
+        return torch.zeros(n, dtype=torch.int64)  # cpu: the counts are kept on the host
 
     def update(self, state, s, r0, c0):
         r, c = (s >= 0).nonzero(as_tuple=True)
@@ -80,7 +80,7 @@ class OtherClusterMax:
         self.row_cluster, self.col_cluster = row_cluster, col_cluster
 
     def init(self, n, r0):
-        return torch.full((n,), -torch.inf)
+        return torch.full((n,), -torch.inf)  # cpu: update() brings each tile's maxima to the host
 
     def update(self, state, s, r0, c0):
         same = self.row_cluster[r0:r0 + s.shape[0], None] == self.col_cluster[None, c0:c0 + s.shape[1]]
