@@ -146,13 +146,18 @@ def dataset(f: h5py.File, name: str, path: str, *, ndim: int | None = None, kind
 def read_ids(ds: h5py.Dataset, path: str, start: int = 0, stop: int | None = None) -> np.ndarray:
     """Ids as a numpy array of Python str (object dtype)."""
     raw = ds[start:stop]
-    try:
-        out = np.array([x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in raw], dtype=object)
+    out = np.empty(len(raw), dtype=object)
+    try:  # h5py gives bytes (vlen or fixed-length strings): a successful UTF-8 decode is valid text
+        out[:] = [x.decode("utf-8") for x in raw]
     except UnicodeDecodeError:
-        out = None
-    # a successful UTF-8 decode is valid text: only values that h5py gave as str need the encode check
-    if out is None or not all(_is_utf8(x) for x, r in zip(out, raw) if not isinstance(r, bytes)):
-        raise AlselError(f"{path}: {ds.name} holds ids that are not valid UTF-8 text")
+        raise AlselError(f"{path}: {ds.name} holds ids that are not valid UTF-8 text") from None
+    except AttributeError:  # values given as str (no decode): those need the encode check
+        try:
+            out[:] = [x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in raw]
+        except UnicodeDecodeError:
+            out = None
+        if out is None or not all(_is_utf8(x) for x in out):
+            raise AlselError(f"{path}: {ds.name} holds ids that are not valid UTF-8 text") from None
     return out
 
 

@@ -177,3 +177,7 @@ def test_ids_that_are_not_utf8_are_refused(tmp_path):
     with pytest.raises(AlselError, match="/texts holds ids that are not valid UTF-8"):
         read_ids(strs, "x.h5")
     assert list(read_ids(np.array(["a", "b"], dtype=object).view(AsStr), "x.h5")) == ["a", "b"]
+    mixed = np.array(["a", b"\xff"], dtype=object).view(AsStr)  # str first, then bytes that do not decode
+    with pytest.raises(AlselError, match="/texts holds ids that are not valid UTF-8"):
+        read_ids(mixed, "x.h5")
+    assert list(read_ids(np.array([b"a", "b"], dtype=object).view(AsStr), "x.h5")) == ["a", "b"]
