@@ -348,7 +348,7 @@ def already_paired(pool_ids: np.ndarray, paired_ids) -> np.ndarray:
     if paired_ids is None or len(pool_ids) == 0:
         return np.zeros(len(pool_ids), dtype=bool)
     known = set(paired_ids.tolist())
-    return np.fromiter((x in known for x in pool_ids.tolist()), dtype=bool, count=len(pool_ids))
+    return np.fromiter(map(known.__contains__, pool_ids.tolist()), dtype=bool, count=len(pool_ids))
 
 
 def load_paired(store: Store) -> Paired:
