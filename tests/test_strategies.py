@@ -521,3 +521,34 @@ def test_lowest_ranks_is_the_k_lowest_of_a_full_sort(n, k):
     rank = permutation_rank(3 * n, seed=n + k)
     rows = np.sort(np.random.default_rng(k).choice(3 * n, n, replace=False))
     np.testing.assert_array_equal(lowest_ranks(rank, rows, k), rows[np.argsort(rank[rows], kind="stable")[:k]])
+
+
+def test_chunk_typicality_equals_typicality_against_per_cluster():
+    """The chunked, device-resident typicality (one upload per chunk, each cluster's references uploaded
+    once) against the per-cluster function it replaced, bit for bit: clusters with 0, fewer than 20 and
+    more than 20 references, rows that are their own references (excluded), a cluster with no rows."""
+    from alsel.strategies.typiclust import ClusterRefs, chunk_typicality, typicality_against
+
+    rng = np.random.default_rng(5)
+    k, d = 7, 16
+    sample = unit(rng.standard_normal((400, d))).astype(np.float32)
+    sample_cluster = rng.choice(k, 400, p=[0.0, 0.02, 0.03, 0.25, 0.3, 0.4, 0.0])  # 0 and 6: no references
+    picked = rng.permutation(10_000)[:400]  # the sample's point ids
+    x = unit(rng.standard_normal((600, d))).astype(np.float32)
+    point_ids = rng.permutation(10_000)[:600]
+    point_ids[:50] = picked[:50]  # these rows are sampled points themselves
+    x[:50] = sample[:50]
+    cluster = rng.choice(k - 1, 600)  # cluster 6 has no rows
+    ok = np.flatnonzero(rng.random(600) < 0.9)
+    per = np.bincount(cluster[ok], minlength=k)
+    by_cluster = ok[np.argsort(cluster[ok], kind="stable")]
+    got = chunk_typicality(x, point_ids, by_cluster, per, ClusterRefs(sample, picked, sample_cluster, k, "cpu"),
+                           torch.device("cpu"))
+    ends = np.cumsum(per)
+    for c in range(k):
+        mine = by_cluster[ends[c] - per[c]:ends[c]]
+        refs = np.flatnonzero(sample_cluster == c)
+        want = typicality_against(x[mine], point_ids[mine], sample[refs], picked[refs], torch.device("cpu"))
+        np.testing.assert_array_equal(got[ends[c] - per[c]:ends[c]], want)
+    assert (got[np.isin(by_cluster, np.flatnonzero(cluster == 0))] == 0).all()  # no references: 0
+    assert np.bincount(sample_cluster, minlength=k)[1] < 20 and (got > 0).sum() > 400

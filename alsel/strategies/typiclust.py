@@ -58,29 +58,78 @@ def points_of(ctx: Context):
     return paired, ConcatRows(ArrayRows(paired), pool)
 
 
+def top_similarities(xt: torch.Tensor, own: torch.Tensor, rt: torch.Tensor, rid: torch.Tensor, k: int) -> torch.Tensor:
+    """Per row of xt its k largest similarities to the rows of rt (descending), a row never its own
+    neighbour (same id: -inf there), padded with -inf to NEIGHBOURS columns; on xt's device."""
+    out = []
+    for a in range(0, len(xt), 4096):
+        s = xt[a:a + 4096] @ rt.T
+        s.masked_fill_(own[a:a + 4096, None] == rid[None, :], -torch.inf)
+        out.append(s.topk(k, dim=1).values)
+    top = torch.cat(out)
+    return torch.nn.functional.pad(top, (0, NEIGHBOURS - k), value=-torch.inf) if k < NEIGHBOURS else top
+
+
+def typicality_from_top(top: np.ndarray) -> np.ndarray:
+    """1 / mean distance to the finite similarities of each row of `top` (its nearest neighbours'
+    similarities, descending), in float64 from the float32 values; 0 without a neighbour."""
+    if top.shape[1] == 0:
+        return np.zeros(len(top))
+    top = top.astype(np.float64)
+    valid = np.isfinite(top)
+    kk = np.minimum(valid.sum(axis=1), NEIGHBOURS)
+    dist = np.sqrt(np.maximum(2.0 - 2.0 * np.where(valid, top, 1.0), 0.0))
+    mean = (dist * (np.arange(top.shape[1])[None, :] < kk[:, None])).sum(axis=1) / np.maximum(kk, 1)
+    with np.errstate(divide="ignore"):
+        return np.where(kk > 0, 1.0 / mean, 0.0)
+
+
 def typicality_against(x: np.ndarray, ids: np.ndarray, refs: np.ndarray, ref_ids: np.ndarray,
                        device: torch.device) -> np.ndarray:
     """1 / mean distance of each row of `x` to its min(20, m) nearest rows of `refs`, a row never its own
     neighbour (same id); m = the references other than itself. 0 without a neighbour."""
-    if len(x) == 0:
-        return np.zeros(0)
     k = min(NEIGHBOURS, len(refs))
-    if k == 0:
+    if len(x) == 0 or k == 0:
         return np.zeros(len(x))
-    xt, rt = torch.from_numpy(np.ascontiguousarray(x)).to(device), torch.from_numpy(np.ascontiguousarray(refs)).to(device)
-    out = np.empty(len(x))
-    own = torch.from_numpy(np.asarray(ids)).to(device)
-    rid = torch.from_numpy(np.asarray(ref_ids)).to(device)
-    for a in range(0, len(x), 4096):
-        s = xt[a:a + 4096] @ rt.T
-        s.masked_fill_(own[a:a + 4096, None] == rid[None, :], -torch.inf)
-        top = s.topk(k, dim=1).values.cpu().numpy().astype(np.float64)
-        valid = np.isfinite(top)
-        kk = np.minimum(valid.sum(axis=1), NEIGHBOURS)
-        dist = np.sqrt(np.maximum(2.0 - 2.0 * np.where(valid, top, 1.0), 0.0))
-        mean = (dist * (np.arange(k)[None, :] < kk[:, None])).sum(axis=1) / np.maximum(kk, 1)
-        with np.errstate(divide="ignore"):
-            out[a:a + len(top)] = np.where(kk > 0, 1.0 / mean, 0.0)
+    put = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+    return typicality_from_top(top_similarities(put(x), put(ids), put(refs), put(ref_ids), k).cpu().numpy()[:, :k])
+
+
+class ClusterRefs:
+    """Each cluster's sampled points and their point ids, moved to the device once (not once per chunk and
+    cluster): cluster c's are rows [start[c], start[c] + count[c]) of `points`, in sample order."""
+
+    def __init__(self, sample: np.ndarray, picked: np.ndarray, sample_cluster: np.ndarray, k: int, device):
+        order = np.argsort(sample_cluster, kind="stable")
+        self.count = np.bincount(sample_cluster, minlength=k)
+        self.start = np.cumsum(self.count) - self.count
+        self.points = torch.from_numpy(np.ascontiguousarray(sample[order])).to(device)
+        self.ids = torch.from_numpy(np.asarray(picked)[order]).to(device)
+
+    def of(self, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+        a, b = int(self.start[c]), int(self.start[c] + self.count[c])
+        return self.points[a:b], self.ids[a:b]
+
+
+def chunk_typicality(x: np.ndarray, point_ids: np.ndarray, by_cluster: np.ndarray, per: np.ndarray,
+                     refs: ClusterRefs, device) -> np.ndarray:
+    """typicality_against for every row of one chunk, grouped by cluster (`by_cluster`: the chunk's rows,
+    `per`: how many of them per cluster, in cluster order): the chunk and the rows' ids go to the device
+    once, each cluster's neighbours are found there, and one copy brings every cluster's back."""
+    xt = torch.from_numpy(np.ascontiguousarray(x)).to(device)[torch.from_numpy(by_cluster).to(device)]
+    own = torch.from_numpy(np.asarray(point_ids)[by_cluster]).to(device)
+    ends, tops, ks = np.cumsum(per), [], np.minimum(NEIGHBOURS, refs.count)
+    for c in np.flatnonzero(per):
+        if ks[c] > 0:
+            a = ends[c] - per[c]
+            rt, rid = refs.of(c)
+            tops.append(top_similarities(xt[a:ends[c]], own[a:ends[c]], rt, rid, int(ks[c])))
+    top = torch.cat(tops).cpu().numpy() if tops else np.zeros((0, NEIGHBOURS), np.float32)
+    out, at = np.zeros(len(by_cluster)), 0
+    for c in np.flatnonzero(per):
+        if ks[c] > 0:  # the float64 arithmetic on each cluster's own k columns, as typicality_against
+            out[ends[c] - per[c]:ends[c]] = typicality_from_top(top[at:at + per[c], :ks[c]])
+            at += per[c]
     return out
 
 
@@ -103,7 +152,7 @@ class TypiClust(Strategy):
         centers, picked, sample = fit_on_sample(points, k, ctx.inputs.seed, KMEANS_SAMPLE, device=ctx.device)
         sample_cluster = assign(ArrayRows(sample), centers, ctx.device)
         paired_count = np.bincount(assign(ArrayRows(paired), centers, ctx.device), minlength=k)
-        refs = {c: np.flatnonzero(sample_cluster == c) for c in range(k)}
+        refs = ClusterRefs(sample, picked, sample_cluster, k, ctx.device)
         a, b = ctx.rows
         pool_points = RangeRows(points, n_p + a, n_p + b)
         pool_count, left = np.zeros(k, np.int64), np.zeros(k, np.int64)
@@ -118,11 +167,10 @@ class TypiClust(Strategy):
             per = np.bincount(cluster[ok], minlength=k)
             left += per
             by_cluster = ok[np.argsort(cluster[ok], kind="stable")]  # grouped by cluster, rows ascending within
+            t = chunk_typicality(x, n_p + rows, by_cluster, per, refs, ctx.device)
             ends = np.cumsum(per)
             for c in np.flatnonzero(per):
-                mine = by_cluster[ends[c] - per[c]:ends[c]]
-                t = typicality_against(x[mine], n_p + rows[mine], sample[refs[c]], picked[refs[c]], ctx.device)
-                lists[c].append((rows[mine], t))
+                lists[c].append((rows[by_cluster[ends[c] - per[c]:ends[c]]], t[ends[c] - per[c]:ends[c]]))
             pool_points.release(s, e)
             ctx.progress("typicality", e - s, b - a)
         return k, paired_count, pool_count, left, _best_per_cluster(lists, ctx.budget)
