@@ -107,6 +107,7 @@ class ClusterRefs:
         self.ids = torch.from_numpy(np.asarray(picked)[order]).to(device)
 
     def of(self, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(points, ids) of cluster c's sampled references, views on the device."""
         a, b = int(self.start[c]), int(self.start[c] + self.count[c])
         return self.points[a:b], self.ids[a:b]
 
