@@ -141,6 +141,32 @@ def ref_typicality(points, assign, u):
     return 0.0 if not d else (np.inf if np.mean(d) == 0 else 1.0 / np.mean(d))
 
 
+def ref_typicality_per_cluster(x, ids, refs, ref_ids):
+    """TypiClust's typicality as alsel computed it before the chunked form, one cluster at a time on the
+    CPU (float32 products and top-k, float64 means): what the chunked form must equal bit for bit."""
+    import torch
+
+    if len(x) == 0:
+        return np.zeros(0)
+    k = min(20, len(refs))
+    if k == 0:
+        return np.zeros(len(x))
+    xt, rt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(refs))
+    out = np.empty(len(x))
+    own, rid = torch.from_numpy(np.asarray(ids)), torch.from_numpy(np.asarray(ref_ids))
+    for a in range(0, len(x), 4096):
+        s = xt[a:a + 4096] @ rt.T
+        s.masked_fill_(own[a:a + 4096, None] == rid[None, :], -torch.inf)
+        top = s.topk(k, dim=1).values.numpy().astype(np.float64)
+        valid = np.isfinite(top)
+        kk = np.minimum(valid.sum(axis=1), 20)
+        dist = np.sqrt(np.maximum(2.0 - 2.0 * np.where(valid, top, 1.0), 0.0))
+        mean = (dist * (np.arange(k)[None, :] < kk[:, None])).sum(axis=1) / np.maximum(kk, 1)
+        with np.errstate(divide="ignore"):
+            out[a:a + len(top)] = np.where(kk > 0, 1.0 / mean, 0.0)
+    return out
+
+
 def ref_typiclust(paired, pool, assign, budget, selectable):
     """TypiClust's loop (SPEC §5), given the k-means assignment of the points (paired first, then pool)."""
     points = np.concatenate([paired, pool])

@@ -17,7 +17,8 @@ from alsel.strategies import Inputs, select
 from alsel.strategies.probcover import DELTA_GRID
 from alsel.thresholds import ThresholdParams, make_thresholds
 from conftest import MODEL, random_paired, stored, unit, write_paired
-from reference import ref_auto_delta, ref_c, ref_hn_order, ref_probcover, ref_typiclust, ref_xi, unit64
+from reference import (ref_auto_delta, ref_c, ref_hn_order, ref_probcover, ref_typicality_per_cluster,
+                       ref_typiclust, ref_xi, unit64)
 
 CPU = torch.device("cpu")
 SPEC_NAMES = {"hn", "hn-density", "random", "coreset", "typiclust", "probcover", "ascmr", "ascmr-no-inter",
@@ -523,11 +524,11 @@ def test_lowest_ranks_is_the_k_lowest_of_a_full_sort(n, k):
     np.testing.assert_array_equal(lowest_ranks(rank, rows, k), rows[np.argsort(rank[rows], kind="stable")[:k]])
 
 
-def test_chunk_typicality_equals_typicality_against_per_cluster():
+def test_chunk_typicality_equals_the_per_cluster_computation():
     """The chunked, device-resident typicality (one upload per chunk, each cluster's references uploaded
-    once) against the per-cluster function it replaced, bit for bit: clusters with 0, fewer than 20 and
+    once) against the per-cluster code it replaced (tests/reference.py), bit for bit: clusters with 0, fewer than 20 and
     more than 20 references, rows that are their own references (excluded), a cluster with no rows."""
-    from alsel.strategies.typiclust import ClusterRefs, chunk_typicality, typicality_against
+    from alsel.strategies.typiclust import ClusterRefs, chunk_typicality
 
     rng = np.random.default_rng(5)
     k, d = 7, 16
@@ -548,7 +549,7 @@ def test_chunk_typicality_equals_typicality_against_per_cluster():
     for c in range(k):
         mine = by_cluster[ends[c] - per[c]:ends[c]]
         refs = np.flatnonzero(sample_cluster == c)
-        want = typicality_against(x[mine], point_ids[mine], sample[refs], picked[refs], torch.device("cpu"))
+        want = ref_typicality_per_cluster(x[mine], point_ids[mine], sample[refs], picked[refs])
         np.testing.assert_array_equal(got[ends[c] - per[c]:ends[c]], want)
     assert (got[np.isin(by_cluster, np.flatnonzero(cluster == 0))] == 0).all()  # no references: 0
     assert np.bincount(sample_cluster, minlength=k)[1] < 20 and (got > 0).sum() > 400

@@ -84,17 +84,6 @@ def typicality_from_top(top: np.ndarray) -> np.ndarray:
         return np.where(kk > 0, 1.0 / mean, 0.0)
 
 
-def typicality_against(x: np.ndarray, ids: np.ndarray, refs: np.ndarray, ref_ids: np.ndarray,
-                       device: torch.device) -> np.ndarray:
-    """1 / mean distance of each row of `x` to its min(20, m) nearest rows of `refs`, a row never its own
-    neighbour (same id); m = the references other than itself. 0 without a neighbour."""
-    k = min(NEIGHBOURS, len(refs))
-    if len(x) == 0 or k == 0:
-        return np.zeros(len(x))
-    put = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
-    return typicality_from_top(top_similarities(put(x), put(ids), put(refs), put(ref_ids), k).cpu().numpy()[:, :k])
-
-
 class ClusterRefs:
     """Each cluster's sampled points and their point ids, moved to the device once (not once per chunk and
     cluster): cluster c's are rows [start[c], start[c] + count[c]) of `points`, in sample order."""
@@ -114,9 +103,11 @@ class ClusterRefs:
 
 def chunk_typicality(x: np.ndarray, point_ids: np.ndarray, by_cluster: np.ndarray, per: np.ndarray,
                      refs: ClusterRefs, device) -> np.ndarray:
-    """typicality_against for every row of one chunk, grouped by cluster (`by_cluster`: the chunk's rows,
-    `per`: how many of them per cluster, in cluster order): the chunk and the rows' ids go to the device
-    once, each cluster's neighbours are found there, and one copy brings every cluster's back."""
+    """Typicality of every row of one chunk against its cluster's sampled references: 1 / mean distance to
+    its min(20, m) nearest references, a row never its own neighbour (same id), 0 without a neighbour.
+    Rows grouped by cluster (`by_cluster`: the chunk's rows, `per`: how many of them per cluster, in cluster
+    order); the chunk and the rows' ids go to the device once, each cluster's neighbours are found there,
+    and one copy brings every cluster's back."""
     xt = torch.from_numpy(np.ascontiguousarray(x)).to(device)[torch.from_numpy(by_cluster).to(device)]
     own = torch.from_numpy(np.asarray(point_ids)[by_cluster]).to(device)
     ends, tops, ks = np.cumsum(per), [], np.minimum(NEIGHBOURS, refs.count)
@@ -128,7 +119,7 @@ def chunk_typicality(x: np.ndarray, point_ids: np.ndarray, by_cluster: np.ndarra
     top = torch.cat(tops).cpu().numpy() if tops else np.zeros((0, NEIGHBOURS), np.float32)
     out, at = np.zeros(len(by_cluster)), 0
     for c in np.flatnonzero(per):
-        if ks[c] > 0:  # the float64 arithmetic on each cluster's own k columns, as typicality_against
+        if ks[c] > 0:  # the float64 arithmetic on each cluster's own k columns
             out[ends[c] - per[c]:ends[c]] = typicality_from_top(top[at:at + per[c], :ks[c]])
             at += per[c]
     return out
