@@ -147,18 +147,17 @@ def read_ids(ds: h5py.Dataset, path: str, start: int = 0, stop: int | None = Non
     """Ids as a numpy array of Python str (object dtype)."""
     raw = ds[start:stop]
     out = np.empty(len(raw), dtype=object)
-    try:  # h5py gives bytes (vlen or fixed-length strings): a successful UTF-8 decode is valid text
-        out[:] = [x.decode("utf-8") for x in raw]
-    except UnicodeDecodeError:
-        raise AlselError(f"{path}: {ds.name} holds ids that are not valid UTF-8 text") from None
-    except AttributeError:  # values given as str (no decode): those need the encode check
-        try:
+    try:
+        try:  # h5py gives bytes (vlen or fixed-length strings): a successful UTF-8 decode is valid text
+            out[:] = [x.decode("utf-8") for x in raw]
+            return out
+        except AttributeError:  # values given as str (no decode): those need the encode check
             out[:] = [x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in raw]
-        except UnicodeDecodeError:
-            out = None
-        if out is None or not all(_is_utf8(x) for x in out):
-            raise AlselError(f"{path}: {ds.name} holds ids that are not valid UTF-8 text") from None
-    return out
+        if all(_is_utf8(x) for x in out):
+            return out
+    except UnicodeDecodeError:
+        pass
+    raise AlselError(f"{path}: {ds.name} holds ids that are not valid UTF-8 text")
 
 
 ID_CHUNK = 1 << 16  # rows per read: larger variable-length reads left h5py holding ~100 MiB each

@@ -193,7 +193,8 @@ def main():
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     rates = {"bf16": rate_mm(torch.bfloat16, device), "fp16": rate_mm(torch.float16, device),
-             "fp32": rate_mm(torch.float32, device), "scan": rate_scan(device, 1 << 26 if device.type == "cpu" else 1 << 31), "normal": rate_normal(device)}
+             "fp32": rate_mm(torch.float32, device), "scan": rate_scan(device, 1 << 26 if device.type == "cpu" else 1 << 31),
+             "normal": rate_normal(device)}
     rates["bf16"] = max(rates["bf16"], rates["fp16"])  # the exact low-precision path uses fp16 on CUDA
     print(f"{name}, torch {torch.__version__}: bare mm fp16 {rates['fp16'] / 1e12:.1f} T/s, bf16 "
           f"{rates['bf16'] / 1e12:.1f} T/s, fp32 {rates['fp32'] / 1e12:.2f} T/s (multiply-adds); memory scan "
