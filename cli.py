@@ -1483,9 +1483,41 @@ def _signal_name(signum: int) -> str:
     return "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
 
 
+def slurm_threads(environ) -> int | None:
+    """The CPU threads a SLURM step was given (--cpus-per-task, else the job's CPUs on this node), where
+    torch would take more (a cluster that does not bind tasks to their CPUs, TaskPlugin=task/none: every
+    task then sees all cores, and two one-CPU tasks ran 1.8x slower side by side with two OpenMP threads
+    each); None where OMP_NUM_THREADS is set (the user's word) or outside SLURM."""
+    if environ.get("OMP_NUM_THREADS"):
+        return None
+    for key in ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE"):
+        with contextlib.suppress(ValueError):
+            n = int(environ.get(key, ""))
+            if n > 0:
+                return n if n < _cpus_seen() else None
+    return None
+
+
+def _cpus_seen() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else (os.cpu_count() or 1)
+
+
+def _limit_threads() -> None:
+    """Apply slurm_threads before torch loads (it reads OMP_NUM_THREADS once), or to torch if loaded."""
+    n = slurm_threads(os.environ)
+    if n is None:
+        return
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0, 1, 2, or 130/143 when stopped by SIGINT/SIGTERM)."""
     global CREATED_BY
+    _limit_threads()
     argv = list(sys.argv[1:] if argv is None else argv) or ["--help"]
     CREATED_BY = shlex.join(["alsel"] + argv)
     _QUIET["on"] = False

@@ -129,6 +129,21 @@ def rate_normal(seconds: float = 1.5) -> float:
     return k * out.numel() / (time.perf_counter() - t0)
 
 
+def one_cpu_rates(rates: dict) -> dict:
+    """The bare rates again with one torch thread: what an array task has (submit.sh asks for one CPU per
+    task, and alsel keeps to SLURM's allocation), for the per-task limits. The read is one thread anyway."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = dict(rates, bf16=rate_mm(torch.bfloat16), fp32=rate_mm(torch.float32), scan=rate_scan(),
+                   normal=rate_normal())
+    finally:
+        torch.set_num_threads(threads)
+    print(f"one CPU per array task: bf16 mm {one['bf16'] / 1e9:.0f} G/s, fp32 mm {one['fp32'] / 1e9:.0f} G/s, "
+          f"scan {one['scan'] / 2**30:.1f} GiB/s, randn {one['normal'] / 1e6:.0f} M/s (the tasks' limits)")
+    return one
+
+
 # --------------------------------------------------------------------------- limits
 
 
@@ -295,6 +310,8 @@ def main():
                   f"{rates['start']:.1f} s, bf16 mm {rates['bf16'] / 1e9:.0f} G/s, fp32 mm {rates['fp32'] / 1e9:.0f} G/s, "
                   f"read {rates['read'] / 2**30:.1f} GiB/s, scan "
                   f"{rates['scan'] / 2**30:.1f} GiB/s, randn {rates['normal'] / 1e6:.0f} M/s")
+            if args.shards > 1 and args.slurm:
+                rates = one_cpu_rates(rates)
             print(f"{'strategy':>18} {'seconds':>8} {'limit':>7} {'ratio':>6} {'peak RSS':>10}")
             for name in names:
                 limit = limit_seconds(limits(name, n, args.paired, args.dim, args.budget, 64), rates)

@@ -338,3 +338,37 @@ def test_sigterm_stops_after_a_chunk_and_resume_is_identical(tmp_path, run_cli):
     with h5py.File(out) as f:
         assert np.array_equal(f["score"][:], ref.score) and np.array_equal(f["count"][:], ref.count)
         assert np.array_equal(f["row"][:], np.arange(100_000))
+
+
+def test_slurm_threads_rule(monkeypatch):
+    import cli
+    monkeypatch.setattr(cli, "_cpus_seen", lambda: 8)
+    assert cli.slurm_threads({}) is None  # outside SLURM: torch's own default
+    assert cli.slurm_threads({"SLURM_CPUS_ON_NODE": "2"}) == 2
+    assert cli.slurm_threads({"SLURM_CPUS_ON_NODE": "4", "SLURM_CPUS_PER_TASK": "1"}) == 1
+    assert cli.slurm_threads({"SLURM_CPUS_ON_NODE": "8"}) is None  # bound, or the whole node: nothing to do
+    assert cli.slurm_threads({"SLURM_CPUS_ON_NODE": "1", "OMP_NUM_THREADS": "3"}) is None  # the user's word
+    assert cli.slurm_threads({"SLURM_CPUS_PER_TASK": "x", "SLURM_CPUS_ON_NODE": "3"}) == 3
+
+
+@pytest.mark.parametrize("torch_first", [False, True])
+def test_slurm_step_runs_as_many_torch_threads_as_cpus(torch_first):
+    """An unbound SLURM task (TaskPlugin=task/none) sees every core; alsel keeps to its allocation, whether
+    torch loaded before the command or during it."""
+    import subprocess
+    import sys
+    code = ("import sys; sys.path.insert(0, {root!r}); " + ("import torch; " if torch_first else "") +
+            "import cli; cli.main(['strategies']); import torch; print('THREADS', torch.get_num_threads())")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE")}
+
+    def threads(**extra):
+        p = subprocess.run([sys.executable, "-c", code.format(root=root)], capture_output=True, text=True,
+                           env={**env, **extra})
+        assert p.returncode == 0, p.stderr
+        return int(next(x for x in p.stdout.splitlines() if x.startswith("THREADS ")).split()[1])
+
+    if threads() < 2:
+        pytest.skip("torch runs one thread here anyway: nothing to limit")
+    assert threads(SLURM_CPUS_ON_NODE="1") == 1
