@@ -77,6 +77,18 @@ def test_exact_strategies_merge_to_the_single_process_selection(tmp_path, name, 
     assert merged.attrs["fill_count"] == one.attrs["fill_count"] and merged.attrs["shards"] == n
 
 
+@pytest.mark.parametrize("name", ["hn", "hn-density"])
+@pytest.mark.parametrize("fill", ["random", "closest", "row"])
+def test_fills_merge_to_the_single_process_selection(tmp_path, name, fill):
+    """A budget past the positive scores: the fill's order must be the whole pool's in every shard (for
+    --fill closest a shard knows only its own rows' /closest)."""
+    paired, pool = world(tmp_path, np.random.default_rng(3), clustered=True)
+    mixed = {"delta": 1.2} if name == "schedule" else {}  # most of the batch hard, some of it typical
+    one, merged = single_and_merged(tmp_path, name, paired, pool, 100, 3, fill=fill, **mixed)
+    assert one.attrs["fill_count"] > 0 and merged.attrs["fill_count"] == one.attrs["fill_count"]
+    assert list(merged.rows) == list(one.rows)
+
+
 def covering_radius(pool, centers):
     """max over pool items of the distance to the nearest center (float64)."""
     P, C = unit64(pool), unit64(centers)

@@ -155,6 +155,28 @@ def fill_rank(ctx: Context, g: HnGain) -> np.ndarray:
     return np.where(g.score > 0, rows, rank)
 
 
+def fill_key(ctx: Context, g: HnGain, rank: np.ndarray, rows: np.ndarray) -> dict:
+    """What a shard keeps of `rows` for the merge to order them as one process would: their fill rank, and
+    for --fill closest their /closest too (a shard knows only its own rows' /closest, so its ranks order its
+    own rows right but are not comparable with another shard's)."""
+    key = {"rank": rank[rows].astype(np.int64)}
+    if ctx.opts.fill == "closest":
+        key["closest"] = g.closest[rows].astype(np.float32)
+    return key
+
+
+def merged_rank(data: dict, rows: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """The fill rank of the shards' candidates (`data`: their datasets, concatenated), comparable across
+    shards: for --fill closest the order of /closest (ties: the lower row) among them, which is the whole
+    pool's order restricted to them; positive scores keep their row, as fill_rank gives them."""
+    if "closest" not in data:
+        return data["rank"]
+    order = np.lexsort((rows, -data["closest"].astype(np.float64)))
+    rank = np.empty(len(rows), np.int64)
+    rank[order] = np.arange(len(rows))
+    return np.where(score > 0, rows, rank)
+
+
 def positives_then_fill(ctx: Context, g: HnGain) -> Allocation:
     """Positive scores first (highest first, ties: lower row), then the fill rule among the rest."""
     rank = fill_rank(ctx, g)
@@ -212,12 +234,12 @@ class HardNegatives(Strategy):
         rank = fill_rank(ctx, g)
         cand = np.flatnonzero(ctx.selectable[a:b]) + a
         keep = cand[np.lexsort((rank[cand], -g.score[cand].astype(np.float64)))][:ctx.budget]
-        return {"row": keep, "score": g.score[keep].astype(np.float32), "rank": rank[keep].astype(np.int64)}, {}
+        return {"row": keep, "score": g.score[keep].astype(np.float32), **fill_key(ctx, g, rank, keep)}, {}
 
     def merge(self, shards, opts, budget, seed, device) -> Allocation:
-        rows = np.concatenate([s.data["row"] for s in shards])
-        score = np.concatenate([s.data["score"] for s in shards])
-        rank = np.concatenate([s.data["rank"] for s in shards])
+        data = {k: np.concatenate([s.data[k] for s in shards]) for k in shards[0].data if k != "id"}
+        rows, score = data["row"], data["score"]
+        rank = merged_rank(data, rows, score)
         keep = np.lexsort((rank, -score.astype(np.float64)))[:budget]
         return Allocation(rows[keep], np.where(score[keep] > 0, score[keep], 0).astype(np.float32),
                           fill=int((score[keep] <= 0).sum()), fill_rule=opts.fill)
@@ -278,24 +300,24 @@ class HardNegativesDensity(HardNegatives):
                                       transform=ctx.transform)
         cluster = assign(RangeRows(ctx.pool, a, b), centers, ctx.device, ctx.transform, ctx.inputs.chunk_size)
         gain = np.where(g.score[a:b] > 0, g.score[a:b], 0).astype(np.float64)
-        rank = fill_rank(ctx, g)[a:b]
+        full_rank = fill_rank(ctx, g)
+        rank = full_rank[a:b]
         ok = ctx.selectable[a:b]
         keep = []
         for c in range(k):
             mine = np.flatnonzero(ok & (cluster == c))
             keep.append(mine[np.lexsort((rank[mine], -gain[mine]))[:ctx.budget]])
         keep = np.concatenate(keep).astype(np.int64)
-        return ({"row": a + keep, "gain": gain[keep], "rank": rank[keep].astype(np.int64), "cluster": cluster[keep],
+        return ({"row": a + keep, "gain": gain[keep], **fill_key(ctx, g, full_rank, a + keep), "cluster": cluster[keep],
                  "sizes": np.bincount(cluster[ok], minlength=k).astype(np.int64)}, {"clusters_used": k})
 
     def merge(self, shards, opts, budget, seed, device) -> Allocation:
         from ..ascmr import allocate, density_weight, target_shares
 
         k = int(shards[0].attrs["clusters_used"])
-        rows = np.concatenate([s.data["row"] for s in shards])
-        gain = np.concatenate([s.data["gain"] for s in shards])
-        rank = np.concatenate([s.data["rank"] for s in shards])
-        cluster = np.concatenate([s.data["cluster"] for s in shards])
+        data = {key: np.concatenate([s.data[key] for s in shards]) for key in shards[0].data if key not in ("id", "sizes")}
+        rows, gain, cluster = data["row"], data["gain"], data["cluster"]
+        rank = merged_rank(data, rows, gain)
         sizes = sum(s.data["sizes"] for s in shards)
         ranked = [m[np.lexsort((rank[m], -gain[m]))] for m in (np.flatnonzero(cluster == c) for c in range(k))]
         lam = density_weight(gain, budget, opts.lam)
