@@ -18,7 +18,7 @@ from conftest import MODEL, random_paired, stored, unit, write_paired
 from reference import unit64
 
 CPU = torch.device("cpu")
-EXACT = ["random", "typiclust", "hn-density", "hn", "hn-fill-closest"]
+EXACT = ["random", "typiclust", "hn-density", "hn", "hn-fill-closest", "schedule"]
 
 
 def world(tmp_path, rng, n_pool=120, d=8, clustered=False, repeat_paired=2):
@@ -51,7 +51,7 @@ def single_and_merged(tmp_path, name, paired, pool, budget, n, head=None, **kw):
 
 
 @pytest.mark.parametrize("name", ["random", "coreset", "typiclust", "probcover", "hn-density", "hn",
-                                  "hn-learnability"])
+                                  "hn-learnability", "schedule"])
 @pytest.mark.parametrize("with_head", [False, True])
 def test_one_shard_is_the_single_process_selection(tmp_path, name, with_head):
     rng = np.random.default_rng(1)
@@ -77,7 +77,7 @@ def test_exact_strategies_merge_to_the_single_process_selection(tmp_path, name, 
     assert merged.attrs["fill_count"] == one.attrs["fill_count"] and merged.attrs["shards"] == n
 
 
-@pytest.mark.parametrize("name", ["hn", "hn-density"])
+@pytest.mark.parametrize("name", ["hn", "hn-density", "schedule"])
 @pytest.mark.parametrize("fill", ["random", "closest", "row"])
 def test_fills_merge_to_the_single_process_selection(tmp_path, name, fill):
     """A budget past the positive scores: the fill's order must be the whole pool's in every shard (for
@@ -87,6 +87,22 @@ def test_fills_merge_to_the_single_process_selection(tmp_path, name, fill):
     one, merged = single_and_merged(tmp_path, name, paired, pool, 100, 3, fill=fill, **mixed)
     assert one.attrs["fill_count"] > 0 and merged.attrs["fill_count"] == one.attrs["fill_count"]
     assert list(merged.rows) == list(one.rows)
+
+
+@pytest.mark.parametrize("delta", [0.8, 1.2, 2.0])
+def test_schedule_merge_splits_the_batch_as_one_process(tmp_path, delta):
+    """The whole pool's coverage c from the shards' counts, (1 - c)·B typical items, then c·B hard ones among
+    the rest: the same split, rows, scores and parts as one process."""
+    paired, pool = world(tmp_path, np.random.default_rng(2), clustered=True)
+    one, merged = single_and_merged(tmp_path, "schedule", paired, pool, 40, 3, delta=delta)
+    assert 0 < one.attrs["hard_items"] <= 40
+    for key in ("coverage", "coverage_delta", "hard_items"):
+        assert merged.attrs[key] == one.attrs[key], key
+    assert list(merged.rows) == list(one.rows)
+    assert np.array_equal(merged.parts["hard"], one.parts["hard"])
+    assert np.allclose(merged.score, one.score, rtol=1e-6)
+    if one.attrs["hard_items"] < 40:
+        assert merged.attrs["clusters_used"] == one.attrs["clusters_used"]
 
 
 def covering_radius(pool, centers):
@@ -161,7 +177,7 @@ def test_shards_through_the_command_line(tmp_path, run_cli):
     assert code == 2 and "--budget 9" in err and not (tmp_path / "x.h5").exists()
     # what a shard cannot do, one line each
     for extra, msg in ((["--csv", tmp_path / "x.csv"], "--candidates"),
-                       (["--strategy", "auto"], "--advice"), (["--strategy", "schedule"], "no sharded form"),
+                       (["--strategy", "auto"], "--advice"), (["--strategy", "ascmr"], "no sharded form"),
                        (["--strategy", "coreset", "--fallback", "random"], "--fallback goes with --strategy auto"),
                        (["--strategy", "coreset", "--advice", tmp_path / "adv.json"], "--advice goes with --strategy auto")):
         code, _, err = run_cli("select", *base, "--shard", "0/3", "--out", tmp_path / "x.h5", *extra)
