@@ -130,7 +130,8 @@ def informativeness(head, images: np.ndarray, texts: np.ndarray, text_image: np.
     """Per pool image (a pool pair = an image and its captions), in blocks of `rows` images:
       intra = (BALD of the image's samples + BALD of the captions' samples) / 2
       inter = JS(mean label prediction of the image, mean label prediction of its captions)
-      mu, logvar = the fused (product-of-Gaussians) representation, used for clustering.
+      mu, logvar = the fused (product-of-Gaussians) representation, used for clustering
+      entropy = Σ_c H(p_c) of the label prediction at the image's mean embedding (the entropy baseline).
     choice: an image's caption side is the mean of its captions' (μ, σ²); an image without captions has
     inter = 0 and uses its own Gaussian as the fused one. The samples of each block come from a generator
     seeded by `seed` and the block's first row: the same pool, seed and `rows` give the same values.
@@ -142,13 +143,15 @@ def informativeness(head, images: np.ndarray, texts: np.ndarray, text_image: np.
     order = np.argsort(text_image, kind="stable")
     starts = np.searchsorted(text_image[order], np.arange(n + 1))
     out = {"intra": np.zeros(n), "inter": np.zeros(n), "mu": np.empty((n, head.config.dim), np.float32),
-           "logvar": np.empty((n, head.config.dim), np.float32)}
+           "logvar": np.empty((n, head.config.dim), np.float32), "entropy": np.empty(n)}
     with torch.no_grad():
         for a in range(0, n, rows):
             b = min(n, a + rows)
             gen = torch.Generator(device=device).manual_seed(int(seed) * 1_000_003 + a)
             x = torch.from_numpy(read_rows(images, np.arange(a, b))).to(device)
             mu_i, lv_i = head.gaussian(x, "image")
+            p_mean = head.label_probs(mu_i, lv_i, torch.zeros((1, *mu_i.shape), device=device))[0]
+            out["entropy"][a:b] = bernoulli_entropy(p_mean.double().cpu().numpy()).sum(axis=1)
             cap = np.sort(order[starts[a]:starts[b]])
             owner = torch.from_numpy(text_image[cap] - a).to(device)
             mu_c, lv_c = head.gaussian(torch.from_numpy(read_rows(texts, cap)).to(device), "text")
@@ -234,14 +237,14 @@ class AscmrConfig:
         return self
 
 
-def gains_for(strategy: str, info: dict[str, np.ndarray], entropy: np.ndarray) -> np.ndarray:
+def gains_for(strategy: str, info: dict[str, np.ndarray]) -> np.ndarray:
     """The per-item gain of an ASCMR-family strategy from its uncertainty terms (intra, inter, entropy)."""
     if strategy in ("ascmr", "ascmr-no-density"):
         return info["intra"] + info["inter"]
     if strategy in ("ascmr-no-inter", "bald"):
         return info["intra"]
     if strategy == "entropy":
-        return entropy
+        return info["entropy"]
     raise AlselError(f"--strategy {strategy!r}: expected one of {', '.join(ASCMR_STRATEGIES)}")
 
 
@@ -254,7 +257,7 @@ def choose_rows(strategy: str, head, images: np.ndarray, texts: np.ndarray, text
     the B largest gains (ties: lower row)."""
     head.to(device)  # the head's weights where the rows go (a head file loads on the CPU)
     info = informativeness(head, images, texts, text_image, device, config.samples, config.seed)
-    gain = gains_for(strategy, info, mean_prediction_entropy(head, images, device))
+    gain = gains_for(strategy, info)
     if strategy in ("ascmr", "ascmr-no-inter"):
         lam = config.lam * float(np.sort(gain)[::-1][:budget].sum())
         rows = select_ascmr(gain, info["mu"], budget, config.clusters, lam, config.mix, config.seed, selectable)
@@ -264,18 +267,3 @@ def choose_rows(strategy: str, head, images: np.ndarray, texts: np.ndarray, text
             order = order[selectable[order]]
         rows = order[:budget].astype(np.int64)
     return rows, gain, info
-
-
-def mean_prediction_entropy(head, images: np.ndarray, device) -> np.ndarray:
-    """Entropy baseline: Σ_c H(p_c) of the label prediction at the image's mean embedding."""
-    import torch
-
-    n = n_rows(images)
-    out = np.empty(n)
-    with torch.no_grad():
-        for a in range(0, n, INFO_ROWS):
-            x = torch.from_numpy(read_rows(images, np.arange(a, min(n, a + INFO_ROWS)))).to(device)
-            mu, lv = head.gaussian(x, "image")
-            p = head.label_probs(mu, lv, torch.zeros((1, *mu.shape), device=device))[0].double().cpu().numpy()
-            out[a:a + len(x)] = bernoulli_entropy(p).sum(axis=1)
-    return out
