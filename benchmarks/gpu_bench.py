@@ -79,6 +79,20 @@ def rate_read(pool: str, device) -> float:
         return emb.n * emb.d * 2 / (time.perf_counter() - t0)
 
 
+def ids_read_seconds(pool: str) -> float:
+    """A bare read of the pool's variable-length /images/id (h5py, in the 2^16-row slices alsel reads ids
+    in): what any command pays once under the contract (the duplicate-id check of every input), and what
+    no device can speed up."""
+    import h5py
+
+    with h5py.File(pool, "r") as f:
+        ds = f["images/id"]
+        t0 = time.perf_counter()
+        for a in range(0, len(ds), 1 << 16):
+            ds[a:a + (1 << 16)]
+        return time.perf_counter() - t0
+
+
 def rate_normal(device, seconds=1.0) -> float:
     """Standard normal float32 numbers per second of bare torch.randn (the ASCMR family's J samples)."""
     out = torch.empty(1 << 24, device=device)
@@ -213,15 +227,19 @@ def main():
             t0 = time.perf_counter()
             write_pairs(pool, n, args.dim, n, "u", device)
             rates["read"] = rate_read(pool, device)
+            ids_s = ids_read_seconds(pool)
             print(f"\npool {n:,} rows ({n * args.dim * 2 / 2**30:.1f} GiB, written in {time.perf_counter() - t0:.0f} s); "
-                  f"bare read to the device {rates['read'] / 2**30:.1f} GiB/s", flush=True)
+                  f"bare read to the device {rates['read'] / 2**30:.1f} GiB/s; bare read of its {n:,} ids "
+                  f"{ids_s:.2f} s (host; every command reads them once: the ratios after / add it to the limit)",
+                  flush=True)
             dt = run("score", "--paired", paired, "--unpaired", pool, "--out", os.path.join(d, "s.h5"), "--device",
                      args.device) or float("nan")
             products = n * args.paired * args.dim
             mm_s = products / rates["fp16"]
             read_s = n * args.dim * 2 / rates["read"]
             print(f"{'score':>16} {dt:7.1f} s  {n / dt:12,.0f} rows/s; bare fp16 mm of the same shapes {mm_s:.2f} s, "
-                  f"bare read {read_s:.2f} s: {dt / max(mm_s, read_s):.2f} x the larger", flush=True)
+                  f"bare read {read_s:.2f} s: {dt / max(mm_s, read_s):.2f} x the larger / "
+                  f"{dt / (max(mm_s, read_s) + ids_s):.2f}", flush=True)
             for s in args.strategies.split(","):
                 extra = select_args(s, paired, os.path.join(d, "ph.pt"), os.path.join(d, "rh.pt"))
                 if device.type == "cuda":
@@ -232,7 +250,8 @@ def main():
                     continue
                 need = limits(s, n, args.paired, args.dim, args.budget, 64)
                 limit = sum(need.get(k, 0) / rates[k] for k in ("bf16", "fp32", "read", "scan", "normal"))
-                ratio = f"ratio {dt / limit:5.1f}" if limit else "(no products or passes: no limit)"
+                ratio = f"ratio {dt / limit:5.1f} / {dt / (limit + ids_s):4.1f}" if limit else \
+                    f"(no products or passes: no limit) / {dt / ids_s:4.1f}"
                 print(f"{s:>16} {dt:7.1f} s  limit {limit:6.2f} s  {ratio}", flush=True)
             if n == int(args.sizes.split(",")[0]):  # the first size: the host-side structure at a small cost
                 for s in filter(None, args.profile.split(",")):
