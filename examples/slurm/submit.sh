@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A selection over a SLURM job array, as dependent jobs (afterok):
 #   STRATEGY=hn (default): thresholds -> scoring array (one task per shard) -> selection over the scores;
-#   STRATEGY=coreset|typiclust|probcover|hn-density|random|hn-learnability: shard array -> merge;
+#   STRATEGY=coreset|typiclust|probcover|hn-density|schedule|random|hn-learnability: shard array -> merge;
 #   STRATEGY=auto: advise -> shard array (the recommended strategy) -> merge.
 # Usage: PAIRED=p.h5 POOL=u.h5 OUT=run SHARDS=16 BUDGET=1000 [STRATEGY=coreset] bash examples/slurm/submit.sh
 # Optional: GRES (default gpu:1; empty for CPU nodes), CPUS (cpus per task, default 8), SEED, SBATCH_ARGS
