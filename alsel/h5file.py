@@ -160,6 +160,24 @@ def read_ids(ds: h5py.Dataset, path: str, start: int = 0, stop: int | None = Non
     raise AlselError(f"{path}: {ds.name} holds ids that are not valid UTF-8 text")
 
 
+def read_id_bytes(ds: h5py.Dataset, path: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Ids as their UTF-8 bytes (object array), checked as read_ids checks them but without a str per id:
+    the ids joined by NUL decode in one call exactly when every id decodes (a NUL, which no HDF5 string
+    holds, ends no multi-byte sequence and continues none). Readers that give str take read_ids' path."""
+    raw = ds[start:stop]
+    try:
+        joined = b"\x00".join(raw)
+    except TypeError:  # str values: decoded and checked one by one, then encoded
+        return np.array([x.encode("utf-8") for x in read_ids(ds, path, start, stop)], dtype=object)
+    try:
+        joined.decode("utf-8")
+    except UnicodeDecodeError:
+        raise AlselError(f"{path}: {ds.name} holds ids that are not valid UTF-8 text") from None
+    out = np.empty(len(raw), dtype=object)
+    out[:] = [bytes(x) for x in raw] if raw.dtype.kind == "S" else raw
+    return out
+
+
 ID_CHUNK = 1 << 16  # rows per read: larger variable-length reads left h5py holding ~100 MiB each
 
 

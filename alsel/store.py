@@ -17,7 +17,7 @@ import numpy as np
 from ._lazy import torch  # imported on first use (fast start)
 from .errors import AlselError
 from .h5file import (STR_DTYPE, attrs_dict, check_labels, check_unique, check_unique_streamed, dataset, open_h5,
-                     read_ids, read_ids_at, set_root_attrs)
+                     read_id_bytes, read_ids, read_ids_at, set_root_attrs)
 from .output import atomic_path, check_space
 
 NORM_TOLERANCE = 1e-2
@@ -183,6 +183,14 @@ class Store:
             check_unique(ids, self.path, f"/{group}/id")
             self._ids[group] = ids
         return self._ids[group][start:stop]
+
+    def id_bytes(self, group: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Ids of rows [start, stop) as UTF-8 bytes, checked, without a str per id (comparisons of
+        millions of ids: the paired ones among the pool's)."""
+        if group in self._ids:
+            return np.array([x.encode("utf-8") for x in self._ids[group][start:stop]], dtype=object)
+        ds = dataset(self.file, f"/{group}/id", self.path, ndim=1, kind="S", length=getattr(self, group).n)
+        return read_id_bytes(ds, self.path, start, stop)
 
     def labels(self, group: str) -> np.ndarray | None:
         """/{group}/labels as uint8 (N, C), or None when the store has none (checked: multi-hot)."""

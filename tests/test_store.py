@@ -151,6 +151,66 @@ def test_labels_are_checked_multi_hot(tmp_path):
             st.labels("images")
 
 
+def test_id_bytes_check_each_id_in_one_decode(tmp_path):
+    """read_id_bytes gives the ids' UTF-8 bytes and refuses what read_ids refuses, also a multi-byte
+    character split across two ids (each half is invalid; joined without a separator they would decode)."""
+    import h5py
+    import numpy as np
+    import pytest
+
+    from alsel.errors import AlselError
+    from alsel.h5file import read_id_bytes, read_ids
+
+    path = tmp_path / "ids.h5"
+    good = [b"a", "\u00e9t\u00e9".encode(), "\u732b".encode(), b""]
+    with h5py.File(path, "w") as f:
+        for name, data in (("good", good), ("bad", [b"a", b"\xff\xfe"]), ("split", [b"x\xc3", b"\xa9y"]),
+                           ("lead", [b"ok", b"\xa9"])):
+            f.create_dataset(name, data=np.array(data, dtype=object), dtype=h5py.string_dtype())
+    with h5py.File(path, "r") as f:
+        assert list(read_id_bytes(f["good"], str(path))) == good
+        assert list(read_id_bytes(f["good"], str(path), 1, 3)) == good[1:3]
+        assert [x.decode() for x in read_id_bytes(f["good"], str(path))] == list(read_ids(f["good"], str(path)))
+        for name in ("bad", "split", "lead"):
+            with pytest.raises(AlselError, match=f"ids.h5: /{name} holds ids that are not valid UTF-8"):
+                read_ids(f[name], str(path))
+            with pytest.raises(AlselError, match=f"ids.h5: /{name} holds ids that are not valid UTF-8"):
+                read_id_bytes(f[name], str(path))
+
+    class AsStr(np.ndarray):  # a reader handing back str: read_ids' checks, then the bytes
+        name = "/texts"
+    assert list(read_id_bytes(np.array(["a", "\u00e9"], dtype=object).view(AsStr), "x.h5")) == [b"a", "\u00e9".encode()]
+    with pytest.raises(AlselError, match="/texts holds ids that are not valid UTF-8"):
+        read_id_bytes(np.array(["a", "b\udc80"], dtype=object).view(AsStr), "x.h5")
+
+
+def test_already_paired_rows_by_bytes_match_the_text(tmp_path):
+    """The pool rows whose id is a paired id, found by comparing UTF-8 bytes in blocks, are those found by
+    comparing the decoded text, non-ASCII ids and a shard's row range included."""
+    import numpy as np
+
+    from alsel.store import already_paired, open_store, write_store
+    from alsel.strategies.base import already_paired_rows
+    from conftest import MODEL, random_paired, unit, write_paired
+
+    rng = np.random.default_rng(0)
+    images, texts, ti = random_paired(rng, n_images=6, d=8)
+    paired = write_paired(tmp_path / "p.h5", images, texts, ti)
+    with open_store(paired, need="paired") as p:
+        pids = list(p.ids("images"))
+    ids = [f"\u00e9l\u00e8ve-{i}" for i in range(50)]
+    for r, k in ((3, 0), (17, 2), (40, 5)):
+        ids[r] = pids[k]
+    write_store(str(tmp_path / "u.h5"), images=unit(rng.standard_normal((50, 8))), image_ids=ids, model=MODEL,
+                pretrained="test", created_by="test")
+    with open_store(paired, need="paired") as p, open_store(str(tmp_path / "u.h5")) as u:
+        want = already_paired(np.array(ids, dtype=object), np.array(pids, dtype=object))
+        assert list(np.flatnonzero(want)) == [3, 17, 40]
+        assert np.array_equal(already_paired_rows(u, "images", p, block=7), want)
+        part = already_paired_rows(u, "images", p, 10, 30, block=4)
+        assert list(np.flatnonzero(part)) == [17]
+
+
 def test_ids_that_are_not_utf8_are_refused(tmp_path):
     """Ids are read as text: bytes that do not decode, and a str that cannot be encoded (a lone surrogate),
     are refused with the file and dataset named."""

@@ -503,13 +503,13 @@ def _leave_out(ctx: Context, inputs: Inputs, opts: Options) -> None:
 def already_paired_rows(pool: Store, select: str, paired: Store, start: int = 0, stop: int | None = None,
                         block: int = 65536) -> np.ndarray:
     """bool per pool row: its id is an id of the paired store's same side (ids read in blocks, only those of
-    rows [start, stop); the others are False)."""
-    ids = paired.ids(select)
+    rows [start, stop); the others are False). Compared as UTF-8 bytes: equal bytes, equal text."""
+    known = np.array([x.encode("utf-8") for x in paired.ids(select).tolist()], dtype=object)
     n = pool.side(select).n
     stop = n if stop is None else stop
     out = np.zeros(n, dtype=bool)
     for a in range(start, stop, block):
-        out[a:min(stop, a + block)] = already_paired(pool.ids(select, a, min(stop, a + block)), ids)
+        out[a:min(stop, a + block)] = already_paired(pool.id_bytes(select, a, min(stop, a + block)), known)
     return out
 
 
