@@ -48,11 +48,11 @@ def hard_items(covered: int, selectable: int, budget: int) -> tuple[float, int]:
 
 
 def _joined(typical: Allocation | None, hard: Allocation | None, attrs: dict) -> Allocation:
-    """The typical items, then the hard ones; /hard says which part each came from."""
+    """The typical items, then the hard ones (at least one part: B >= 1); /hard says which part each came from."""
     parts = [(x, flag) for x, flag in ((typical, 0.0), (hard, 1.0)) if x is not None]
-    rows = np.concatenate([np.asarray(x.rows, np.int64) for x, _ in parts]) if parts else np.zeros(0, np.int64)
-    score = np.concatenate([np.asarray(x.score, np.float32) for x, _ in parts]) if parts else np.zeros(0, np.float32)
-    flag = np.concatenate([np.full(len(x.rows), f, np.float32) for x, f in parts]) if parts else np.zeros(0, np.float32)
+    rows = np.concatenate([np.asarray(x.rows, np.int64) for x, _ in parts])
+    score = np.concatenate([np.asarray(x.score, np.float32) for x, _ in parts])
+    flag = np.concatenate([np.full(len(x.rows), f, np.float32) for x, f in parts])
     fill, rule = (hard.fill, hard.fill_rule) if hard is not None else (0, "")
     return Allocation(rows, score, fill=fill, fill_rule=rule, parts={"hard": flag}, attrs=attrs)
 
@@ -113,8 +113,10 @@ class Schedule(Strategy):
         second = None
         if n_hard > 0:
             taken = first.rows if first is not None else np.zeros(0, np.int64)
-            hard = [dataclasses.replace(s, data={k: v[~np.isin(s.data["row"], taken)] for k, v in s.data.items()})
-                    for s in _part(shards, "hard_")]
+            hard = []
+            for s in _part(shards, "hard_"):
+                rest = ~np.isin(s.data["row"], taken)
+                hard.append(dataclasses.replace(s, data={k: v[rest] for k, v in s.data.items()}))
             second = HARD.merge(hard, opts, n_hard, seed, device)
         if first is not None:
             attrs["clusters_used"] = first.attrs["clusters_used"]
