@@ -703,17 +703,18 @@ def score(paired: Paired, unpaired: Unpaired, out: Out,
             th = thresholds.load_thresholds(thresholds_path, p)
             check_flags_match(thresholds_path, th.params, given)
         params = th.params if th is not None else threshold_params(**given)
-        with store.open_store(unpaired, need=params.select) as pool:  # every input checked before the work
+        with store.open_store(unpaired, need=params.select, check_ids=False) as pool:  # ids: shard_ids' one read
             store.check_compatible(st, pool)
             if th is None:
                 with progress_bar("score: thresholds", thresholds.progress_total(p, params), "pairs") as advance:
                     th = thresholds.make_thresholds(p, params, dev, chunk_size, advance, dtype)
             a, b = scoring.shard_range(*shard_i_n, pool.side(th.params.select).n)
             t0 = time.perf_counter()
+            ids = scoring.shard_ids(pool, p, th.params.select, shard_i_n)
             with progress_bar("score", b - a) as advance, cooperative_stop() as stop:
                 res = scoring.score_to_file(out, pool, p, th, weight.value, dev, shard_i_n, chunk_size, advance,
                                             head_model, resume, stop, inputs=(paired, unpaired, thresholds_path, head),
-                                            created_by=CREATED_BY, precision=dtype)
+                                            created_by=CREATED_BY, precision=dtype, ids=ids)
             dt = time.perf_counter() - t0
     if res.attrs.get("paired_left_out"):
         err_console.print(f"note: {res.attrs['paired_left_out']} pool items are already paired and were left out",

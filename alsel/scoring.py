@@ -147,7 +147,7 @@ def score_rows(pool: Embeddings, paired: Paired, th: Thresholds, weight: str, de
 @dataclass
 class ScoreResult:
     rows: np.ndarray
-    ids: np.ndarray
+    ids: np.ndarray  # UTF-8 bytes, as h5py reads them (written to /id as text)
     count: np.ndarray
     score: np.ndarray
     attrs: dict
@@ -193,12 +193,23 @@ def score_pool(pool_store: Store, paired: Paired, th: Thresholds, weight: str, d
         raise AlselError(f"{pool_store.path}: the pool is empty (/{select}/emb has 0 rows)")
     attrs = scores_attrs(pool_store, paired, th, weight, shard, head, precision)
     a, b = shard_range(*shard, pool.n)
+    ids = shard_ids(pool_store, paired, select, shard)
     transform = head.transform("image" if select == "images" else "text") if head is not None else None
     count, score, closest = score_rows(pool, paired, th, weight, device, a, b, chunk_size, progress, transform,
                                        precision)
-    ids = pool_store.ids(select, a, b)
-    res = ScoreResult(np.arange(a, b, dtype=np.int64), ids, count, score, attrs, closest)
-    return res.leave_out_paired(paired.paired_mask(select, ids), pool_store.flags(select, "skipped")[a:b])
+    res = ScoreResult(np.arange(a, b, dtype=np.int64), ids.ids, count, score, attrs, closest)
+    return res.leave_out_paired(_paired_rows(ids), pool_store.flags(select, "skipped")[a:b])
+
+
+def shard_ids(pool_store: Store, paired: Paired, select: str, shard: tuple[int, int]):
+    """The shard's pool ids (UTF-8 bytes) and which are already paired, from the one read of the pool's ids
+    that also checks all of them (valid, unique): a command makes it before its work (Store.scan_ids)."""
+    a, b = shard_range(*shard, pool_store.side(select).n)
+    return pool_store.scan_ids(select, a, b, paired.id_set(select), keep=True)
+
+
+def _paired_rows(scan) -> np.ndarray:
+    return scan.paired if scan.paired is not None else np.zeros(len(scan.ids), dtype=bool)
 
 
 def save_scores(out, res: ScoreResult, inputs: tuple = (), created_by: str | None = None) -> None:
@@ -257,8 +268,9 @@ class _PartialScores:
 def score_to_file(out: str, pool_store: Store, paired: Paired, th: Thresholds, weight: str, device: torch.device,
                   shard: tuple[int, int] = (0, 1), chunk_size: int | None = None, progress=None, head=None,
                   resume: bool = False, should_stop: Callable[[], bool] | None = None, inputs: tuple = (),
-                  created_by: str | None = None, precision: torch.dtype | None = None) -> ScoreResult:
-    """score_pool, streamed chunk by chunk into OUT.partial and finished into OUT.
+                  created_by: str | None = None, precision: torch.dtype | None = None, ids=None) -> ScoreResult:
+    """score_pool, streamed chunk by chunk into OUT.partial and finished into OUT; `ids`: shard_ids' answer
+    where the caller made it already (else made here, before the work).
 
     `resume` continues from the last recorded chunk (same settings and chunk size, hence the same
     tiles and bit-identical results); `should_stop()` is polled after every chunk: when it is true,
@@ -273,6 +285,7 @@ def score_to_file(out: str, pool_store: Store, paired: Paired, th: Thresholds, w
     if pool.n == 0:
         raise AlselError(f"{pool_store.path}: the pool is empty (/{select}/emb has 0 rows)")
     a, b = shard_range(*shard, pool.n)
+    ids = ids if ids is not None else shard_ids(pool_store, paired, select, shard)
     chunk_size = chunk_size or auto_chunk_size(pool.d, device)
     # what fixes the bits of the results: a resumed run must use the same
     settings = dict(attrs, layout=tile_layout(chunk_size, device), partial=",".join(_PartialScores.NAMES))
@@ -293,10 +306,9 @@ def score_to_file(out: str, pool_store: Store, paired: Paired, th: Thresholds, w
                     if should_stop is not None and should_stop() and part.done < b - a:
                         raise Interrupted(f"{part.path} holds {part.done:,} of {b - a:,} rows; run the same "
                                           f"command with --resume")
-            ids = pool_store.ids(select, a, b)
-            res = ScoreResult(np.arange(a, b, dtype=np.int64), ids, part.f["count"][:], part.f["score"][:], attrs,
+            res = ScoreResult(np.arange(a, b, dtype=np.int64), ids.ids, part.f["count"][:], part.f["score"][:], attrs,
                               part.f["closest"][:], resumed=done).leave_out_paired(
-                                  paired.paired_mask(select, ids), pool_store.flags(select, "skipped")[a:b])
+                                  _paired_rows(ids), pool_store.flags(select, "skipped")[a:b])
         except AlselError:  # bad input: nothing to resume from, nothing left behind
             part.close()
             with contextlib.suppress(OSError):

@@ -17,7 +17,7 @@ import numpy as np
 from ._lazy import torch  # imported on first use (fast start)
 from .errors import AlselError
 from .h5file import (STR_DTYPE, attrs_dict, check_labels, check_unique, check_unique_streamed, dataset, open_h5,
-                     read_id_bytes, read_ids, read_ids_at, set_root_attrs)
+                     read_ids, read_ids_at, scan_ids, set_root_attrs)
 from .output import atomic_path, check_space
 
 NORM_TOLERANCE = 1e-2
@@ -146,6 +146,15 @@ def normalize_rows(x: np.ndarray, path: str, name: str, start: int = 0) -> np.nd
 
 
 @dataclass
+class IdScan:
+    """What one read of a pool side's ids gives (Store.scan_ids): for the rows asked, whether each is
+    already paired (None: no paired ids given) and the ids as UTF-8 bytes (None: not kept)."""
+
+    paired: np.ndarray | None
+    ids: np.ndarray | None
+
+
+@dataclass
 class Store:
     """An opened embedding store (kind = "store")."""
 
@@ -156,6 +165,7 @@ class Store:
     texts: Embeddings | None = None
     text_image: np.ndarray | None = None  # int64 (N_t,), -1 = unpaired
     _ids: dict = field(default_factory=dict)
+    _checked: set = field(default_factory=set)  # sides whose ids were scanned: valid and unique
 
     @property
     def model(self) -> str:
@@ -184,13 +194,21 @@ class Store:
             self._ids[group] = ids
         return self._ids[group][start:stop]
 
-    def id_bytes(self, group: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Ids of rows [start, stop) as UTF-8 bytes, checked, without a str per id (comparisons of
-        millions of ids: the paired ones among the pool's)."""
-        if group in self._ids:
-            return np.array([x.encode("utf-8") for x in self._ids[group][start:stop]], dtype=object)
-        ds = dataset(self.file, f"/{group}/id", self.path, ndim=1, kind="S", length=getattr(self, group).n)
-        return read_id_bytes(ds, self.path, start, stop)
+    def scan_ids(self, group: str, start: int = 0, stop: int | None = None, known: set | None = None,
+                 keep: bool = False) -> IdScan:
+        """One read of the side's ids (h5file.scan_ids): checked once per store (valid, unique), and for rows
+        [start, stop) the already-paired mask (ids in `known`, UTF-8 bytes) and, with keep, the ids as bytes."""
+        n = getattr(self, group).n
+        stop = n if stop is None else stop
+        if group in self._ids:  # read and checked already (a paired store): from memory
+            ids = np.array([x.encode("utf-8") for x in self._ids[group][start:stop].tolist()], dtype=object)
+            mask = np.fromiter(map((known or set()).__contains__, ids), dtype=bool, count=len(ids))
+            return IdScan(mask if known is not None else None, ids if keep else None)
+        ds = dataset(self.file, f"/{group}/id", self.path, ndim=1, kind="S", length=n)
+        mask, ids = scan_ids(ds, self.path, f"/{group}/id", start, stop, known, keep,
+                             unique=group not in self._checked)
+        self._checked.add(group)
+        return IdScan(mask, ids)
 
     def labels(self, group: str) -> np.ndarray | None:
         """/{group}/labels as uint8 (N, C), or None when the store has none (checked: multi-hot)."""
@@ -234,10 +252,9 @@ class Store:
         return read_ids_at(ds, self.path, rows)
 
     def check_ids(self, group: str) -> None:
-        """Duplicate ids are bad input; checked at open in bounded memory."""
-        if group not in self._ids:
-            ds = dataset(self.file, f"/{group}/id", self.path, ndim=1, kind="S", length=getattr(self, group).n)
-            check_unique_streamed(ds, self.path, f"/{group}/id")
+        """Ids that are not valid UTF-8 or repeat are bad input; checked in bounded memory, once."""
+        if group not in self._ids and group not in self._checked:
+            self.scan_ids(group, 0, 0)
 
     def fingerprint(self, group: str) -> str:
         """The pool fingerprint of one side (what selections and scores record)."""
@@ -266,17 +283,17 @@ class Store:
         self.close()
 
 
-def open_store(path: str | os.PathLike, need: str | None = None) -> Store:
+def open_store(path: str | os.PathLike, need: str | None = None, check_ids: bool = True) -> Store:
     """Open an embedding store. `need`: "paired", "images" or "texts" (pool side), or None.
 
     Checks structure, shapes, dtypes, text→image range and id uniqueness up front; embedding
     values are checked as rows are read (Embeddings.read).
     """
     path = os.fspath(path)
-    return open_store_file(open_h5(path, "store"), path, need)
+    return open_store_file(open_h5(path, "store"), path, need, check_ids)
 
 
-def open_store_file(f: h5py.File, path: str, need: str | None = None) -> Store:
+def open_store_file(f: h5py.File, path: str, need: str | None = None, check_ids: bool = True) -> Store:
     """open_store on an h5py file already open (e.g. an in-memory one, alsel.arrays); closed on failure."""
     try:
         attrs = attrs_dict(f)
@@ -318,7 +335,8 @@ def open_store_file(f: h5py.File, path: str, need: str | None = None) -> Store:
             emb = st.side(need)
             if emb.n == 0:
                 raise AlselError(f"{path}: the pool is empty (/{need}/emb has 0 rows)")
-            st.check_ids(need)
+            if check_ids:  # else the caller's own read of the ids checks them (Store.scan_ids) before its work
+                st.check_ids(need)
         return st
     except BaseException:
         f.close()
@@ -346,17 +364,9 @@ class Paired:
     head: str = "none"  # fingerprint of the retrieval head the rows went through, if any
     ids: dict | None = None  # {"images": ids, "texts": ids}: pool items with these ids are already paired
 
-    def paired_mask(self, group: str, pool_ids: np.ndarray) -> np.ndarray:
-        """Which of `pool_ids` are ids of this paired set's `group` (already paired: never selected)."""
-        return already_paired(pool_ids, None if self.ids is None else self.ids[group])
-
-
-def already_paired(pool_ids: np.ndarray, paired_ids) -> np.ndarray:
-    """bool per pool id: also an id of the paired store's same side (SPEC §3)."""
-    if paired_ids is None or len(pool_ids) == 0:
-        return np.zeros(len(pool_ids), dtype=bool)
-    known = set(paired_ids.tolist())
-    return np.fromiter(map(known.__contains__, pool_ids.tolist()), dtype=bool, count=len(pool_ids))
+    def id_set(self, group: str) -> set | None:
+        """This paired set's ids of `group` as UTF-8 bytes (what Store.scan_ids compares pool ids with)."""
+        return None if self.ids is None else {x.encode("utf-8") for x in self.ids[group].tolist()}
 
 
 def load_paired(store: Store) -> Paired:

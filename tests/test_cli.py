@@ -181,6 +181,13 @@ def test_duplicate_ids(world, run_cli):
         f["images/id"][4] = "u1"
     out = world["dir"] / "s.h5"
     assert_bad_input(run_cli(*score_args(world, out, pool=pool)), "dup.h5", "duplicate id 'u1'", out=out)
+    assert not os.path.exists(str(out) + ".partial")
+    # every command that takes the pool refuses it, a shard whose rows hold neither copy included
+    for args in (["--strategy", "random"], ["--strategy", "coreset", "--paired", world["paired"]],
+                 ["--strategy", "coreset", "--paired", world["paired"], "--shard", "1/3"],
+                 ["--strategy", "hn", "--paired", world["paired"]]):
+        assert_bad_input(run_cli("select", *args, "--unpaired", pool, "--budget", "1", "--out", out), "dup.h5",
+                         "duplicate id 'u1' in /images/id (rows 1 and 4)", out=out)
 
 
 def test_empty_pool(world, run_cli):

@@ -109,7 +109,7 @@ def _pool_with_ids(path, ids):
     write_pool(path, rows)
     with h5py.File(path, "r+") as f:
         del f["images/id"]
-        f["images/id"] = np.array([x.encode() for x in ids], dtype=f"S{max(map(len, ids))}")
+        f["images/id"] = np.array([x.encode() for x in ids], dtype=f"S{max(len(x.encode()) for x in ids)}")
     return str(path)
 
 
@@ -184,12 +184,16 @@ def test_id_bytes_check_each_id_in_one_decode(tmp_path):
         read_id_bytes(np.array(["a", "b\udc80"], dtype=object).view(AsStr), "x.h5")
 
 
-def test_already_paired_rows_by_bytes_match_the_text(tmp_path):
+def test_already_paired_rows_by_bytes_match_the_text(tmp_path, monkeypatch):
     """The pool rows whose id is a paired id, found by comparing UTF-8 bytes in blocks, are those found by
-    comparing the decoded text, non-ASCII ids and a shard's row range included."""
+    comparing the decoded text, non-ASCII ids and a shard's row range (across blocks) included."""
     import numpy as np
 
-    from alsel.store import already_paired, open_store, write_store
+    from alsel import h5file
+
+    monkeypatch.setattr(h5file, "ID_CHUNK", 7)
+
+    from alsel.store import open_store, write_store
     from alsel.strategies.base import already_paired_rows
     from conftest import MODEL, random_paired, unit, write_paired
 
@@ -204,10 +208,10 @@ def test_already_paired_rows_by_bytes_match_the_text(tmp_path):
     write_store(str(tmp_path / "u.h5"), images=unit(rng.standard_normal((50, 8))), image_ids=ids, model=MODEL,
                 pretrained="test", created_by="test")
     with open_store(paired, need="paired") as p, open_store(str(tmp_path / "u.h5")) as u:
-        want = already_paired(np.array(ids, dtype=object), np.array(pids, dtype=object))
+        want = np.array([x in set(pids) for x in ids])
         assert list(np.flatnonzero(want)) == [3, 17, 40]
-        assert np.array_equal(already_paired_rows(u, "images", p, block=7), want)
-        part = already_paired_rows(u, "images", p, 10, 30, block=4)
+        assert np.array_equal(already_paired_rows(u, "images", p), want)
+        part = already_paired_rows(u, "images", p, 10, 30)
         assert list(np.flatnonzero(part)) == [17]
 
 
@@ -241,3 +245,41 @@ def test_ids_that_are_not_utf8_are_refused(tmp_path):
     with pytest.raises(AlselError, match="/texts holds ids that are not valid UTF-8"):
         read_ids(mixed, "x.h5")
     assert list(read_ids(np.array([b"a", "b"], dtype=object).view(AsStr), "x.h5")) == ["a", "b"]
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_scan_ids_equals_a_brute_force_reference(tmp_path, monkeypatch, fixed):
+    """One read of the ids in blocks: for random row ranges (across block edges), known sets and kept or not,
+    the mask and the kept bytes equal set membership and slicing of the whole list; fixed-length and
+    variable-length ids alike; the whole side is checked whatever the range."""
+    from alsel import h5file
+
+    monkeypatch.setattr(h5file, "ID_CHUNK", 5)
+    rng = np.random.default_rng(1)
+    ids = [("\u00e9" * int(rng.integers(0, 3))) + f"x{i}" + "y" * int(rng.integers(0, 4)) for i in range(37)]
+    path = tmp_path / "u.h5"
+    if fixed:
+        _pool_with_ids(path, ids)
+    else:
+        write_store(str(path), images=unit(rng.standard_normal((37, 4))), image_ids=ids, model=MODEL,
+                    pretrained="t")
+    raw = [x.encode() for x in ids]
+    for trial in range(12):
+        start = int(rng.integers(0, 37))
+        stop = int(rng.integers(start, 38))
+        known = None if trial % 3 == 0 else {raw[k] for k in rng.choice(37, 9, replace=False)} | {b"zz"}
+        keep = bool(trial % 2)
+        with open_store(str(path)) as st:
+            scan = st.scan_ids("images", start, stop, known, keep)
+            assert st._checked == {"images"}
+        if known is None:
+            assert scan.paired is None
+        else:
+            assert scan.paired.tolist() == [x in known for x in raw[start:stop]]
+        assert (scan.ids is None) == (not keep)
+        if keep:
+            assert scan.ids.tolist() == raw[start:stop] and all(type(x) is bytes for x in scan.ids)
+    ids[36] = ids[2]  # a repeat outside the rows asked for is still found
+    _pool_with_ids(tmp_path / "dup.h5", ids)
+    with open_store(str(tmp_path / "dup.h5")) as st, pytest.raises(AlselError, match="rows 2 and 36"):
+        st.scan_ids("images", 0, 3, None, True)

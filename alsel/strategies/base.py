@@ -19,7 +19,7 @@ from .._lazy import torch  # imported on first use (fast start)
 
 from ..errors import AlselError
 from ..selection import Selection, check_budget
-from ..store import Store, already_paired
+from ..store import Store
 from ..thresholds import ThresholdParams
 
 NEEDS = {
@@ -494,22 +494,26 @@ def select(spec: str, inputs: Inputs, where: str = "--strategy", strict: bool = 
 
 
 def _leave_out(ctx: Context, inputs: Inputs, opts: Options) -> None:
-    """Skipped and already paired rows of the rows this process works on are never chosen."""
+    """Skipped and already paired rows of the rows this process works on are never chosen; the pool's ids
+    are checked (valid, unique) in the same read that finds the paired ones."""
     ctx.leave_out_skipped(inputs.pool.flags(opts.select, "skipped"))
+    paired = already_paired_rows(inputs.pool, opts.select, inputs.paired, *ctx.rows)
     if inputs.paired is not None:
-        ctx.leave_out(already_paired_rows(inputs.pool, opts.select, inputs.paired, *ctx.rows))
+        ctx.leave_out(paired)
 
 
-def already_paired_rows(pool: Store, select: str, paired: Store, start: int = 0, stop: int | None = None,
-                        block: int = 65536) -> np.ndarray:
-    """bool per pool row: its id is an id of the paired store's same side (ids read in blocks, only those of
-    rows [start, stop); the others are False). Compared as UTF-8 bytes: equal bytes, equal text."""
-    known = np.array([x.encode("utf-8") for x in paired.ids(select).tolist()], dtype=object)
+def already_paired_rows(pool: Store, select: str, paired: Store | None, start: int = 0,
+                        stop: int | None = None) -> np.ndarray:
+    """bool per pool row: its id is an id of the paired store's same side (only rows [start, stop) are
+    looked at; the others are False). Compared as UTF-8 bytes: equal bytes, equal text. One read of the
+    pool's ids (Store.scan_ids), which also checks them."""
+    known = None if paired is None else {x.encode("utf-8") for x in paired.ids(select).tolist()}
     n = pool.side(select).n
     stop = n if stop is None else stop
     out = np.zeros(n, dtype=bool)
-    for a in range(start, stop, block):
-        out[a:min(stop, a + block)] = already_paired(pool.id_bytes(select, a, min(stop, a + block)), known)
+    scan = pool.scan_ids(select, start, stop, known)
+    if scan.paired is not None:
+        out[start:stop] = scan.paired
     return out
 
 
