@@ -843,6 +843,8 @@ def select_cmd(
 
                 if pst is None or pool is None:
                     raise AlselError("--strategy auto: needs --paired and --unpaired (advice is measured on them)")
+                if pool.images is not None:  # bad pool ids refused before the advice's work, not after it
+                    pool.check_ids("images")
                 say = reporter.task("select: advise", None, "evaluations")
                 spec, auto = choose_auto(pst, pool, budget,
                                          AdviceConfig(budget=budget, fallback=fallback or strategies.AUTO_FALLBACK),

@@ -147,7 +147,7 @@ def score_rows(pool: Embeddings, paired: Paired, th: Thresholds, weight: str, de
 @dataclass
 class ScoreResult:
     rows: np.ndarray
-    ids: np.ndarray  # UTF-8 bytes, as h5py reads them (written to /id as text)
+    ids: np.ndarray | None  # UTF-8 bytes, as h5py reads them (written to /id as text); None: not kept
     count: np.ndarray
     score: np.ndarray
     attrs: dict
@@ -185,31 +185,31 @@ def scores_attrs(pool_store: Store, paired: Paired, th: Thresholds, weight: str,
 def score_pool(pool_store: Store, paired: Paired, th: Thresholds, weight: str, device: torch.device,
                shard: tuple[int, int] = (0, 1), chunk_size: int | None = None,
                progress: Callable[[int], None] | None = None, head=None,
-               precision: torch.dtype | None = None) -> ScoreResult:
-    """Score one shard of the pool's `select` side; with `head`, `paired` must be through it too."""
+               precision: torch.dtype | None = None, ids=None) -> ScoreResult:
+    """Score one shard of the pool's `select` side; with `head`, `paired` must be through it too. `ids`:
+    shard_ids' answer where the caller has it (a selection's one read of the ids; the result's ids are
+    None where it did not keep them), else read here, before the work."""
     select = th.params.select
     pool = pool_store.side(select)
     if pool.n == 0:
         raise AlselError(f"{pool_store.path}: the pool is empty (/{select}/emb has 0 rows)")
     attrs = scores_attrs(pool_store, paired, th, weight, shard, head, precision)
     a, b = shard_range(*shard, pool.n)
-    ids = shard_ids(pool_store, paired, select, shard)
+    ids = ids if ids is not None else shard_ids(pool_store, paired, select, shard)
+    if ids.paired is None or len(ids.paired) != b - a:
+        raise AlselError(f"{pool_store.path}: ids of {b - a} rows needed with their paired mask (a bug)")
     transform = head.transform("image" if select == "images" else "text") if head is not None else None
     count, score, closest = score_rows(pool, paired, th, weight, device, a, b, chunk_size, progress, transform,
                                        precision)
     res = ScoreResult(np.arange(a, b, dtype=np.int64), ids.ids, count, score, attrs, closest)
-    return res.leave_out_paired(_paired_rows(ids), pool_store.flags(select, "skipped")[a:b])
+    return res.leave_out_paired(ids.paired, pool_store.flags(select, "skipped")[a:b])
 
 
 def shard_ids(pool_store: Store, paired: Paired, select: str, shard: tuple[int, int]):
     """The shard's pool ids (UTF-8 bytes) and which are already paired, from the one read of the pool's ids
     that also checks all of them (valid, unique): a command makes it before its work (Store.scan_ids)."""
     a, b = shard_range(*shard, pool_store.side(select).n)
-    return pool_store.scan_ids(select, a, b, paired.id_set(select), keep=True)
-
-
-def _paired_rows(scan) -> np.ndarray:
-    return scan.paired if scan.paired is not None else np.zeros(len(scan.ids), dtype=bool)
+    return pool_store.scan_ids(select, a, b, paired.id_set(select) or set(), keep=True)
 
 
 def save_scores(out, res: ScoreResult, inputs: tuple = (), created_by: str | None = None) -> None:
@@ -308,7 +308,7 @@ def score_to_file(out: str, pool_store: Store, paired: Paired, th: Thresholds, w
                                           f"command with --resume")
             res = ScoreResult(np.arange(a, b, dtype=np.int64), ids.ids, part.f["count"][:], part.f["score"][:], attrs,
                               part.f["closest"][:], resumed=done).leave_out_paired(
-                                  _paired_rows(ids), pool_store.flags(select, "skipped")[a:b])
+                                  ids.paired, pool_store.flags(select, "skipped")[a:b])
         except AlselError:  # bad input: nothing to resume from, nothing left behind
             part.close()
             with contextlib.suppress(OSError):

@@ -185,7 +185,7 @@ def test_duplicate_ids(world, run_cli):
     # every command that takes the pool refuses it, a shard whose rows hold neither copy included
     for args in (["--strategy", "random"], ["--strategy", "coreset", "--paired", world["paired"]],
                  ["--strategy", "coreset", "--paired", world["paired"], "--shard", "1/3"],
-                 ["--strategy", "hn", "--paired", world["paired"]]):
+                 ["--strategy", "hn", "--paired", world["paired"]], ["--strategy", "auto", "--paired", world["paired"]]):
         assert_bad_input(run_cli("select", *args, "--unpaired", pool, "--budget", "1", "--out", out), "dup.h5",
                          "duplicate id 'u1' in /images/id (rows 1 and 4)", out=out)
 

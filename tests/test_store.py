@@ -194,7 +194,8 @@ def test_already_paired_rows_by_bytes_match_the_text(tmp_path, monkeypatch):
     monkeypatch.setattr(h5file, "ID_CHUNK", 7)
 
     from alsel.store import open_store, write_store
-    from alsel.strategies.base import already_paired_rows
+    from alsel.strategies import REGISTRY, Context, Inputs, Options
+    from alsel.strategies.base import _leave_out
     from conftest import MODEL, random_paired, unit, write_paired
 
     rng = np.random.default_rng(0)
@@ -207,12 +208,21 @@ def test_already_paired_rows_by_bytes_match_the_text(tmp_path, monkeypatch):
         ids[r] = pids[k]
     write_store(str(tmp_path / "u.h5"), images=unit(rng.standard_normal((50, 8))), image_ids=ids, model=MODEL,
                 pretrained="test", created_by="test")
-    with open_store(paired, need="paired") as p, open_store(str(tmp_path / "u.h5")) as u:
-        want = np.array([x in set(pids) for x in ids])
-        assert list(np.flatnonzero(want)) == [3, 17, 40]
-        assert np.array_equal(already_paired_rows(u, "images", p), want)
-        part = already_paired_rows(u, "images", p, 10, 30)
-        assert list(np.flatnonzero(part)) == [17]
+
+    def left_out(shard, scores_out=None):
+        with open_store(paired, need="paired") as p, open_store(str(tmp_path / "u.h5")) as u:
+            inputs = Inputs(pool=u, budget=1, paired=p, shard=shard, scores_out=scores_out)
+            ctx = Context(REGISTRY["random"], inputs, Options())
+            _leave_out(ctx, inputs, ctx.opts)
+            return ctx
+
+    want = np.array([x in set(pids) for x in ids])
+    assert list(np.flatnonzero(want)) == [3, 17, 40]
+    ctx = left_out(None)
+    assert np.array_equal(~ctx.selectable, want) and ctx.left_out == 3 and ctx.pool_ids.ids is None
+    ctx = left_out((1, 3), scores_out="s.h5")  # rows 16..33: only row 17 of them; its ids kept for a scores file
+    assert ctx.rows == (16, 33) and ctx.left_out == 1 and list(np.flatnonzero(ctx.pool_ids.paired)) == [1]
+    assert ctx.pool_ids.ids.tolist() == [x.encode() for x in ids[16:33]]
 
 
 def test_ids_that_are_not_utf8_are_refused(tmp_path):

@@ -91,6 +91,30 @@ def run(name, paired, pool, select_side, budget, head=None, seed=0, precision=No
                                    precision=precision), select=select_side, **kw)
 
 
+@pytest.mark.parametrize("name", ["random", "hn", "hn-learnability", "schedule"])
+def test_a_selection_reads_the_pool_ids_once(tmp_path, monkeypatch, name):
+    """One read of the pool's ids checks them, finds the paired ones and serves every scoring in the
+    process (hn-learnability scores twice); with a scores file, the ids it writes are the pool's."""
+    from alsel import h5file
+
+    rng = np.random.default_rng(2)
+    paired, pool, ti = world(tmp_path, rng, "images", n_pool=40, repeat_paired=3)
+    read = []
+    real = h5file.read_id_bytes
+    monkeypatch.setattr(h5file, "read_id_bytes", lambda ds, path, a=0, b=None: read.append((ds.name, a, b))
+                        or real(ds, path, a, b))
+    head = random_head(8, seed=1) if name == "hn-learnability" else None
+    with open_store(paired, need="paired") as p, open_store(pool) as u:
+        sel = select(name, Inputs(pool=u, paired=p, budget=5, head=head, device=CPU,
+                                  scores_out=str(tmp_path / "s.h5") if name == "hn" else None))
+    assert [r for r in read if r[0] == "/images/id"] == [("/images/id", 0, 40)]
+    assert not set(sel.rows) & {0, 1, 2}
+    if name == "hn":
+        with h5py.File(tmp_path / "s.h5", "r") as f:
+            assert [x.decode() for x in f["id"][:]] == ["pimg0", "pimg1", "pimg2"] + [f"u{i}" for i in range(3, 40)]
+            assert f["paired"][:].tolist() == [1, 1, 1] + [0] * 37
+
+
 # --------------------------------------------------------------------------- hn, the fill, /closest, /paired
 
 

@@ -10,7 +10,7 @@ simulate --strategies` and `alsel strategies`. Third-party packages register the
 """
 
 from .base import (NEEDS, OPTION_SPECS, REGISTRY, Allocation, Context, Inputs, Options, OptionSpec,  # noqa: F401
-                   Strategy, already_paired_rows, describe, get, merge_shards, names, register, resolve, select, select_shard,
+                   Strategy, describe, get, merge_shards, names, register, resolve, select, select_shard,
                    sharded, token_forms)
 from . import hn, baselines, typiclust, probcover, labels, schedule  # noqa: E402,F401  (registration)
 from .hn import ScoredPool, scored_pool  # noqa: E402,F401

@@ -174,6 +174,7 @@ class Context:
             self.selectable[self.rows[1]:] = False
         self.left_out = 0
         self.skipped = 0  # rows left out because annotators skipped them
+        self.pool_ids = None  # Store.scan_ids' answer for self.rows: which are paired (and their ids, if kept)
 
     @property
     def device(self) -> torch.device:
@@ -494,27 +495,18 @@ def select(spec: str, inputs: Inputs, where: str = "--strategy", strict: bool = 
 
 
 def _leave_out(ctx: Context, inputs: Inputs, opts: Options) -> None:
-    """Skipped and already paired rows of the rows this process works on are never chosen; the pool's ids
-    are checked (valid, unique) in the same read that finds the paired ones."""
+    """Skipped and already paired rows of the rows this process works on are never chosen. One read of the
+    pool's ids (Store.scan_ids) checks them all and finds the paired ones (as UTF-8 bytes: equal bytes,
+    equal text); kept on the context, so a scoring here reads them no more (the ids themselves only where
+    a scores file is written)."""
     ctx.leave_out_skipped(inputs.pool.flags(opts.select, "skipped"))
-    paired = already_paired_rows(inputs.pool, opts.select, inputs.paired, *ctx.rows)
-    if inputs.paired is not None:
-        ctx.leave_out(paired)
-
-
-def already_paired_rows(pool: Store, select: str, paired: Store | None, start: int = 0,
-                        stop: int | None = None) -> np.ndarray:
-    """bool per pool row: its id is an id of the paired store's same side (only rows [start, stop) are
-    looked at; the others are False). Compared as UTF-8 bytes: equal bytes, equal text. One read of the
-    pool's ids (Store.scan_ids), which also checks them."""
-    known = None if paired is None else {x.encode("utf-8") for x in paired.ids(select).tolist()}
-    n = pool.side(select).n
-    stop = n if stop is None else stop
-    out = np.zeros(n, dtype=bool)
-    scan = pool.scan_ids(select, start, stop, known)
-    if scan.paired is not None:
-        out[start:stop] = scan.paired
-    return out
+    a, b = ctx.rows
+    known = None if inputs.paired is None else {x.encode("utf-8") for x in inputs.paired.ids(opts.select).tolist()}
+    ctx.pool_ids = inputs.pool.scan_ids(opts.select, a, b, known, keep=inputs.scores_out is not None)
+    if ctx.pool_ids.paired is not None:
+        mask = np.zeros(ctx.pool.n, dtype=bool)
+        mask[a:b] = ctx.pool_ids.paired
+        ctx.leave_out(mask)
 
 
 def sharded() -> list[str]:

@@ -96,7 +96,7 @@ def score_in_space(ctx: Context, head, thresholds: str | None = None, label: str
     a, b = ctx.rows
     res = score_pool(inputs.pool, paired, th, opts.weight, ctx.device, shard=inputs.shard or (0, 1),
                      chunk_size=inputs.chunk_size, head=head, precision=inputs.precision,
-                     progress=lambda k: ctx.progress(label, k, b - a))
+                     progress=lambda k: ctx.progress(label, k, b - a), ids=ctx.pool_ids)
     if (a, b) != (0, ctx.pool.n):  # a shard: full-length arrays, nothing outside its rows
         for name, fill in (("score", 0.0), ("count", 0), ("closest", -np.inf)):
             full = np.full(ctx.pool.n, fill, dtype=getattr(res, name).dtype)
