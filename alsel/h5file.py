@@ -145,7 +145,11 @@ def dataset(f: h5py.File, name: str, path: str, *, ndim: int | None = None, kind
 
 def read_ids(ds: h5py.Dataset, path: str, start: int = 0, stop: int | None = None) -> np.ndarray:
     """Ids as a numpy array of Python str (object dtype)."""
-    raw = ds[start:stop]
+    return _decoded(ds[start:stop], ds, path)
+
+
+def _decoded(raw: np.ndarray, ds: h5py.Dataset, path: str) -> np.ndarray:
+    """Ids read from `ds` as Python str, each checked to be valid UTF-8 text."""
     out = np.empty(len(raw), dtype=object)
     try:
         try:  # h5py gives bytes (vlen or fixed-length strings): a successful UTF-8 decode is valid text
@@ -163,12 +167,12 @@ def read_ids(ds: h5py.Dataset, path: str, start: int = 0, stop: int | None = Non
 def read_id_bytes(ds: h5py.Dataset, path: str, start: int = 0, stop: int | None = None) -> np.ndarray:
     """Ids as their UTF-8 bytes (object array), checked as read_ids checks them but without a str per id:
     the ids joined by NUL decode in one call exactly when every id decodes (a NUL, which no HDF5 string
-    holds, ends no multi-byte sequence and continues none). Readers that give str take read_ids' path."""
+    holds, ends no multi-byte sequence and continues none). Values given as str are checked as read_ids checks them."""
     raw = ds[start:stop]
     try:
         joined = b"\x00".join(raw)
-    except TypeError:  # str values: decoded and checked one by one, then encoded
-        return np.array([x.encode("utf-8") for x in read_ids(ds, path, start, stop)], dtype=object)
+    except TypeError:  # str values: checked one by one, then encoded
+        return np.array([x.encode("utf-8") for x in _decoded(raw, ds, path)], dtype=object)
     try:
         joined.decode("utf-8")
     except UnicodeDecodeError:

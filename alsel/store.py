@@ -366,7 +366,12 @@ class Paired:
 
     def id_set(self, group: str) -> set | None:
         """This paired set's ids of `group` as UTF-8 bytes (what Store.scan_ids compares pool ids with)."""
-        return None if self.ids is None else {x.encode("utf-8") for x in self.ids[group].tolist()}
+        return None if self.ids is None else utf8_set(self.ids[group])
+
+
+def utf8_set(ids: np.ndarray) -> set:
+    """Ids (str) as a set of their UTF-8 bytes: the paired ids a pool's ids are looked up in."""
+    return {x.encode("utf-8") for x in ids.tolist()}
 
 
 def load_paired(store: Store) -> Paired:

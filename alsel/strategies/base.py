@@ -19,7 +19,7 @@ from .._lazy import torch  # imported on first use (fast start)
 
 from ..errors import AlselError
 from ..selection import Selection, check_budget
-from ..store import Store
+from ..store import Store, utf8_set
 from ..thresholds import ThresholdParams
 
 NEEDS = {
@@ -501,7 +501,7 @@ def _leave_out(ctx: Context, inputs: Inputs, opts: Options) -> None:
     a scores file is written)."""
     ctx.leave_out_skipped(inputs.pool.flags(opts.select, "skipped"))
     a, b = ctx.rows
-    known = None if inputs.paired is None else {x.encode("utf-8") for x in inputs.paired.ids(opts.select).tolist()}
+    known = None if inputs.paired is None else utf8_set(inputs.paired.ids(opts.select))
     ctx.pool_ids = inputs.pool.scan_ids(opts.select, a, b, known, keep=inputs.scores_out is not None)
     if ctx.pool_ids.paired is not None:
         mask = np.zeros(ctx.pool.n, dtype=bool)
